@@ -1,0 +1,44 @@
+# The two commands: `make run` (set up and start the platform with demo models) and
+# `make test` (the whole test suite; .ci/run calls it). Both create .venv themselves.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: run test bench soak lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(VENV)/.run-installed $@
+
+run: $(VENV)/.run-installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput -v 0
+	$(PY) manage.py bootstrap_demo --url http://$(HOST):$(PORT)
+	PY=$(PY) deploy/run.sh
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(PY) -m bench $(BENCH_ARGS)
+
+soak: $(VENV)/.dev-installed
+	$(PY) -m pytest -m soak tests/robustness $(PYTEST_ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) var

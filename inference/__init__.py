@@ -1,0 +1,1 @@
+"""Serving: runtime, pipeline, batching, APIs, jobs, keys and monitoring."""

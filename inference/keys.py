@@ -1,0 +1,91 @@
+"""API keys: the key model (hashed, scoped, expiring, revocable).
+
+Keys are djangorestframework-api-key keys: only a prefix and a SHA-512 hash of the key
+are stored, and the plain key is shown once, at creation. On top of the library's
+model a key carries a scope (``infer`` or ``manage``), an optional list of models it may
+see (empty = all), and its own rate limit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
+
+rate_validator = RegexValidator(
+    r"^[1-9][0-9]*/[1-9]?[0-9]*[smhd]$",
+    'A rate is "<count>/<period>" with a period of s, m, h or d, optionally with a number: "100/s", "5000/h", "10/5m".',
+)
+
+
+class APIKeyManager(BaseAPIKeyManager):
+    def get_usable_keys(self) -> models.QuerySet:
+        """Return keys that are neither revoked nor expired (the library checks only revocation)."""
+        now = timezone.now()
+        return super().get_usable_keys().filter(models.Q(expiry_date__isnull=True) | models.Q(expiry_date__gt=now))
+
+
+class APIKey(AbstractAPIKey):
+    """A client's key: scope, visible models, rate, expiry, revocation."""
+
+    class Scope(models.TextChoices):
+        INFER = "infer", "infer: predictions and jobs"
+        MANAGE = "manage", "manage: register versions and move aliases"
+
+    objects = APIKeyManager()
+
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.INFER)
+    allowed_models = models.ManyToManyField(
+        "registry.RegisteredModel",
+        blank=True,
+        related_name="api_keys",
+        help_text="The models this key may see and use. Leave empty for all models.",
+    )
+    rate = models.CharField(
+        max_length=20,
+        blank=True,
+        validators=[rate_validator],
+        help_text='Requests allowed per period, e.g. "100/s". Empty: the platform default (INFERENCE_DEFAULT_RATE).',
+    )
+    created_by = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+
+def api_key_create(
+    *,
+    name: str,
+    scope: str = APIKey.Scope.INFER,
+    model_names: list[str] | None = None,
+    rate: str = "",
+    expires: datetime | None = None,
+    created_by: Any = None,
+) -> tuple[APIKey, str]:
+    """Create a key and return it with the plain key (shown once, never stored)."""
+    from django.core.exceptions import ValidationError
+    from django.db import transaction
+
+    from registry.models import RegisteredModel
+
+    model_names = model_names or []
+    found = list(RegisteredModel.objects.filter(name__in=model_names))
+    missing = sorted(set(model_names) - {m.name for m in found})
+    if missing:
+        raise ValidationError(f"Unknown model(s): {', '.join(missing)}.", code="unknown_model")
+    if expires is not None and expires <= timezone.now():
+        raise ValidationError("The expiry date is in the past.", code="invalid_expiry")
+    with transaction.atomic():
+        key = APIKey(name=name, scope=scope, rate=rate, expiry_date=expires, created_by=created_by)
+        plain = APIKey.objects.assign_key(key)
+        key.full_clean()
+        key.save()
+        key.allowed_models.set(found)
+    return key, plain

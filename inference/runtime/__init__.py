@@ -1,0 +1,1 @@
+"""Model runtimes, the per-process cache of loaded versions, and dynamic batching."""

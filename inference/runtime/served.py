@@ -1,0 +1,147 @@
+"""A version as it is served: runtime + pipelines + schema checks, built once at load.
+
+The request path, the background jobs and registration-time validation all go through
+this one class, so they decode, preprocess, check and postprocess identically:
+
+    prepared = served.prepare(instances, parameters)   # decode + preprocess + check
+    outputs = <batcher or served.runtime>.predict(prepared.arrays)
+    predictions = served.finish(outputs, prepared)      # check + postprocess
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
+
+from ..pipeline.base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
+from ..tensors import InputError, Limits, check_model_inputs, decode_instances
+from .pytorch import LoadSpec, PyTorchRuntime
+
+
+@dataclass
+class Prepared:
+    arrays: dict[str, np.ndarray]
+    ctx: StepContext
+    n: int
+
+
+def _shape_ok(actual: Sequence[int], declared: Sequence[int]) -> bool:
+    return len(actual) == len(declared) and all(d == -1 or a == d for a, d in zip(actual, declared))
+
+
+class ServedVersion:
+    """One loaded version: everything decided once, at load."""
+
+    def __init__(
+        self,
+        spec: LoadSpec,
+        *,
+        preprocess: Sequence[dict] = (),
+        postprocess: Sequence[dict] = (),
+        batching: Batching | None = None,
+        model_name: str = "",
+        version: int = 0,
+        key: Any = None,
+        limits: Limits | None = None,
+    ):
+        self.spec = spec
+        self.inputs: Sequence[TensorSpec] = spec.inputs
+        self.outputs: Sequence[TensorSpec] = spec.outputs
+        self.pre = Pipeline(preprocess, stage="preprocess")  # StepConfigError for a bad config
+        self.post = Pipeline(postprocess, stage="postprocess")
+        self.raw_inputs = self.pre.decoded_inputs([s.name for s in self.inputs])
+        self.parameters = {**self.pre.request_parameters, **self.post.request_parameters}
+        self.batching = batching or Batching()
+        self.model_name = model_name
+        self.version = version
+        self.key = key
+        self.limits = limits
+        self.runtime = PyTorchRuntime(spec)
+
+    @classmethod
+    def from_version(cls, version: Any, *, limits: Limits | None = None) -> ServedVersion:
+        """Return the served form of a registry ModelVersion row (not yet loaded)."""
+        artifact = version.artifact
+
+        def read() -> bytes:
+            with artifact.open("rb") as fh:
+                return fh.read()
+
+        target = version.hardware
+        spec = LoadSpec(
+            label=f"{version.model.name} v{version.version}",
+            read_artifact=read,
+            format=version.format,
+            inputs=parse_tensor_schema(version.input_schema, where="inputs"),
+            outputs=parse_tensor_schema(version.output_schema, where="outputs"),
+            sha256=version.sha256,
+            architecture=version.architecture,
+            architecture_args=version.architecture_args,
+            device_type=target.device_type,
+            device_index=target.device_index,
+            cpu_threads=target.cpu_threads,
+        )
+        return cls(
+            spec,
+            preprocess=version.preprocess,
+            postprocess=version.postprocess,
+            batching=Batching(version.max_batch_size, version.max_batch_delay_ms, version.max_queue_size),
+            model_name=version.model.name,
+            version=version.version,
+            key=(version.pk, target.device),
+            limits=limits,
+        )
+
+    @property
+    def runs_code(self) -> bool:
+        return self.spec.format in CODE_FORMATS
+
+    def load(self) -> None:
+        self.runtime.load()
+
+    def unload(self) -> None:
+        self.runtime.unload()
+
+    @property
+    def nbytes(self) -> int:
+        return self.runtime.nbytes
+
+    def prepare(self, instances: Any, parameters: Any = None, *, maybe_bools: bool = True) -> Prepared:
+        """Decode and preprocess a request's instances; raise InputError for bad input."""
+        limits = self.limits or Limits.from_settings()
+        try:
+            ctx = StepContext(self.inputs, self.outputs, clean_parameters(parameters, self.parameters))
+            arrays = decode_instances(
+                instances, self.inputs, limits=limits, raw_inputs=self.raw_inputs, maybe_bools=maybe_bools
+            )
+            n = len(instances)
+            arrays = self.pre(arrays, ctx)
+        except StepInputError as exc:
+            raise InputError(str(exc), path=exc.path, code=exc.code) from exc
+        check_model_inputs(arrays, self.inputs)
+        return Prepared(arrays, ctx, n)
+
+    def check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
+        """Raise RuntimeError unless the model's outputs match the declared schema."""
+        for spec in self.outputs:
+            arr = outputs[spec.name]
+            if arr.shape[:1] != (n,) or not _shape_ok(arr.shape[1:], spec.shape):
+                raise RuntimeError(
+                    f"the model returned {spec.name!r} with shape {list(arr.shape)}; the schema declares "
+                    f"{list(spec.shape)} per instance for a batch of {n}"
+                )
+
+    def finish(self, outputs: dict[str, np.ndarray], prepared: Prepared) -> list[Any]:
+        """Return one JSON-ready prediction per instance."""
+        self.check_outputs(outputs, prepared.n)
+        return per_instance(self.post(outputs, prepared.ctx), prepared.n)
+
+    def predict_direct(self, instances: Any, parameters: Any = None) -> list[Any]:
+        """Run instances through pipeline and model without a batcher (validation, tests)."""
+        prepared = self.prepare(instances, parameters)
+        return self.finish(self.runtime.predict(prepared.arrays), prepared)

@@ -1,0 +1,1 @@
+"""The Django project package (named so that it never shadows the stdlib `platform`)."""

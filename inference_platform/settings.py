@@ -1,0 +1,309 @@
+"""Django settings, read from the environment (django-environ) and nowhere else.
+
+Two shapes of deployment come out of the same file:
+
+* embedded (the default): SQLite in WAL mode under ``INFERENCE_DATA_DIR``, django-q2's
+  ORM broker on that database, an in-process cache, a secret key generated once and kept
+  in the data dir. One web process; ``make run`` starts it.
+* production (``DJANGO_DEBUG=false`` and ``DATABASE_URL`` set): PostgreSQL, Redis as the
+  shared cache when ``REDIS_URL`` is set (and as the broker with
+  ``INFERENCE_BROKER=redis``), ``DJANGO_SECRET_KEY`` required, HTTPS-only cookies and
+  HSTS so that ``manage.py check --deploy`` is clean.
+
+docs/configuration.md lists every variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+DATA_DIR = Path(env.str("INFERENCE_DATA_DIR", default="var"))
+if not DATA_DIR.is_absolute():
+    DATA_DIR = BASE_DIR / DATA_DIR
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DATABASE_URL = env.str("DATABASE_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="")
+
+# Production mode: a real database and no debug. A deploy like that must never run on a
+# generated secret, so a missing DJANGO_SECRET_KEY stops the process here.
+PRODUCTION = not DEBUG and bool(DATABASE_URL)
+
+
+def _embedded_secret_key() -> str:
+    """Return the secret kept in the data dir, creating it on first start."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(64))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. With DJANGO_DEBUG=false and DATABASE_URL set "
+            "the platform runs in production mode and refuses to start on a generated "
+            "key: set DJANGO_SECRET_KEY to a long random string (e.g. the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(64))'`)."
+        )
+    SECRET_KEY = _embedded_secret_key()
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_api_key",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "django_ratelimit",
+    "registry",
+    "inference",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and the API docs' static files from the app server itself:
+    # nothing to configure in front of it, and nothing fetched from a CDN.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "inference_platform.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "inference_platform.wsgi.application"
+ASGI_APPLICATION = "inference_platform.asgi.application"
+
+# --- Database -------------------------------------------------------------------------
+
+if DATABASE_URL:
+    DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DJANGO_CONN_MAX_AGE", 60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "db.sqlite3"}}
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run while one writer commits; IMMEDIATE transactions take the
+    # write lock up front so two writers queue on the busy timeout instead of failing
+    # with "database is locked" when a read transaction tries to upgrade.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache ----------------------------------------------------------------------------
+
+if REDIS_URL:
+    # The shared cache: rate-limit counters and key lookups are seen by every web
+    # process on every machine.
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env.str("INFERENCE_CACHE_PREFIX", default="inference"),
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+        }
+    }
+    SILENCED_SYSTEM_CHECKS: list[str] = []
+else:
+    # Embedded mode runs exactly one web process (deploy/gunicorn.conf.py refuses more
+    # without REDIS_URL), so an in-process cache *is* the shared cache: every request
+    # that counts against a rate limit is served by that process. django-ratelimit's
+    # E003 cannot know that, so it is silenced here and only here; with REDIS_URL set
+    # the check runs and passes.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "inference-platform",
+        }
+    }
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003"]
+
+# --- Background jobs (django-q2) -------------------------------------------------------
+
+INFERENCE_BROKER = env.str("INFERENCE_BROKER", default="orm")
+if INFERENCE_BROKER not in ("orm", "redis"):
+    raise ImproperlyConfigured(f"INFERENCE_BROKER must be 'orm' or 'redis', not {INFERENCE_BROKER!r}.")
+if INFERENCE_BROKER == "redis" and not REDIS_URL:
+    raise ImproperlyConfigured("INFERENCE_BROKER=redis needs REDIS_URL to be set.")
+
+# A job may run up to `timeout` seconds; `retry` is comfortably above it so the ORM
+# broker never redelivers a task that is still running (DESIGN.md, "Background jobs").
+Q_CLUSTER = {
+    "name": "inference",
+    "workers": env.int("INFERENCE_WORKERS", default=2),
+    "timeout": env.int("INFERENCE_JOB_TIMEOUT", default=600),
+    "retry": env.int("INFERENCE_JOB_TIMEOUT", default=600) * 2 + 60,
+    "max_attempts": 0,  # the job row counts attempts itself
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "label": "Background tasks",
+    "poll": 0.2,
+}
+if INFERENCE_BROKER == "redis":
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Auth, admin, security -------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
+
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    # Probes from the orchestrator talk plain HTTP inside the cluster.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    if env.bool("DJANGO_BEHIND_TLS_PROXY", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Internationalisation, static and media ---------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+MEDIA_ROOT = DATA_DIR / "media"
+MEDIA_URL = None  # artifacts and results are never served as public files
+
+# Largest artifact upload accepted, in bytes (admin and registry API).
+INFERENCE_MAX_ARTIFACT_BYTES = env.int("INFERENCE_MAX_ARTIFACT_BYTES", default=2 * 1024**3)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024**2
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1024**2)
+
+# --- Registry ----------------------------------------------------------------------------
+
+# Architectures an artifact of a weight format may name: dotted paths to installed
+# nn.Module classes. Loading a weights file never runs code from the file.
+INFERENCE_ARCHITECTURES = [
+    "registry.architectures.MLP",
+    "registry.architectures.SmallCNN",
+] + env.list("INFERENCE_EXTRA_ARCHITECTURES", default=[])
+
+# TorchScript and torch.export artifacts execute code from the file when loaded. Off
+# unless an operator switches them on; then only users/keys holding the
+# `registry.upload_code_artifact` permission may upload them.
+INFERENCE_ALLOW_CODE_ARTIFACTS = env.bool("INFERENCE_ALLOW_CODE_ARTIFACTS", default=False)
+
+# The callable that validates a new version (load it, run an example through pipeline and
+# model) inside a separate process. The registry never imports the serving side.
+REGISTRY_VERSION_VALIDATOR = "inference.validation.validate_version"
+REGISTRY_VALIDATION_TIMEOUT = env.int("INFERENCE_VALIDATION_TIMEOUT", default=300)
+
+# --- Logging ------------------------------------------------------------------------------
+
+LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django_q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+    },
+}
+
+# --- DRF and OpenAPI ------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Inference platform API",
+    "DESCRIPTION": "Predictions, background jobs and the model registry over REST.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Serving ----------------------------------------------------------------------------------
+
+# Request limits: instances per request, elements per tensor, decoded image pixels.
+INFERENCE_MAX_INSTANCES = env.int("INFERENCE_MAX_INSTANCES", default=1024)
+INFERENCE_MAX_TENSOR_ELEMENTS = env.int("INFERENCE_MAX_TENSOR_ELEMENTS", default=4_000_000)
+INFERENCE_IMAGE_MAX_PIXELS = env.int("INFERENCE_IMAGE_MAX_PIXELS", default=4096 * 4096)
+# Operator-defined pipeline steps and handlers: {"step name": "dotted.path.StepClass"}.
+INFERENCE_PIPELINE_STEPS: dict[str, str] = {}
+# Callables observing every inference: f(model=, version=, timings=, outcome=).
+INFERENCE_HOOKS: list[str] = []
+# Bytes of model weights kept loaded per process; least recently used versions unload past it.
+INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 * 1024**3)
+# Rate of a key that sets none.
+INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")

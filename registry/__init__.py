@@ -1,0 +1,1 @@
+"""The model registry: what a model is, its versions, artifacts and aliases."""

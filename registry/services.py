@@ -1,0 +1,273 @@
+"""Writes to the registry. The admin, the commands and the registry API all call these.
+
+Every function is keyword-only and atomic. A version is registered in two steps that
+never leave a half-written row: the artifact and config are checked (and, for a
+synchronous registration, validated in a separate process) *before* anything is
+stored; then the file and the row are written in one transaction, and the file is
+removed again if that transaction fails.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from .artifacts import ArtifactError, architecture_class, read_fileobj, sha256_of
+from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel
+from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
+from .validation import ValidationOutcome, validate_in_subprocess
+
+
+def actor_for(*, user: Any = None, api_key: Any = None, default: str = "system") -> str:
+    """Return how history records name who acted: 'user:<name>' or 'key:<name> (<prefix>)'."""
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"user:{user.get_username()}"
+    if api_key is not None:
+        return f"key:{api_key.name} ({api_key.prefix})"
+    return default
+
+
+def model_get_or_create(*, name: str, description: str = "", task: str = "") -> RegisteredModel:
+    """Return the model called `name`, creating it (validated) if it does not exist."""
+    try:
+        return RegisteredModel.objects.get(name=name)
+    except RegisteredModel.DoesNotExist:
+        pass
+    model = RegisteredModel(name=name, description=description, task=task)
+    model.full_clean()
+    try:
+        with transaction.atomic():
+            model.save()
+    except IntegrityError:  # created concurrently
+        return RegisteredModel.objects.get(name=name)
+    return model
+
+
+def _hardware_target(name: str) -> HardwareTarget:
+    try:
+        target = HardwareTarget.objects.get(name=name)
+    except HardwareTarget.DoesNotExist:
+        known = ", ".join(HardwareTarget.objects.values_list("name", flat=True)) or "none"
+        raise ValidationError(
+            f"hardware {name!r} is not a hardware target (known: {known}).", code="invalid_hardware"
+        ) from None
+    if not target.enabled:
+        raise ValidationError(f"hardware target {name!r} is disabled.", code="invalid_hardware")
+    return target
+
+
+def config_check(*, raw_config: Any, may_upload_code: bool) -> tuple[VersionConfig, HardwareTarget]:
+    """Return the parsed config and its hardware target, or raise ValidationError.
+
+    Checks everything that needs no artifact: structure, allowlisted architecture, known
+    target, and whether a code format may be uploaded at all.
+    """
+    cfg = parse_version_config(raw_config)
+    if cfg.format in CODE_FORMATS:
+        if not settings.INFERENCE_ALLOW_CODE_ARTIFACTS:
+            raise ValidationError(
+                f"format {cfg.format!r} runs code from the file when loaded, and code artifacts are "
+                "disabled on this platform (INFERENCE_ALLOW_CODE_ARTIFACTS). Upload safetensors "
+                "weights with an allowlisted architecture instead.",
+                code="code_artifacts_disabled",
+            )
+        if not may_upload_code:
+            raise ValidationError(
+                f"format {cfg.format!r} runs code from the file when loaded; uploading it needs the "
+                "'Can upload TorchScript / torch.export artifacts' permission.",
+                code="code_artifacts_forbidden",
+            )
+    if cfg.format in WEIGHT_FORMATS:
+        try:
+            architecture_class(cfg.architecture)
+        except ArtifactError as exc:
+            raise ValidationError(str(exc), code="invalid_architecture") from exc
+    return cfg, _hardware_target(cfg.hardware)
+
+
+@contextmanager
+def _local_copy(data: bytes):
+    fd, path = tempfile.mkstemp(prefix="artifact-", suffix=".bin")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def _validate_bytes(*, data: bytes, config: dict[str, Any], allow_code: bool) -> ValidationOutcome:
+    with _local_copy(data) as path:
+        return validate_in_subprocess(config=config, artifact_path=path, allow_code=allow_code)
+
+
+def model_version_register(
+    *,
+    model_name: str,
+    artifact: IO[bytes],
+    config: Any,
+    created_by: Any = None,
+    created_by_key: Any = None,
+    may_upload_code: bool = False,
+    aliases: Iterable[str] = (),
+    validate: bool = True,
+    description: str = "",
+    task: str = "",
+) -> ModelVersion:
+    """Register the next version of `model_name` (creating the model if new) and return it.
+
+    With ``validate=True`` the artifact is loaded and its example run in a separate
+    process first; a failure raises ValidationError and nothing is written. With
+    ``validate=False`` the version is stored as ``registered`` for
+    ``model_version_validate`` to decide later (the registry API's background path).
+    Raise ValidationError for any bad artifact or config.
+    """
+    cfg, target = config_check(raw_config=config, may_upload_code=may_upload_code)
+    aliases = list(aliases)
+    for alias in aliases:
+        ModelAlias._meta.get_field("name").run_validators(alias)
+    if aliases and not validate:
+        raise ValidationError("An alias can only point to a validated version.", code="not_ready")
+    try:
+        data = read_fileobj(artifact, max_bytes=settings.INFERENCE_MAX_ARTIFACT_BYTES)
+    except ArtifactError as exc:
+        raise ValidationError(str(exc), code="artifact_too_large") from exc
+    if not data:
+        raise ValidationError("The artifact file is empty.", code="invalid_artifact")
+    allow_code = cfg.format in CODE_FORMATS  # config_check already refused it otherwise
+    status, error = ModelVersion.Status.REGISTERED, ""
+    if validate:
+        outcome = _validate_bytes(data=data, config=cfg.as_dict(), allow_code=allow_code)
+        if not outcome.ok:
+            raise ValidationError(f"Validation failed: {outcome.error}", code="validation_failed")
+        status = ModelVersion.Status.READY
+
+    model = model_get_or_create(name=model_name, description=description, task=task)
+    version: ModelVersion | None = None
+    try:
+        with transaction.atomic():
+            # Lock the model row: version numbers are handed out one at a time.
+            RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+            number = (model.versions.aggregate(n=Max("version"))["n"] or 0) + 1
+            version = ModelVersion(
+                model=model,
+                version=number,
+                sha256=sha256_of([data]),
+                size_bytes=len(data),
+                format=cfg.format,
+                architecture=cfg.architecture,
+                architecture_args=cfg.architecture_args,
+                input_schema=[t.as_dict() for t in cfg.inputs],
+                output_schema=[t.as_dict() for t in cfg.outputs],
+                preprocess=cfg.preprocess,
+                postprocess=cfg.postprocess,
+                example=cfg.example,
+                max_batch_size=cfg.batching.max_batch_size,
+                max_batch_delay_ms=cfg.batching.max_batch_delay_ms,
+                max_queue_size=cfg.batching.max_queue_size,
+                hardware=target,
+                status=status,
+                status_error=error,
+                validated_at=timezone.now() if validate else None,
+                created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
+                created_by_key=actor_for(api_key=created_by_key, default="") if created_by_key else "",
+            )
+            version.artifact.save("artifact", ContentFile(data), save=False)
+            version.full_clean()
+            version.save()
+            actor = actor_for(user=created_by, api_key=created_by_key)
+            for alias in aliases:
+                alias_set(model=model, alias=alias, version=version, actor=actor)
+    except Exception:
+        if version is not None and version.artifact.name:
+            version.artifact.storage.delete(version.artifact.name)
+        raise
+    return version
+
+
+def model_version_validate(*, version: ModelVersion) -> ModelVersion:
+    """Validate a stored version in a separate process and record `ready` or `failed`."""
+    try:
+        with version.artifact.open("rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        outcome = ValidationOutcome(False, f"The artifact file cannot be read: {exc}")
+    else:
+        if sha256_of([data]) != version.sha256:
+            outcome = ValidationOutcome(False, "sha256 mismatch: the stored artifact changed after registration.")
+        else:
+            outcome = _validate_bytes(
+                data=data, config=version.config, allow_code=version.format in CODE_FORMATS
+            )
+    version.status = ModelVersion.Status.READY if outcome.ok else ModelVersion.Status.FAILED
+    version.status_error = "" if outcome.ok else outcome.error
+    version.validated_at = timezone.now()
+    version.save(update_fields=["status", "status_error", "validated_at"])
+    return version
+
+
+@transaction.atomic
+def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, actor: str = "system") -> ModelAlias:
+    """Point `model@alias` at `version` (promote or roll back) and record the move."""
+    if version.model_id != model.pk:
+        raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
+    if version.status != ModelVersion.Status.READY:
+        raise ValidationError(
+            f"{version} is {version.status}, not ready: only a validated version can take an alias.",
+            code="not_ready",
+        )
+    if version.archived:
+        raise ValidationError(f"{version} is archived.", code="archived")
+    ModelAlias._meta.get_field("name").run_validators(alias)
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
+    if current is not None and current.version_id == version.pk:
+        return current
+    previous = current.version.version if current is not None else None
+    if current is None:
+        current = ModelAlias.objects.create(model=model, name=alias, version=version)
+    else:
+        current.version = version
+        current.save(update_fields=["version", "updated_at"])
+    AliasEvent.objects.create(
+        model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
+        to_version=version.version, actor=actor,
+    )
+    return current
+
+
+@transaction.atomic
+def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -> bool:
+    """Remove `model@alias`; return whether it existed. The removal is recorded."""
+    current = ModelAlias.objects.select_for_update().filter(model=model, name=alias).select_related("version").first()
+    if current is None:
+        return False
+    AliasEvent.objects.create(
+        model=model, alias=alias, action=AliasEvent.Action.DELETE, from_version=current.version.version,
+        to_version=None, actor=actor,
+    )
+    current.delete()
+    return True
+
+
+@transaction.atomic
+def model_version_archive(*, version: ModelVersion) -> ModelVersion:
+    """Archive a version (it stops serving); refused while an alias points to it."""
+    names = list(version.aliases.values_list("name", flat=True))
+    if names:
+        raise ValidationError(
+            f"{version} is the target of alias(es) {', '.join(names)}: move them first.", code="alias_target"
+        )
+    version.archived = True
+    version.save(update_fields=["archived"])
+    return version
