@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
-from .keys import APIKey
+from .keys import APIKey, key_info_forget
 
 # The library registers its own concrete key model; this platform uses its own.
 if admin.site.is_registered(LibraryAPIKey):
@@ -37,6 +37,10 @@ class APIKeyAdmin(APIKeyModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        key_info_forget(form.instance.prefix)  # allowed models changed after save()
 
     @admin.display(description="models")
     def models_list(self, obj: APIKey) -> str:

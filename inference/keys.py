@@ -8,13 +8,34 @@ see (empty = all), and its own rate limit.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
+from django.core.cache import cache
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
+
+logger = logging.getLogger("inference.keys")
+
+# Authentication caches what it needs of a key for this long (seconds); a change to the
+# key drops the entry at once (key_info_forget), this bounds any missed invalidation.
+KEY_CACHE_SECONDS = 30
+
+
+def key_cache_name(prefix: str) -> str:
+    return f"apikey:{prefix}"
+
+
+def key_info_forget(prefix: str) -> None:
+    """Drop a key's cached info (after it is revoked, re-scoped or deleted)."""
+    try:
+        cache.delete(key_cache_name(prefix))
+    except Exception:  # noqa: BLE001 - the entry expires on its own within KEY_CACHE_SECONDS
+        logger.warning("could not drop cached API key info for prefix %s", prefix)
+
 
 rate_validator = RegexValidator(
     r"^[1-9][0-9]*/[1-9]?[0-9]*[smhd]$",
@@ -59,6 +80,16 @@ class APIKey(AbstractAPIKey):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        key_info_forget(self.prefix)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        prefix = self.prefix
+        result = super().delete(*args, **kwargs)
+        key_info_forget(prefix)
+        return result
+
 
 def api_key_create(
     *,
@@ -88,4 +119,5 @@ def api_key_create(
         key.full_clean()
         key.save()
         key.allowed_models.set(found)
+    key_info_forget(key.prefix)
     return key, plain

@@ -7,7 +7,7 @@ e.g. ``instances[3].pixels``, and a stable code.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,33 @@ def _has_bool(value: Any) -> bool:
     return False
 
 
+def _locate(values: list[Any], key_path: str, bad: Callable[[Any], bool]) -> str:
+    """Return the path of the first scalar for which `bad` is true (error path only)."""
+
+    def walk(value: Any, path: str) -> str | None:
+        if isinstance(value, list):
+            for j, v in enumerate(value):
+                found = walk(v, f"{path}[{j}]")
+                if found is not None:
+                    return found
+            return None
+        return path if bad(value) else None
+
+    for i, v in enumerate(values):
+        found = walk(v, f"instances[{i}]{key_path}")
+        if found is not None:
+            return found
+    return f"instances[*]{key_path}" if key_path else "instances"
+
+
+def _not_number(v: Any) -> bool:
+    return isinstance(v, bool) or not isinstance(v, (int, float))
+
+
+def _not_int(v: Any) -> bool:
+    return isinstance(v, bool) or not isinstance(v, int)
+
+
 def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str, maybe_bools: bool) -> np.ndarray:
     target = np.dtype(DATATYPES[spec.datatype])
     where = f"instances[*]{key_path}" if key_path else "instances"
@@ -96,38 +123,60 @@ def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str,
     kind = arr.dtype.kind
     if spec.datatype == "BYTES":
         if kind not in "UO" or (kind == "O" and not all(isinstance(v, str) for v in arr.reshape(-1))):
-            raise InputError(f"{spec.name!r} must hold strings", path=where, code="invalid_datatype")
+            raise InputError(
+                f"{spec.name!r} must hold strings",
+                path=_locate(values, key_path, lambda v: not isinstance(v, str)),
+                code="invalid_datatype",
+            )
         return arr.astype(object)
-    if kind in "UO" or kind == "S":
+    if kind in "UOS":
+        bad_int = target.kind in _INT_KINDS
+        info = np.iinfo(target) if bad_int else None
         raise InputError(
-            f"{spec.name!r} must hold numbers ({spec.datatype}); found strings, nulls or numbers too large to represent",
-            path=where,
+            f"{spec.name!r} must hold numbers ({spec.datatype}); found a string, a null, or a number too large "
+            "to represent",
+            path=_locate(
+                values,
+                key_path,
+                lambda v: _not_number(v) or (info is not None and isinstance(v, int) and not info.min <= v <= info.max),
+            ),
             code="invalid_datatype",
         )
     if spec.datatype == "BOOL":
         if kind != "b":
-            raise InputError(f"{spec.name!r} must hold true/false values", path=where, code="invalid_datatype")
+            raise InputError(
+                f"{spec.name!r} must hold true/false values",
+                path=_locate(values, key_path, lambda v: not isinstance(v, bool)),
+                code="invalid_datatype",
+            )
         return arr
     if kind == "b" or (maybe_bools and _has_bool(values)):
         raise InputError(
-            f"{spec.name!r} must hold numbers ({spec.datatype}), not true/false", path=where, code="invalid_datatype"
+            f"{spec.name!r} must hold numbers ({spec.datatype}), not true/false",
+            path=_locate(values, key_path, lambda v: isinstance(v, bool)),
+            code="invalid_datatype",
         )
     if target.kind in _INT_KINDS:
         if kind == "f":
-            raise InputError(f"{spec.name!r} must hold integers ({spec.datatype})", path=where, code="invalid_datatype")
+            raise InputError(
+                f"{spec.name!r} must hold integers ({spec.datatype})",
+                path=_locate(values, key_path, _not_int),
+                code="invalid_datatype",
+            )
         info = np.iinfo(target)
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise InputError(
                 f"{spec.name!r} has values outside the {spec.datatype} range [{info.min}, {info.max}]",
-                path=where,
+                path=_locate(values, key_path, lambda v: not info.min <= v <= info.max),
                 code="out_of_range",
             )
         return arr.astype(target, copy=False)
     out = arr.astype(target, copy=False)
     if not limits.allow_nonfinite and out.size and not np.isfinite(out).all():
+        limit = float(np.finfo(target).max)
         raise InputError(
             f"{spec.name!r} holds a value that is NaN, infinite, or too large for {spec.datatype}",
-            path=where,
+            path=_locate(values, key_path, lambda v: not (-limit <= v <= limit)),
             code="non_finite",
         )
     return out

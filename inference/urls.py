@@ -1,9 +1,22 @@
-"""URLs of the serving side (APIs, operations endpoints)."""
+"""URLs of the serving side: the v1 API, operations endpoints, OpenAPI."""
 
-from django.urls import path
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
+from .apis import v1
 
 urlpatterns = [
+    path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    re_path(r"^api/v1/models/?$", v1.ModelListView.as_view(), name="v1-models"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
+    re_path(
+        r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/predict/?$",
+        v1.PredictVersionView.as_view(),
+        name="v1-predict-version",
+    ),
+    path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
 ]

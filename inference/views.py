@@ -1,8 +1,23 @@
-"""Operations endpoints."""
+"""Operations endpoints and the landing page."""
 
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 
 
-def healthz(request):
+def healthz(request: HttpRequest) -> JsonResponse:
     """Return 200 while the process is alive (liveness probe)."""
     return JsonResponse({"status": "ok"})
+
+
+def index(request: HttpRequest) -> JsonResponse:
+    """Say where things are."""
+    return JsonResponse(
+        {
+            "service": "inference platform",
+            "admin": "/admin/",
+            "api": "/api/v1/models",
+            "openapi": "/api/schema/",
+            "docs": "/api/docs/",
+            "open_inference_protocol": "/v2",
+            "health": {"live": "/healthz", "ready": "/readyz"},
+        }
+    )

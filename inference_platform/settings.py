@@ -81,6 +81,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "inference.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and the API docs' static files from the app server itself:
     # nothing to configure in front of it, and nothing fetched from a CDN.
@@ -277,11 +278,20 @@ LOGGING = {
 # --- DRF and OpenAPI ------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": [],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["inference.auth.APIKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["inference.auth.HasScope"],
+    "DEFAULT_PARSER_CLASSES": ["inference.apis.parsing.OrjsonParser"],
+    "DEFAULT_RENDERER_CLASSES": ["inference.apis.parsing.OrjsonRenderer"],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "inference.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+# Rate limits (django-ratelimit) count in the default cache; over the limit is a 429
+# with Retry-After. A cache that cannot count fails open (logged, counted).
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_EXCEPTION_CLASS = "inference.errors.RateLimited"
+RATELIMIT_FAIL_OPEN = False  # inference.auth.rate_limit detects the failure itself and fails open
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Inference platform API",
@@ -303,6 +313,12 @@ INFERENCE_IMAGE_MAX_PIXELS = env.int("INFERENCE_IMAGE_MAX_PIXELS", default=4096 
 INFERENCE_PIPELINE_STEPS: dict[str, str] = {}
 # Callables observing every inference: f(model=, version=, timings=, outcome=).
 INFERENCE_HOOKS: list[str] = []
+INFERENCE_MAX_BODY_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE
+# Seconds a predict request waits for its batch before a 503.
+INFERENCE_PREDICT_TIMEOUT = env.float("INFERENCE_PREDICT_TIMEOUT", default=30.0)
+# How often a web process re-checks the shared registry generation (alias moves made by
+# other processes are seen within this many seconds; 0 = on every request).
+INFERENCE_REGISTRY_POLL_SECONDS = env.float("INFERENCE_REGISTRY_POLL_SECONDS", default=0.5)
 # Bytes of model weights kept loaded per process; least recently used versions unload past it.
 INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 * 1024**3)
 # Rate of a key that sets none.

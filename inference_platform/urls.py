@@ -11,3 +11,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("inference.urls")),
 ]
+
+handler400 = "inference.errors.handler400"
+handler403 = "inference.errors.handler403"
+handler404 = "inference.errors.handler404"
+handler500 = "inference.errors.handler500"

@@ -120,6 +120,11 @@ def _load_tensors_state_dict(data: bytes) -> dict[str, Any]:
             f"model.state_dict() or use safetensors. ({first})"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        if "TorchScript" in str(exc):
+            raise ArtifactError(
+                "This is a TorchScript archive, not a state_dict: it holds code. Save "
+                "model.state_dict() instead, or declare format 'torchscript' (code artifacts must be enabled)."
+            ) from exc
         raise ArtifactError(f"Corrupt or truncated state_dict file: {type(exc).__name__}: {exc}") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # a training checkpoint that wraps the weights
@@ -194,6 +199,8 @@ def load_module(
         tensors = _load_tensors_safetensors(data) if format == "safetensors" else _load_tensors_state_dict(data)
         module = build_architecture(architecture, architecture_args or {})
         _load_weights(module, tensors, architecture)
-    if hasattr(module, "eval"):
+    try:
         module.eval()
+    except (AttributeError, NotImplementedError):
+        pass  # exported programs are already in inference form and refuse eval()
     return module

@@ -9,6 +9,7 @@ removed again if that transaction fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
@@ -25,7 +27,28 @@ from django.utils import timezone
 from .artifacts import ArtifactError, architecture_class, read_fileobj, sha256_of
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
+from .signals import GENERATION_CACHE_KEY, registry_changed
 from .validation import ValidationOutcome, validate_in_subprocess
+
+logger = logging.getLogger("registry")
+
+
+def _announce_change() -> None:
+    """After commit, bump the shared registry generation and tell this process's listeners.
+
+    Serving processes compare the generation to decide whether their resolved versions
+    are stale, so a promotion in one process is seen by all of them.
+    """
+
+    def bump() -> None:
+        try:
+            if not cache.add(GENERATION_CACHE_KEY, 1, timeout=None):
+                cache.incr(GENERATION_CACHE_KEY)
+        except Exception:  # noqa: BLE001 - serving processes fall back to their poll interval
+            logger.warning("could not bump the registry generation in the cache")
+        registry_changed.send(sender=RegisteredModel)
+
+    transaction.on_commit(bump)
 
 
 def actor_for(*, user: Any = None, api_key: Any = None, default: str = "system") -> str:
@@ -188,6 +211,7 @@ def model_version_register(
             actor = actor_for(user=created_by, api_key=created_by_key)
             for alias in aliases:
                 alias_set(model=model, alias=alias, version=version, actor=actor)
+            _announce_change()
     except Exception:
         if version is not None and version.artifact.name:
             version.artifact.storage.delete(version.artifact.name)
@@ -212,7 +236,9 @@ def model_version_validate(*, version: ModelVersion) -> ModelVersion:
     version.status = ModelVersion.Status.READY if outcome.ok else ModelVersion.Status.FAILED
     version.status_error = "" if outcome.ok else outcome.error
     version.validated_at = timezone.now()
-    version.save(update_fields=["status", "status_error", "validated_at"])
+    with transaction.atomic():
+        version.save(update_fields=["status", "status_error", "validated_at"])
+        _announce_change()
     return version
 
 
@@ -243,6 +269,7 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
         model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
         to_version=version.version, actor=actor,
     )
+    _announce_change()
     return current
 
 
@@ -257,6 +284,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
         to_version=None, actor=actor,
     )
     current.delete()
+    _announce_change()
     return True
 
 
@@ -270,4 +298,5 @@ def model_version_archive(*, version: ModelVersion) -> ModelVersion:
         )
     version.archived = True
     version.save(update_fields=["archived"])
+    _announce_change()
     return version

@@ -1,0 +1,171 @@
+"""The native REST API, /api/v1/ (DESIGN.md, "External contract").
+
+Views are thin: authenticate (API key), check scope, count the rate, parse, call one
+service, render. Errors leave as the platform's JSON error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from registry.models import ModelVersion
+
+from .. import services
+from ..errors import NotFound
+from ..auth import APIKeyAuthentication, HasScope, rate_limit
+from ..keys import APIKey
+from ..runtime.pool import get_pool
+from . import serializers as s
+from .parsing import OrjsonParser, OrjsonRenderer, loads, read_body
+
+JSON_TYPES = ("application/json",)
+
+
+class PlatformAPIView(APIView):
+    """Base of the API views: API-key auth, scope, per-key rate limit, orjson in and out."""
+
+    authentication_classes = [APIKeyAuthentication]
+    permission_classes = [HasScope]
+    parser_classes = [OrjsonParser]
+    renderer_classes = [OrjsonRenderer]
+    required_scope = APIKey.Scope.INFER
+
+    def check_throttles(self, request: Request) -> None:
+        rate_limit(request)
+
+    def json_body(self, request: Request) -> tuple[Any, bytes]:
+        """Return (parsed body, raw bytes); 415 unless the body is JSON."""
+        content_type = request.content_type.split(";")[0].strip().lower()
+        if content_type not in JSON_TYPES:
+            raise exceptions.UnsupportedMediaType(
+                content_type or "(none)", detail=f"Send JSON with Content-Type: application/json, not {content_type or 'nothing'}."
+            )
+        raw = read_body(request._request)
+        return loads(raw), raw
+
+
+def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "status": v.status,
+        "ready": v.status == ModelVersion.Status.READY,
+        "error": v.status_error or None,
+        "format": v.format,
+        "inputs": v.input_schema,
+        "outputs": v.output_schema,
+        "parameters": _request_parameters(v),
+        "hardware": v.hardware.name,
+        "aliases": aliases,
+        "created_at": v.created_at,
+    }
+
+
+def _request_parameters(v: ModelVersion) -> list[str]:
+    return sorted({"top_k"} if any(step.get("step") == "topk" for step in v.postprocess) else set())
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    aliases: dict[int, list[str]] = {}
+    alias_map: dict[str, int] = {}
+    for a in model.aliases.all():
+        aliases.setdefault(a.version_id, []).append(a.name)
+        alias_map[a.name] = a.version.version
+    versions = [version_summary(v, sorted(aliases.get(v.pk, []))) for v in model.versions.all() if not v.archived]
+    return {
+        "name": model.name,
+        "description": model.description,
+        "task": model.task,
+        "aliases": alias_map,
+        "versions": versions,
+    }
+
+
+class ModelListView(PlatformAPIView):
+    @extend_schema(
+        operation_id="models_list",
+        summary="List the models this key may use",
+        responses={200: s.ModelListSerializer, 401: s.ErrorSerializer, 403: s.ErrorSerializer, 429: s.ErrorSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        from registry.selectors import model_list
+
+        key = request.auth
+        names = None if key.models is None else sorted(key.models)
+        return Response({"models": [model_summary(m) for m in model_list(names=names)]})
+
+
+class ModelDetailView(PlatformAPIView):
+    @extend_schema(
+        operation_id="models_retrieve",
+        summary="One model: versions, schemas, readiness",
+        responses={200: s.ModelSerializer, 401: s.ErrorSerializer, 403: s.ErrorSerializer, 404: s.ErrorSerializer,
+                   429: s.ErrorSerializer},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        from registry.selectors import model_list
+
+        services.visible_model(model_name=name, key=request.auth)
+        model = model_list(names=[name]).first()
+        if model is None:
+            raise NotFound(f"No model named {name!r}.")
+        return Response(model_summary(model))
+
+
+PREDICT_ERRORS = {
+    400: s.ErrorSerializer, 401: s.ErrorSerializer, 403: s.ErrorSerializer, 404: s.ErrorSerializer,
+    413: s.ErrorSerializer, 415: s.ErrorSerializer, 429: s.ErrorSerializer, 500: s.ErrorSerializer,
+    503: s.ErrorSerializer,
+}
+
+
+class PredictView(PlatformAPIView):
+    @extend_schema(
+        operation_id="models_predict",
+        summary="Predict with the production version (else the newest ready one)",
+        request=s.PredictRequestSerializer,
+        responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
+    )
+    def post(self, request: Request, name: str) -> Response:
+        return self._predict(request, name, None)
+
+    def _predict(self, request: Request, name: str, ref: str | None) -> Response:
+        # Resolve visibility before reading the body: an unknown model is a 404 whatever is sent.
+        services.visible_model(model_name=name, key=request.auth)
+        body, raw = self.json_body(request)
+        result = services.predict(
+            model_name=name,
+            ref=ref,
+            body=body,
+            key=request.auth,
+            request_id=getattr(request._request, "request_id", ""),
+            maybe_bools=b"true" in raw or b"false" in raw,
+        )
+        return Response(result)
+
+
+class PredictVersionView(PredictView):
+    @extend_schema(
+        operation_id="models_versions_predict",
+        summary="Predict with version v (a number or an alias name)",
+        parameters=[OpenApiParameter("ref", str, OpenApiParameter.PATH, description="version number or alias")],
+        request=s.PredictRequestSerializer,
+        responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
+    )
+    def post(self, request: Request, name: str, ref: str) -> Response:  # type: ignore[override]
+        return self._predict(request, name, ref)
+
+
+def loaded_versions() -> list[dict[str, Any]]:
+    """Return what this process has loaded (for readiness and the admin)."""
+    out = []
+    for (pk, device), entry in get_pool().cache.entries():
+        served = entry.served
+        out.append({"model": served.model_name, "version": served.version, "device": device,
+                    "queue_depth": entry.batcher.queue_depth, "bytes": entry.nbytes})
+    return out

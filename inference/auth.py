@@ -1,0 +1,167 @@
+"""API key authentication, scope permissions and per-key rate limits for the APIs.
+
+* ``APIKeyAuthentication`` (a DRF authentication class): reads ``Authorization: Api-Key
+  <key>`` or ``X-API-Key: <key>``, looks the key up by its prefix (cached briefly in the
+  shared cache), verifies the hash in constant time, and refuses revoked and expired
+  keys. No key or a bad one is 401 with ``WWW-Authenticate: Api-Key``.
+* ``HasScope``: 403 when the key lacks the scope for the action.
+* ``rate_limit``: django-ratelimit keyed on the key, at the key's own rate; over the
+  limit raises ``RateLimited`` (429 + Retry-After). An unreachable cache never fails a
+  request: the check is skipped, logged and counted (documented fail-open).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+from django_ratelimit.core import get_usage
+from rest_framework import authentication, exceptions, permissions
+
+from .errors import RateLimited
+from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name
+
+logger = logging.getLogger("inference.auth")
+
+_CACHE_MISS = object()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a request needs to know about its key; cached, never the key itself."""
+
+    id: str
+    prefix: str
+    name: str
+    hashed_key: str
+    scope: str
+    models: frozenset[str] | None  # None: all models
+    rate: str
+    expiry: datetime | None
+    revoked: bool
+
+    @property
+    def is_authenticated(self) -> bool:  # DRF treats request.user like a user
+        return True
+
+    def may_see(self, model_name: str) -> bool:
+        return self.models is None or model_name in self.models
+
+    @property
+    def expired(self) -> bool:
+        return self.expiry is not None and self.expiry <= timezone.now()
+
+
+def _load_key_info(prefix: str) -> KeyInfo | None:
+    row = APIKey.objects.filter(prefix=prefix).prefetch_related("allowed_models").first()
+    if row is None:
+        return None
+    names = frozenset(m.name for m in row.allowed_models.all())
+    return KeyInfo(
+        id=row.pk, prefix=row.prefix, name=row.name, hashed_key=row.hashed_key, scope=row.scope,
+        models=names or None, rate=row.rate, expiry=row.expiry_date, revoked=row.revoked,
+    )
+
+
+def key_info_for_prefix(prefix: str) -> KeyInfo | None:
+    """Return the key info for a prefix: from the shared cache, else one database lookup."""
+    name = key_cache_name(prefix)
+    try:
+        info = cache.get(name, _CACHE_MISS)
+    except Exception:  # noqa: BLE001 - cache down: go to the database
+        logger.warning("cache unreachable for API key lookup; reading the database")
+        info = _CACHE_MISS
+    if info is not _CACHE_MISS:
+        return info
+    info = _load_key_info(prefix)
+    try:
+        cache.set(name, info, KEY_CACHE_SECONDS)
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def extract_key(request: Any) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "api-key" and value.strip():
+            return value.strip()
+        return None
+    value = request.META.get("HTTP_X_API_KEY", "").strip()
+    return value or None
+
+
+class APIKeyAuthentication(authentication.BaseAuthentication):
+    """Authenticate a request by its API key; `request.auth` becomes the KeyInfo."""
+
+    keyword = "Api-Key"
+
+    def authenticate(self, request: Any) -> tuple[KeyInfo, KeyInfo] | None:
+        key = extract_key(request)
+        if key is None:
+            if request.META.get("HTTP_AUTHORIZATION"):
+                raise exceptions.AuthenticationFailed('Use "Authorization: Api-Key <key>" or "X-API-Key: <key>".')
+            raise exceptions.NotAuthenticated('An API key is required: "Authorization: Api-Key <key>".')
+        prefix, dot, _ = key.partition(".")
+        if not dot or not prefix or len(key) > 200:
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        info = key_info_for_prefix(prefix)
+        if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        if info.revoked:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        if info.expired:
+            raise exceptions.AuthenticationFailed("This API key has expired.")
+        request.api_key = info
+        return info, info
+
+    def authenticate_header(self, request: Any) -> str:
+        return self.keyword
+
+
+class HasScope(permissions.BasePermission):
+    """Allow a view's action only to keys with the view's `required_scope`."""
+
+    message = "This API key lacks the scope for this action."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        required = getattr(view, "required_scope", APIKey.Scope.INFER)
+        info = getattr(request, "auth", None)
+        if not isinstance(info, KeyInfo):
+            return False
+        if info.scope != required:
+            self.message = f"This API key has scope {info.scope!r}; this action needs scope {required!r}."
+            return False
+        return True
+
+
+def _rate_for(group: str, request: Any) -> str:
+    return request.auth.rate or settings.INFERENCE_DEFAULT_RATE
+
+
+def _key_for(group: str, request: Any) -> str:
+    return request.auth.prefix
+
+
+def rate_limit(request: Any, *, on_fail_open: Any = None) -> None:
+    """Count this request against its key's rate; raise RateLimited over the limit."""
+    try:
+        usage = get_usage(request, group="api", key=_key_for, rate=_rate_for, increment=True)
+    except Exception as exc:  # noqa: BLE001 - documented fail-open
+        usage = {"limit": 0, "time_left": -1, "should_limit": True, "error": exc}
+    if usage is None:
+        return
+    if usage["limit"] == 0 and usage["time_left"] == -1:
+        # django-ratelimit's signal that the cache could not count: fail open.
+        logger.warning("rate limit not enforced: the cache is unreachable (%s)", usage.get("error", "no count"))
+        if on_fail_open is not None:
+            on_fail_open()
+        return
+    if usage["should_limit"]:
+        raise RateLimited(wait=max(1, usage["time_left"]))

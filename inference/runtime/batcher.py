@@ -1,0 +1,228 @@
+"""Dynamic batching: many requests, one forward pass (after MLServer's AdaptiveBatcher).
+
+One ``Batcher`` wraps one runtime per (version, device) per process, with one thread:
+
+* An idle batcher does not wait: a request that finds nothing queued and nothing
+  computing runs at once, so batching costs no latency at low load.
+* Requests that arrive while a batch computes queue up and form the next batch, up to
+  ``max_batch_size`` instances. A partial batch waits for more only while its oldest
+  request is younger than ``max_batch_delay_ms`` (and only if that request arrived
+  while the batcher was busy).
+* Requests are batched together only when their per-instance shapes and dtypes match
+  (variable dimensions differ between requests).
+* The queue is bounded (``max_queue_size`` requests): a full queue raises
+  ``Overloaded`` at once (a 503 with Retry-After), never an unbounded wait.
+* A request whose caller gave up (``Pending.cancel()``) is dropped, not computed.
+* A failing forward fails only the requests of its batch, with the model's error; the
+  thread keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+
+
+class Overloaded(Exception):
+    """The batcher's queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BatcherStopped(Exception):
+    """The batcher was stopped (its version was unloaded) before the request ran."""
+
+
+@dataclass(eq=False)
+class Pending:
+    """One submitted request: its arrays, its future, and when it arrived."""
+
+    arrays: Arrays
+    n: int
+    signature: tuple
+    enqueued: float
+    wait_for_more: bool
+    future: Future = field(default_factory=Future)
+    started: float = 0.0  # when its batch began computing
+    finished: float = 0.0
+    batch_size: int = 0
+
+    def result(self, timeout: float | None) -> Arrays:
+        """Return this request's outputs; on timeout, drop it from the queue and raise TimeoutError."""
+        try:
+            return self.future.result(timeout)
+        except FutureTimeout:
+            self.future.cancel()  # succeeds only while still queued: then it is never computed
+            raise TimeoutError(f"no result within {timeout:.1f} s") from None
+
+    def cancel(self) -> bool:
+        return self.future.cancel()
+
+
+def signature_of(arrays: Arrays) -> tuple:
+    """Return what must match for two requests to share a batch: names, per-instance shapes, dtypes."""
+    return tuple((k, v.shape[1:], v.dtype.str) for k, v in arrays.items())
+
+
+@dataclass
+class BatcherStats:
+    exec_count: int = 0  # forward passes
+    inference_count: int = 0  # instances computed
+    request_count: int = 0
+    failures: int = 0
+    dropped: int = 0  # cancelled before they ran
+    rejected: int = 0  # refused because the queue was full
+
+
+class Batcher:
+    """Gather requests into batches for one predict function, on one thread."""
+
+    def __init__(
+        self,
+        predict: Callable[[Arrays], Arrays],
+        *,
+        max_batch_size: int = 32,
+        max_batch_delay_ms: float = 5.0,
+        max_queue_size: int = 256,
+        name: str = "batcher",
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ):
+        self.predict = predict
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.max_delay = max(0.0, float(max_batch_delay_ms)) / 1000.0
+        self.max_queue_size = max(1, int(max_queue_size))
+        self.name = name
+        self.on_batch = on_batch  # called (requests, instances, seconds) after each forward
+        self.stats = BatcherStats()
+        self._queue: deque[Pending] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
+        self._thread.start()
+
+    # ---- client side -------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, arrays: Arrays) -> Pending:
+        """Queue a request (arrays with the instances on axis 0) and return its Pending."""
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        with self._cond:
+            if self._stopping:
+                raise BatcherStopped(f"{self.name} is stopped")
+            if len(self._queue) >= self.max_queue_size:
+                self.stats.rejected += 1
+                raise Overloaded(
+                    f"{self.name}: {len(self._queue)} requests already queued (max_queue_size "
+                    f"{self.max_queue_size}); retry shortly",
+                    retry_after=1,
+                )
+            idle = not self._busy and not self._queue
+            pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle)
+            self._queue.append(pending)
+            self._cond.notify()
+        return pending
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # ---- batcher thread -------------------------------------------------------------------
+    def _take(self) -> list[Pending] | None:
+        """Wait for, then remove and return, the next batch (None when stopping with nothing left)."""
+        with self._cond:
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                head = self._queue[0]
+                batch, total = self._compatible(head)
+                if total < self.max_batch_size and head.wait_for_more and self.max_delay and not self._stopping:
+                    remaining = head.enqueued + self.max_delay - time.perf_counter()
+                    if remaining > 0:
+                        self._cond.wait(remaining)
+                        continue  # re-gather: more may have arrived, or the head was cancelled
+                for p in batch:
+                    self._queue.remove(p)
+                live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+                self.stats.dropped += len(batch) - len(live)
+                if live:
+                    self._busy = True
+                    return live
+
+    def _compatible(self, head: Pending) -> tuple[list[Pending], int]:
+        batch, total = [head], head.n
+        if self.max_batch_size > 1:
+            for p in list(self._queue)[1:]:
+                if total >= self.max_batch_size:
+                    break
+                if p.signature == head.signature and total + p.n <= self.max_batch_size:
+                    batch.append(p)
+                    total += p.n
+        return batch, total
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._compute(batch)
+            with self._cond:
+                # Requests that arrive from now on, to an empty queue, run at once.
+                self._busy = False
+
+    def _compute(self, batch: list[Pending]) -> None:
+        started = time.perf_counter()
+        total = sum(p.n for p in batch)
+        try:
+            if len(batch) == 1:
+                inputs = batch[0].arrays
+            else:
+                inputs = {k: np.concatenate([p.arrays[k] for p in batch]) for k in batch[0].arrays}
+            outputs = self.predict(inputs)
+        except Exception as exc:  # noqa: BLE001 - the model's error goes to its own requests
+            self.stats.failures += 1
+            logger.warning("%s: a batch of %d request(s) failed: %s", self.name, len(batch), exc)
+            finished = time.perf_counter()
+            for p in batch:
+                p.started, p.finished, p.batch_size = started, finished, total
+                p.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        self.stats.exec_count += 1
+        self.stats.inference_count += total
+        self.stats.request_count += len(batch)
+        offset = 0
+        for p in batch:
+            p.started, p.finished, p.batch_size = started, finished, total
+            part = {k: v[offset : offset + p.n] for k, v in outputs.items()}
+            offset += p.n
+            p.future.set_result(part)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch), total, finished - started)
+            except Exception:  # noqa: BLE001 - observers never break serving
+                logger.exception("%s: on_batch observer failed", self.name)
+
+
+__all__ = ["Batcher", "BatcherStopped", "CancelledError", "Overloaded", "Pending", "signature_of"]

@@ -1,0 +1,146 @@
+"""This process's served versions: which version a request means, and its loaded form.
+
+``resolve(model_name, ref)`` answers from a per-process memo that is trusted until the
+registry changes: every registry change bumps a generation number in the shared cache
+(and signals this process at once). The memo re-reads that number at most every
+``INFERENCE_REGISTRY_POLL_SECONDS``, so the request path costs no database query, and
+a promotion made by another process is seen within that interval.
+
+``loaded(version)`` returns the version's ``Loaded`` entry from the byte-bounded LRU
+cache, loading it (and starting its batcher) on first use — lazily, inside whichever
+process serves, never before a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+
+from registry.models import ModelVersion, RegisteredModel
+from registry.selectors import version_resolve
+from registry.signals import GENERATION_CACHE_KEY
+
+from .base import ModelNotReady
+from .batcher import Batcher
+from .cache import Loaded, ModelCache
+
+logger = logging.getLogger("inference.runtime")
+
+_MISSING = object()
+MEMO_MAX = 10_000  # resolved (model, ref) pairs kept; bounded against random refs
+
+
+class ServingPool:
+    def __init__(self) -> None:
+        self.cache = ModelCache(settings.INFERENCE_MODEL_CACHE_BYTES)
+        self._lock = threading.Lock()
+        self._memo: dict[tuple[str, str], Any] = {}
+        self._generation: Any = None
+        self._checked = 0.0
+        self.poll_seconds = float(getattr(settings, "INFERENCE_REGISTRY_POLL_SECONDS", 0.5))
+
+    # ---- resolution ------------------------------------------------------------------------
+    def invalidate(self, **_: Any) -> None:
+        """Forget resolved versions (the registry changed)."""
+        with self._lock:
+            self._memo.clear()
+            self._checked = 0.0
+
+    def _fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.poll_seconds:
+            return
+        try:
+            generation = cache.get(GENERATION_CACHE_KEY)
+        except Exception:  # noqa: BLE001 - cache down: fall back to re-reading the database
+            generation = object()
+        with self._lock:
+            if generation != self._generation or generation is None:
+                self._memo.clear()
+                self._generation = generation
+            self._checked = now
+
+    def model(self, name: str) -> RegisteredModel | None:
+        self._fresh()
+        key = ("model", name)
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = RegisteredModel.objects.filter(name=name).first()
+            self._remember(key, found)
+        return found
+
+    def resolve(self, model: RegisteredModel, ref: str | int | None) -> ModelVersion | None:
+        """Return the version `ref` names (number, alias, or None for production/newest ready)."""
+        self._fresh()
+        key = (model.name, "" if ref is None else str(ref))
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            found = version_resolve(model=model, ref=ref)
+            self._remember(key, found)
+        return found
+
+    def _remember(self, key: tuple[str, str], value: Any) -> None:
+        if len(self._memo) >= MEMO_MAX:
+            self._memo.clear()
+        self._memo[key] = value
+
+    # ---- loading -------------------------------------------------------------------------------
+    def loaded(self, version: ModelVersion) -> Loaded:
+        """Return the loaded form of a ready version; raise ModelNotReady with the reason."""
+        if version.status != ModelVersion.Status.READY:
+            if version.status == ModelVersion.Status.FAILED:
+                raise ModelNotReady(f"{version} failed validation: {version.status_error}")
+            raise ModelNotReady(f"{version} is still being validated")
+        key = (version.pk, version.hardware.device)
+        return self.cache.get(key, lambda: self._load(version))
+
+    def _load(self, version: ModelVersion) -> Loaded:
+        from .served import ServedVersion
+
+        served = ServedVersion.from_version(version)
+        started = time.perf_counter()
+        served.load()
+        seconds = time.perf_counter() - started
+        logger.info("Loaded %s on %s in %.2f s (%d bytes of weights)", version, version.hardware.device,
+                    seconds, served.nbytes)
+        batcher = Batcher(
+            served.runtime.predict,
+            max_batch_size=version.max_batch_size,
+            max_batch_delay_ms=version.max_batch_delay_ms,
+            max_queue_size=version.max_queue_size,
+            name=f"{version.model.name}:v{version.version}@{version.hardware.device}",
+        )
+        return Loaded(served=served, batcher=batcher, nbytes=served.nbytes, load_seconds=seconds)
+
+
+_pool: ServingPool | None = None
+_pool_lock = threading.Lock()
+
+
+def get_pool() -> ServingPool:
+    """Return this process's pool, created on first use (after any fork)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ServingPool()
+    return _pool
+
+
+def reset_pool() -> None:
+    """Unload everything and start afresh (tests; settings changes)."""
+    global _pool
+    with _pool_lock:
+        old, _pool = _pool, None
+    if old is not None:
+        old.cache.clear()
+
+
+def on_registry_changed(**kwargs: Any) -> None:
+    if _pool is not None:
+        _pool.invalidate()

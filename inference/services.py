@@ -1,0 +1,194 @@
+"""Serving business logic: run a prediction request end to end.
+
+Views parse HTTP and call ``predict()``; background jobs call the same pieces per chunk.
+Nothing here writes to the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from registry.models import ModelVersion
+
+from .errors import ErrorCode, InvalidInput, ModelFailed, NotFound, ServiceUnavailable
+from .runtime.base import ModelNotReady
+from .runtime.batcher import BatcherStopped, Overloaded
+from .runtime.cache import Loaded
+from .runtime.pool import get_pool
+from .tensors import InputError
+
+logger = logging.getLogger("inference.predict")
+
+PREDICT_BODY_KEYS = {"instances", "parameters", "id"}
+
+
+@dataclass
+class PredictOutcome:
+    """What observers (hooks, metrics, request records) learn about one request."""
+
+    model: str
+    version: int | None
+    status: int
+    instances: int = 0
+    batch_size: int = 0
+    error_code: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---- hooks --------------------------------------------------------------------------------------
+
+_hooks: list[Callable[..., Any]] | None = None
+
+
+def _load_hooks() -> list[Callable[..., Any]]:
+    global _hooks
+    if _hooks is None:
+        _hooks = [import_string(p) if isinstance(p, str) else p for p in settings.INFERENCE_HOOKS]
+    return _hooks
+
+
+def _reset_hooks(*, setting: str, **_: Any) -> None:
+    global _hooks
+    if setting == "INFERENCE_HOOKS":
+        _hooks = None
+
+
+setting_changed.connect(_reset_hooks, dispatch_uid="inference.services.reset_hooks")
+
+
+def run_hooks(outcome: PredictOutcome) -> None:
+    """Call every INFERENCE_HOOKS callable; a failing hook is logged, never fails the request."""
+    for hook in _load_hooks():
+        try:
+            hook(model=outcome.model, version=outcome.version, timings=outcome.timings, outcome=outcome)
+        except Exception:  # noqa: BLE001
+            logger.exception("inference hook %r failed", hook)
+
+
+# ---- resolution ---------------------------------------------------------------------------------
+
+def visible_model(*, model_name: str, key: Any) -> Any:
+    """Return the model if it exists and the key may see it; else NotFound (same answer for both)."""
+    if key is not None and not key.may_see(model_name):
+        raise NotFound(f"No model named {model_name!r}.")
+    model = get_pool().model(model_name)
+    if model is None:
+        raise NotFound(f"No model named {model_name!r}.")
+    return model
+
+
+def served_version(*, model_name: str, ref: str | int | None, key: Any) -> tuple[ModelVersion, Loaded]:
+    """Return the version a request means and its loaded form, or the right API error."""
+    pool = get_pool()
+    model = visible_model(model_name=model_name, key=key)
+    version = pool.resolve(model, ref)
+    if version is None:
+        if ref is None:
+            raise ServiceUnavailable(
+                f"Model {model_name!r} has no ready version and no production alias yet.", retry_after=30
+            )
+        raise NotFound(f"Model {model_name!r} has no version or alias {str(ref)!r}.")
+    try:
+        return version, pool.loaded(version)
+    except ModelNotReady as exc:
+        raise ServiceUnavailable(f"model not ready: {exc}", retry_after=30,
+                                 details={"model": model_name, "version": version.version}) from exc
+
+
+def parse_predict_body(body: Any) -> tuple[Any, Any]:
+    """Return (instances, parameters) from a predict body, or InvalidInput."""
+    if not isinstance(body, dict):
+        raise InvalidInput('The body must be a JSON object: {"instances": [...]}.', path="")
+    unknown = set(body) - PREDICT_BODY_KEYS
+    if unknown:
+        raise InvalidInput(f"Unknown field(s) {sorted(unknown)}; expected instances and optional parameters.",
+                           path=sorted(unknown)[0])
+    if "instances" not in body:
+        raise InvalidInput('The body needs "instances": a list of inputs, one per prediction.', path="instances")
+    return body["instances"], body.get("parameters")
+
+
+def predict(
+    *,
+    model_name: str,
+    ref: str | int | None,
+    body: Any,
+    key: Any = None,
+    request_id: str = "",
+    maybe_bools: bool = True,
+) -> dict[str, Any]:
+    """Run one predict request through pipeline and batcher; return the response body."""
+    t0 = time.perf_counter()
+    outcome = PredictOutcome(model=model_name, version=None, status=200)
+    try:
+        instances, parameters = parse_predict_body(body)
+        version, loaded = served_version(model_name=model_name, ref=ref, key=key)
+        outcome.version = version.version
+        predictions = run_instances(loaded, instances, parameters, outcome=outcome, maybe_bools=maybe_bools)
+        return {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
+    except Exception as exc:
+        outcome.status = getattr(exc, "status_code", 500)
+        outcome.error_code = getattr(exc, "error_code", ErrorCode.SERVER_ERROR)
+        raise
+    finally:
+        outcome.timings["total"] = time.perf_counter() - t0
+        run_hooks(outcome)
+
+
+def run_instances(
+    loaded: Loaded,
+    instances: Any,
+    parameters: Any = None,
+    *,
+    outcome: PredictOutcome | None = None,
+    maybe_bools: bool = True,
+    timeout: float | None = None,
+) -> list[Any]:
+    """Decode, preprocess, batch, compute and postprocess instances; return one prediction each."""
+    served = loaded.served
+    timings = outcome.timings if outcome is not None else {}
+    t0 = time.perf_counter()
+    try:
+        prepared = served.prepare(instances, parameters, maybe_bools=maybe_bools)
+    except InputError as exc:
+        raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
+    t1 = time.perf_counter()
+    timings["preprocess"] = t1 - t0
+    try:
+        pending = loaded.batcher.submit(prepared.arrays)
+    except Overloaded as exc:
+        raise ServiceUnavailable(str(exc), retry_after=exc.retry_after, code=ErrorCode.OVERLOADED) from exc
+    except BatcherStopped as exc:
+        raise ServiceUnavailable("The model is being unloaded; retry.", retry_after=1) from exc
+    timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
+    try:
+        outputs = pending.result(timeout)
+    except TimeoutError as exc:
+        raise ServiceUnavailable(
+            f"The model did not answer within {timeout:.0f} s (INFERENCE_PREDICT_TIMEOUT); it is overloaded.",
+            retry_after=5, code=ErrorCode.TIMEOUT,
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - the model's own error, for this batch only
+        raise ModelFailed(f"The model failed on this batch: {type(exc).__name__}: {exc}") from exc
+    t2 = time.perf_counter()
+    timings["queue"] = max(0.0, pending.started - pending.enqueued)
+    timings["compute"] = pending.finished - pending.started
+    try:
+        predictions = served.finish(outputs, prepared)
+    except InputError as exc:
+        raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
+    except Exception as exc:  # noqa: BLE001 - a postprocess step or schema mismatch
+        raise ModelFailed(f"Postprocessing failed: {type(exc).__name__}: {exc}") from exc
+    timings["postprocess"] = time.perf_counter() - t2
+    if outcome is not None:
+        outcome.instances = prepared.n
+        outcome.batch_size = pending.batch_size
+    return predictions
