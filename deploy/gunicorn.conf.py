@@ -1,7 +1,7 @@
 """gunicorn settings for the web process (threads; models load lazily per process).
 
 Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 1), GUNICORN_THREADS
-(threads per worker, default 16), GUNICORN_TIMEOUT.
+(threads per worker, default 32), GUNICORN_TIMEOUT.
 """
 
 import os
@@ -10,7 +10,7 @@ host = os.environ.get("HOST", "127.0.0.1")
 port = os.environ.get("PORT", "8000")
 bind = [f"{host}:{port}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 20

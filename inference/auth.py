@@ -24,6 +24,7 @@ from django_ratelimit.core import get_usage
 from rest_framework import authentication, exceptions, permissions
 
 from .errors import RateLimited
+from .monitoring import metrics
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name
 
 logger = logging.getLogger("inference.auth")
@@ -149,7 +150,7 @@ def _key_for(group: str, request: Any) -> str:
     return request.auth.prefix
 
 
-def rate_limit(request: Any, *, on_fail_open: Any = None) -> None:
+def rate_limit(request: Any, *, model: str = "") -> None:
     """Count this request against its key's rate; raise RateLimited over the limit."""
     try:
         usage = get_usage(request, group="api", key=_key_for, rate=_rate_for, increment=True)
@@ -160,8 +161,8 @@ def rate_limit(request: Any, *, on_fail_open: Any = None) -> None:
     if usage["limit"] == 0 and usage["time_left"] == -1:
         # django-ratelimit's signal that the cache could not count: fail open.
         logger.warning("rate limit not enforced: the cache is unreachable (%s)", usage.get("error", "no count"))
-        if on_fail_open is not None:
-            on_fail_open()
+        metrics.RATELIMIT_FAIL_OPEN.inc()
         return
     if usage["should_limit"]:
+        metrics.RATELIMIT_REJECTED.labels(model).inc()
         raise RateLimited(wait=max(1, usage["time_left"]))

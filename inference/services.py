@@ -18,6 +18,7 @@ from django.utils.module_loading import import_string
 
 from registry.models import ModelVersion
 
+from .monitoring.metrics import observe_request
 from .errors import ErrorCode, InvalidInput, ModelFailed, NotFound, ServiceUnavailable
 from .runtime.base import ModelNotReady
 from .runtime.batcher import BatcherStopped, Overloaded
@@ -128,6 +129,7 @@ def predict(
     """Run one predict request through pipeline and batcher; return the response body."""
     t0 = time.perf_counter()
     outcome = PredictOutcome(model=model_name, version=None, status=200)
+    loaded = None
     try:
         instances, parameters = parse_predict_body(body)
         version, loaded = served_version(model_name=model_name, ref=ref, key=key)
@@ -140,6 +142,8 @@ def predict(
         raise
     finally:
         outcome.timings["total"] = time.perf_counter() - t0
+        observe_request(outcome.model, outcome.version, outcome.status, outcome.timings,
+                        loaded.metrics if loaded is not None else None)
         run_hooks(outcome)
 
 
@@ -164,6 +168,8 @@ def run_instances(
     timings["preprocess"] = t1 - t0
     try:
         pending = loaded.batcher.submit(prepared.arrays)
+        if loaded.metrics is not None:
+            loaded.metrics.queue_depth.set(loaded.batcher.queue_depth)
     except Overloaded as exc:
         raise ServiceUnavailable(str(exc), retry_after=exc.retry_after, code=ErrorCode.OVERLOADED) from exc
     except BatcherStopped as exc:

@@ -5,10 +5,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
 from .apis import v1
+from .monitoring import views as monitoring_views
 
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", monitoring_views.metrics, name="metrics"),
     re_path(r"^api/v1/models/?$", v1.ModelListView.as_view(), name="v1-models"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),

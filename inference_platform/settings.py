@@ -321,5 +321,7 @@ INFERENCE_PREDICT_TIMEOUT = env.float("INFERENCE_PREDICT_TIMEOUT", default=30.0)
 INFERENCE_REGISTRY_POLL_SECONDS = env.float("INFERENCE_REGISTRY_POLL_SECONDS", default=0.5)
 # Bytes of model weights kept loaded per process; least recently used versions unload past it.
 INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 * 1024**3)
+# Bearer token that lets a Prometheus server scrape /metrics (staff sessions need none).
+INFERENCE_METRICS_TOKEN = env.str("INFERENCE_METRICS_TOKEN", default="")
 # Rate of a key that sets none.
 INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")

@@ -37,7 +37,7 @@ class PlatformAPIView(APIView):
     required_scope = APIKey.Scope.INFER
 
     def check_throttles(self, request: Request) -> None:
-        rate_limit(request)
+        rate_limit(request, model=self.kwargs.get("name", ""))
 
     def json_body(self, request: Request) -> tuple[Any, bytes]:
         """Return (parsed body, raw bytes); 415 unless the body is JSON."""

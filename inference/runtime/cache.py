@@ -35,6 +35,7 @@ class Loaded:
     batcher: Batcher
     nbytes: int
     load_seconds: float
+    metrics: Any = None  # monitoring.metrics.VersionMetrics
 
     def close(self) -> None:
         self.batcher.stop()

@@ -25,6 +25,8 @@ from registry.models import ModelVersion, RegisteredModel
 from registry.selectors import version_resolve
 from registry.signals import GENERATION_CACHE_KEY
 
+from ..monitoring import metrics as metrics_module
+from ..monitoring.metrics import VersionMetrics
 from .base import ModelNotReady
 from .batcher import Batcher
 from .cache import Loaded, ModelCache
@@ -37,7 +39,10 @@ MEMO_MAX = 10_000  # resolved (model, ref) pairs kept; bounded against random re
 
 class ServingPool:
     def __init__(self) -> None:
-        self.cache = ModelCache(settings.INFERENCE_MODEL_CACHE_BYTES)
+        self.cache = ModelCache(
+            settings.INFERENCE_MODEL_CACHE_BYTES,
+            on_change=lambda c: metrics_module.LOADED_MODELS.set(len(c.keys())),
+        )
         self._lock = threading.Lock()
         self._memo: dict[tuple[str, str], Any] = {}
         self._generation: Any = None
@@ -108,14 +113,17 @@ class ServingPool:
         seconds = time.perf_counter() - started
         logger.info("Loaded %s on %s in %.2f s (%d bytes of weights)", version, version.hardware.device,
                     seconds, served.nbytes)
+        metrics = VersionMetrics(version.model.name, version.version)
+        metrics_module.MODEL_LOAD_SECONDS.labels(version.model.name, str(version.version)).observe(seconds)
         batcher = Batcher(
             served.runtime.predict,
             max_batch_size=version.max_batch_size,
             max_batch_delay_ms=version.max_batch_delay_ms,
             max_queue_size=version.max_queue_size,
             name=f"{version.model.name}:v{version.version}@{version.hardware.device}",
+            on_batch=metrics.on_batch,
         )
-        return Loaded(served=served, batcher=batcher, nbytes=served.nbytes, load_seconds=seconds)
+        return Loaded(served=served, batcher=batcher, nbytes=served.nbytes, load_seconds=seconds, metrics=metrics)
 
 
 _pool: ServingPool | None = None

@@ -1,0 +1,1 @@
+"""Benchmark harness (`make bench`): the platform measured side by side with references."""

@@ -1,0 +1,228 @@
+"""Shared pieces of the benchmarks: models, a platform instance, wrk, metrics scraping."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+MLP_ARGS = {"in_features": 512, "hidden": [4096, 4096], "out_features": 10}
+
+
+def mlp_config(max_batch_size: int, delay_ms: float = 5.0, queue: int = 1024) -> dict:
+    return {
+        "format": "safetensors",
+        "architecture": "registry.architectures.MLP",
+        "architecture_args": MLP_ARGS,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [512]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [10]}],
+        "batching": {"max_batch_size": max_batch_size, "max_batch_delay_ms": delay_ms, "max_queue_size": queue},
+        "hardware": "cpu",
+    }
+
+
+def write_mlp_safetensors(path: Path) -> Path:
+    """Write the 512-4096-4096-10 MLP (seed 0) as safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    from registry.architectures import MLP
+
+    torch.manual_seed(0)
+    model = MLP(**MLP_ARGS)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlp_body(instances: int = 1, seed: int = 1) -> str:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return json.dumps({"instances": rng.standard_normal((instances, 512)).round(4).tolist()})
+
+
+@dataclass
+class Platform:
+    """A platform instance in its own data dir, started with gunicorn as `make run` does."""
+
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-platform-")))
+    port: int = field(default_factory=free_port)
+    threads: int = 32
+    metrics_token: str = "bench-metrics-token"
+    proc: subprocess.Popen | None = None
+    extra_env: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "INFERENCE_BROKER")}
+        env.update(
+            INFERENCE_DATA_DIR=str(self.data_dir),
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            GUNICORN_THREADS=str(self.threads),
+            INFERENCE_METRICS_TOKEN=self.metrics_token,
+            DJANGO_LOG_LEVEL="WARNING",
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(self.extra_env)
+        return env
+
+    def manage(self, *args: str) -> str:
+        out = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed: {out.stderr[-2000:]}")
+        return out.stdout
+
+    def setup(self) -> None:
+        self.manage("migrate", "--noinput")
+
+    def register(self, name: str, artifact: Path, config: dict, alias: str = "production") -> dict:
+        cfg = self.data_dir / f"{name}.json"
+        cfg.write_text(json.dumps(config))
+        return json.loads(self.manage("register_model", "--name", name, "--artifact", str(artifact),
+                                      "--config", str(cfg), "--alias", alias).strip().splitlines()[-1])
+
+    def create_key(self, rate: str = "1000000/s") -> str:
+        return self.manage("create_api_key", "--name", "bench", "--rate", rate).strip().splitlines()[-1]
+
+    def start(self) -> None:
+        gunicorn = str(Path(PY).parent / "gunicorn")
+        self.proc = subprocess.Popen(
+            [gunicorn, "-c", "deploy/gunicorn.conf.py", "inference_platform.wsgi:application"],
+            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        wait_http(f"{self.url}/healthz")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        req = urllib.request.Request(f"{self.url}/metrics", headers={"Authorization": f"Bearer {self.metrics_token}"})
+        text = urllib.request.urlopen(req, timeout=10).read().decode()
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def batch_counts(self, model: str) -> tuple[float, float]:
+        """Return (inference_count, exec_count) of a model's versions in this process."""
+        m = self.metrics()
+        inf = sum(v for (n, lab), v in m.items() if n == "inference_count_total" and dict(lab).get("model") == model)
+        exe = sum(v for (n, lab), v in m.items() if n == "inference_exec_count_total" and dict(lab).get("model") == model)
+        return inf, exe
+
+    def rss_bytes(self) -> int:
+        """RSS of the gunicorn worker(s) (children of the master), summed."""
+        total = 0
+        for pid in child_pids(self.proc.pid) if self.proc else []:
+            total += rss_of(pid)
+        return total
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def rss_of(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:  # noqa: BLE001
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    errors: str = ""
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+
+def run_wrk(url: str, body: str, headers: dict[str, str], *, connections: int, seconds: int,
+            threads: int = 1, timeout_s: int = 10) -> WrkResult:
+    """Run wrk against url with a POST body; return throughput and latency percentiles."""
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    lua.write("\n".join(lines) + "\n")
+    lua.close()
+    try:
+        out = subprocess.run(
+            ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s",
+             "--latency", "-s", lua.name, url],
+            capture_output=True, text=True, timeout=seconds + 60,
+        ).stdout
+    finally:
+        os.unlink(lua.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    p50 = re.search(r"\s50%\s+(\S+)", out)
+    p99 = re.search(r"\s99%\s+(\S+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return WrkResult(rps=rps, p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
+                     p99_ms=_ms(p99.group(1)) if p99 else float("nan"), requests=requests,
+                     non_2xx=int(non2xx.group(1)) if non2xx else 0, errors=errors.group(0) if errors else "")

@@ -1,0 +1,110 @@
+"""In-process batching benchmark (no HTTP): the request path below the view, on any device.
+
+32 client threads each send one-instance requests through ServedVersion.prepare ->
+Batcher -> finish, as the API does, for the 512-4096-4096-10 MLP. Batching on
+(max_batch_size 32) vs off (1), side by side in one run. Used on GPU hosts, where wrk and
+gunicorn are not the point:
+
+    python -m bench.runtime_batching --device cuda --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
+
+
+def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact: Path) -> dict:
+    import numpy as np
+
+    from inference.runtime.batcher import Batcher
+    from inference.runtime.pytorch import LoadSpec
+    from inference.runtime.served import ServedVersion
+    from registry.schemas import parse_tensor_schema
+
+    from .common import MLP_ARGS
+
+    dtype, index = (device.split(":") + ["0"])[:2]
+    spec = LoadSpec(
+        label="mlp", read_artifact=artifact.read_bytes, format="safetensors",
+        inputs=parse_tensor_schema([{"name": "input", "datatype": "FP32", "shape": [512]}], where="inputs"),
+        outputs=parse_tensor_schema([{"name": "output", "datatype": "FP32", "shape": [10]}], where="outputs"),
+        architecture="registry.architectures.MLP", architecture_args=MLP_ARGS,
+        device_type=dtype, device_index=int(index), cpu_threads=1,
+    )
+    served = ServedVersion(spec)
+    served.load()
+    batcher = Batcher(served.runtime.predict, max_batch_size=max_batch_size, max_batch_delay_ms=2, max_queue_size=4096)
+    instance = np.random.default_rng(0).standard_normal((1, 512)).round(4).tolist()
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        local = []
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            prepared = served.prepare(instance)
+            out = batcher.submit(prepared.arrays).result(30)
+            served.finish(out, prepared)
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    batcher.stop()
+    served.unload()
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "mean_batch": batcher.stats.inference_count / max(1, batcher.stats.exec_count),
+    }
+
+
+def main() -> None:
+    import django
+
+    django.setup()
+    from .common import write_mlp_safetensors
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    artifact = write_mlp_safetensors(Path(tempfile.mkdtemp()) / "mlp.safetensors")
+    results: dict[int, list[dict]] = {32: [], 1: []}
+    for _ in range(args.rounds):
+        for mbs in results:
+            r = run(args.device, mbs, args.clients, args.seconds, artifact)
+            results[mbs].append(r)
+            print(f"max_batch_size {mbs:3d}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                  f"p99 {r['p99_ms']:7.2f} ms  mean batch {r['mean_batch']:.1f}", flush=True)
+    import torch
+
+    name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
+    print(f"\n{args.device} ({name}), torch {torch.__version__}, {args.clients} client threads, medians of {args.rounds}:")
+    print("| max_batch_size | req/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|")
+    for mbs, rs in results.items():
+        print(f"| {mbs} | {statistics.median(r['rps'] for r in rs):.1f} | {statistics.median(r['p50_ms'] for r in rs):.2f} | "
+              f"{statistics.median(r['p99_ms'] for r in rs):.2f} | {statistics.median(r['mean_batch'] for r in rs):.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus metrics, request records, the admin console's data."""

@@ -1,0 +1,81 @@
+"""Prometheus metrics (prometheus_client), named after Triton's where they mean the same.
+
+The effective batch size of a version is ``inference_count / exec_count``
+(``inference_count_total`` counts instances, ``inference_exec_count_total`` forward
+passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several gunicorn workers), the client
+library writes per-process files and ``/metrics`` aggregates them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter(
+    "inference_request", "Predict requests by model, version and HTTP status.", ["model", "version", "status"]
+)
+INFERENCE_COUNT = Counter("inference_count", "Instances computed (samples).", ["model", "version"])
+EXEC_COUNT = Counter("inference_exec_count", "Forward passes (batches) executed.", ["model", "version"])
+REQUEST_SECONDS = Histogram(
+    "inference_request_duration_seconds", "Time from request parsed to response ready.", ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_SECONDS = Histogram(
+    "inference_queue_duration_seconds", "Time a request waited in its batcher's queue.", ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+COMPUTE_SECONDS = Histogram(
+    "inference_compute_duration_seconds", "Forward-pass time of the batch a request ran in.", ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "inference_queue_depth", "Requests waiting in a batcher's queue.", ["model", "version"], multiprocess_mode="livesum"
+)
+RATELIMIT_REJECTED = Counter("inference_ratelimit_rejected", "Requests refused with 429.", ["model"])
+RATELIMIT_FAIL_OPEN = Counter(
+    "inference_ratelimit_fail_open", "Requests let through because the rate-limit cache was unreachable."
+)
+MODEL_LOAD_SECONDS = Histogram(
+    "inference_model_load_duration_seconds", "Time to load a version (read, verify, build, warm up).",
+    ["model", "version"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LOADED_MODELS = Gauge("inference_loaded_models", "Versions loaded in this process.", multiprocess_mode="livesum")
+
+
+class VersionMetrics:
+    """The label children of one served version, resolved once at load (not per request)."""
+
+    def __init__(self, model: str, version: int | str):
+        labels = (model, str(version))
+        self.model, self.version = labels
+        self.inference_count = INFERENCE_COUNT.labels(*labels)
+        self.exec_count = EXEC_COUNT.labels(*labels)
+        self.request_seconds = REQUEST_SECONDS.labels(*labels)
+        self.queue_seconds = QUEUE_SECONDS.labels(*labels)
+        self.compute_seconds = COMPUTE_SECONDS.labels(*labels)
+        self.queue_depth = QUEUE_DEPTH.labels(*labels)
+        self._status: dict[int, Counter] = {}
+
+    def on_batch(self, requests: int, instances: int, seconds: float) -> None:
+        self.exec_count.inc()
+        self.inference_count.inc(instances)
+
+    def request(self, status: int, timings: dict[str, float]) -> None:
+        child = self._status.get(status)
+        if child is None:
+            child = self._status[status] = REQUESTS.labels(self.model, self.version, str(status))
+        child.inc()
+        if "total" in timings:
+            self.request_seconds.observe(timings["total"])
+        if "queue" in timings:
+            self.queue_seconds.observe(timings["queue"])
+            self.compute_seconds.observe(timings["compute"])
+
+
+def observe_request(model: str, version: int | None, status: int, timings: dict[str, float], metrics: VersionMetrics | None) -> None:
+    """Count one predict request (metrics resolved at load when the version is known)."""
+    if metrics is not None:
+        metrics.request(status, timings)
+    else:
+        REQUESTS.labels(model, str(version or ""), str(status)).inc()
