@@ -134,7 +134,7 @@ _DRF_CODES = {
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+    return {"error": {"code": str(code), "message": message, "details": details or {}}}
 
 
 def _drf_code(exc: exceptions.APIException) -> str:

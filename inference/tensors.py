@@ -89,6 +89,12 @@ def _locate(values: list[Any], key_path: str, bad: Callable[[Any], bool]) -> str
     return f"instances[*]{key_path}" if key_path else "instances"
 
 
+def _any_leaf(value: Any, bad: Callable[[Any], bool]) -> bool:
+    if isinstance(value, list):
+        return any(_any_leaf(v, bad) for v in value)
+    return bad(value)
+
+
 def _not_number(v: Any) -> bool:
     return isinstance(v, bool) or not isinstance(v, (int, float))
 
@@ -121,8 +127,18 @@ def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str,
             code="invalid_shape",
         )
     kind = arr.dtype.kind
+    if target.kind in _INT_KINDS and kind in "fO" and not _any_leaf(values, _not_int):
+        # only integers, some beyond 64 bits (numpy made floats or objects of them)
+        info = np.iinfo(target)
+        if _any_leaf(values, lambda v: not info.min <= v <= info.max):
+            raise InputError(
+                f"{spec.name!r} has values outside the {spec.datatype} range [{info.min}, {info.max}]",
+                path=_locate(values, key_path, lambda v: not info.min <= v <= info.max),
+                code="out_of_range",
+            )
+        return np.array(values, dtype=target)
     if spec.datatype == "BYTES":
-        if kind not in "UO" or (kind == "O" and not all(isinstance(v, str) for v in arr.reshape(-1))):
+        if kind not in "UO" or not all(isinstance(v, str) for v in np.asarray(values, dtype=object).reshape(-1)):
             raise InputError(
                 f"{spec.name!r} must hold strings",
                 path=_locate(values, key_path, lambda v: not isinstance(v, str)),
@@ -171,7 +187,8 @@ def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str,
                 code="out_of_range",
             )
         return arr.astype(target, copy=False)
-    out = arr.astype(target, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is caught just below
+        out = arr.astype(target, copy=False)
     if not limits.allow_nonfinite and out.size and not np.isfinite(out).all():
         limit = float(np.finfo(target).max)
         raise InputError(

@@ -15,7 +15,9 @@ docs/configuration.md lists every variable.
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
 from pathlib import Path
 
 import environ
@@ -43,10 +45,21 @@ PRODUCTION = not DEBUG and bool(DATABASE_URL)
 def _embedded_secret_key() -> str:
     """Return the secret kept in the data dir, creating it on first start."""
     path = DATA_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(64))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    try:
+        # Created owner-only from the first byte; O_EXCL: two processes starting at once
+        # on a fresh data dir agree on one key (the loser reads the winner's).
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(64))
+    for _ in range(50):
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.02)  # the creating process is still writing
+    raise ImproperlyConfigured(f"{path} is empty: delete it and start again.")
 
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
@@ -227,6 +240,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# A static file missing from the manifest (collectstatic not run yet, e.g. in tests) is
+# served under its plain name rather than failing the page.
+WHITENOISE_MANIFEST_STRICT = False
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -298,6 +314,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Predictions, background jobs and the model registry over REST.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

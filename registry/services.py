@@ -155,6 +155,7 @@ def model_version_register(
     ``model_version_validate`` to decide later (the registry API's background path).
     Raise ValidationError for any bad artifact or config.
     """
+    RegisteredModel._meta.get_field("name").run_validators(model_name)
     cfg, target = config_check(raw_config=config, may_upload_code=may_upload_code)
     aliases = list(aliases)
     for alias in aliases:

@@ -67,7 +67,13 @@ def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
 
 
 def _request_parameters(v: ModelVersion) -> list[str]:
-    return sorted({"top_k"} if any(step.get("step") == "topk" for step in v.postprocess) else set())
+    from ..pipeline.base import Pipeline, StepConfigError
+
+    try:
+        pre, post = Pipeline(v.preprocess, stage="preprocess"), Pipeline(v.postprocess, stage="postprocess")
+    except (StepConfigError, ImportError):
+        return []
+    return sorted({**pre.request_parameters, **post.request_parameters})
 
 
 def model_summary(model: Any) -> dict[str, Any]:

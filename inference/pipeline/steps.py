@@ -162,7 +162,7 @@ class ImageDecode(Step):
             raise StepInputError("an image must be a base64 string", path=path)
         try:
             with Image.open(io.BytesIO(raw)) as img:
-                if img.format not in ("PNG", "JPEG"):
+                if img.format not in ("PNG", "JPEG", "MPO"):
                     raise StepInputError(f"unsupported image format {img.format}; send PNG or JPEG", path=path)
                 w, h = img.size
                 if w * h > self.max_pixels:
@@ -171,12 +171,18 @@ class ImageDecode(Step):
                         path=path,
                         code="image_too_large",
                     )
+                if img.mode.startswith("I;16"):
+                    img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), "L")
                 img = img.convert(self.mode)
                 if img.size != (self.size[1], self.size[0]):
                     img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32)
         except StepInputError:
             raise
+        except Image.DecompressionBombError as exc:
+            raise StepInputError(
+                f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
+            ) from exc
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
         if self.invert:
@@ -190,10 +196,11 @@ class ImageDecode(Step):
         key = self.pick(data, self.input, kind="input")
         values = data[key].reshape(len(data[key]), -1)
         images = []
+        suffix = "" if len(ctx.inputs) == 1 else f".{key}"
         for i, row in enumerate(values):
             if row.size != 1:
-                raise StepInputError("each instance must hold exactly one image", path=f"instances[{i}].{key}")
-            images.append(self._decode_one(row[0], f"instances[{i}].{key}"))
+                raise StepInputError("each instance must hold exactly one image", path=f"instances[{i}]{suffix}")
+            images.append(self._decode_one(row[0], f"instances[{i}]{suffix}"))
         out = dict(data)
         out[key] = np.stack(images) if images else np.zeros((0,), np.float32)
         return out
@@ -250,7 +257,10 @@ class TopK(Step):
     request_parameters = {"top_k": _top_k}
 
     def __init__(self, k: int = 5, output: str | None = None):
-        self.k = _top_k(k)
+        try:
+            self.k = _top_k(k)
+        except ValueError as exc:
+            raise StepConfigError(str(exc).replace("top_k", "k")) from exc
         self.output = output
 
     def __call__(self, data: Arrays, ctx: StepContext) -> list[Any]:

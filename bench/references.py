@@ -1,0 +1,267 @@
+"""The servers of the side-by-side benchmark, each started as its own process tree.
+
+Every server offers the same two models (the 512-4096-4096-10 MLP and the iris MLP, same
+safetensors weights, 1 torch thread) and is driven by wrk with its native request body:
+
+* ``platform``: gunicorn as `make run` starts it, API key auth, rate limit (a high rate),
+  validation, metrics and request path all on; iris with its demo pipeline.
+* ``single-lock``: a Flask app with one global lock around ``model(x)``, under gunicorn.
+* ``torchserve``: its own venv; batch_size 32, max_batch_delay 5 ms, 1 worker, token auth
+  off for the benchmark only.
+* ``mlserver``: its own venv; adaptive batching max_batch_size 32, max_batch_time 0.005.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .common import PY, ROOT, Platform, child_pids, free_port, rss_of, wait_http
+
+ENVS = ROOT / "bench" / ".envs"
+
+
+def ensure_venv(name: str, packages: list[str]) -> Path:
+    """Create bench/.envs/<name> with `packages` (once; a stamp file records what was installed)."""
+    env = ENVS / name
+    stamp = env / ".installed"
+    wanted = "\n".join(packages)
+    if stamp.exists() and stamp.read_text() == wanted:
+        return env
+    shutil.rmtree(env, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    subprocess.run([str(env / "bin" / "pip"), "install", "-q", *packages], check=True)
+    stamp.write_text(wanted)
+    return env
+
+
+def tree_rss(pid: int) -> int:
+    """RSS of a process and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss_of(p)
+        todo.extend(child_pids(p))
+    return total
+
+
+@dataclass
+class Server:
+    name: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-")))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, model: str) -> str:
+        raise NotImplementedError
+
+    def body(self, model: str, rows: list) -> str:
+        return json.dumps({"instances": rows})
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        raise NotImplementedError
+
+    def rss(self) -> int:
+        return tree_rss(self.proc.pid) if self.proc else 0
+
+    def _spawn(self, cmd: list[str], env: dict, cwd: Path | None = None) -> None:
+        log = open(self.workdir / "server.log", "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=cwd or ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc = None
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self) -> str:
+        try:
+            return (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+class PlatformServer(Server):
+    def __init__(self) -> None:
+        super().__init__("platform")
+        self.platform = Platform(port=self.port)
+        self.key = ""
+
+    def url(self, model: str) -> str:
+        return f"{self.base}/api/v1/models/{model}/predict"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Api-Key {self.key}"}
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        p = self.platform
+        p.setup()
+        for model, (path, config) in artifacts.items():
+            p.register(model, path, config)
+        self.key = p.create_key(rate="10000000/s")
+        p.start()
+        self.proc = p.proc
+
+    def rss(self) -> int:
+        return self.platform.rss_bytes()
+
+    def stop(self) -> None:
+        self.platform.cleanup()
+        self.proc = None
+
+
+class SingleLockServer(Server):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"single-lock:{model}")
+        self.model = model
+
+    def url(self, model: str) -> str:
+        return f"{self.base}/predict"
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        path, config = artifacts[self.model]
+        env = dict(os.environ, ARTIFACT=str(path), ARCH_ARGS=json.dumps(config["architecture_args"]),
+                   PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        gunicorn = str(Path(PY).parent / "gunicorn")
+        self._spawn([gunicorn, "-w", "1", "--threads", "32", "-k", "gthread", "-b", f"127.0.0.1:{self.port}",
+                     "bench.servers.single_lock:app"], env)
+        wait_http(f"{self.base}/healthz", 120)
+
+
+class TorchServeServer(Server):
+    def __init__(self) -> None:
+        super().__init__("torchserve")
+        self.mgmt_port = free_port()
+        self.metrics_port = free_port()
+
+    def url(self, model: str) -> str:
+        return f"{self.base}/predictions/{model}"
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        env_dir = ensure_venv("torchserve", ["torch==2.13.0", "torchserve==0.12.0", "torch-model-archiver==0.12.0",
+                                             "safetensors==0.8.0", "numpy==2.4.6"])
+        store = self.workdir / "store"
+        store.mkdir()
+        for model, (path, config) in artifacts.items():
+            stage = self.workdir / f"stage-{model}"
+            stage.mkdir()
+            shutil.copy(path, stage / "model.safetensors")
+            (stage / "arch.json").write_text(json.dumps(config["architecture_args"]))
+            subprocess.run(
+                [str(env_dir / "bin" / "torch-model-archiver"), "--model-name", model, "--version", "1.0",
+                 "--handler", str(ROOT / "bench" / "servers" / "ts_handler.py"),
+                 "--extra-files", f"{stage / 'model.safetensors'},{stage / 'arch.json'}",
+                 "--export-path", str(store), "--force"],
+                check=True,
+            )
+        models = {
+            m: {"1.0": {"marName": f"{m}.mar", "minWorkers": 1, "maxWorkers": 1, "batchSize": 32,
+                        "maxBatchDelay": 5, "responseTimeout": 120}}
+            for m in artifacts
+        }
+        props = self.workdir / "config.properties"
+        props.write_text("\n".join([
+            f"inference_address=http://127.0.0.1:{self.port}",
+            f"management_address=http://127.0.0.1:{self.mgmt_port}",
+            f"metrics_address=http://127.0.0.1:{self.metrics_port}",
+            f"model_store={store}",
+            "load_models=" + ",".join(f"{m}.mar" for m in artifacts),
+            "default_workers_per_model=1",
+            # The benchmark only: token auth and the model API are off so wrk needs no token.
+            "disable_token_authorization=true",
+            "enable_model_api=false",
+            "install_py_dep_per_model=false",
+            "job_queue_size=1000",
+            "number_of_netty_threads=4",
+            "models=" + json.dumps(models),
+        ]) + "\n")
+        env = dict(os.environ, OMP_NUM_THREADS="1", TS_DISABLE_SYSTEM_METRICS="true",
+                   PATH=f"{env_dir / 'bin'}:{os.environ['PATH']}")
+        self._spawn([str(env_dir / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
+                     "--ts-config", str(props), "--model-store", str(store), "--disable-token-auth"], env,
+                    cwd=self.workdir)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                import urllib.request
+
+                for m in artifacts:
+                    urllib.request.urlopen(urllib.request.Request(
+                        self.url(m), data=self.body(m, [[0.0] * config_in(artifacts[m][1])]).encode(),
+                        headers={"Content-Type": "application/json"}), timeout=5).read()
+                return
+            except Exception:  # noqa: BLE001
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"torchserve exited: {self.log_tail()}")
+                time.sleep(1)
+        raise RuntimeError(f"torchserve did not become ready: {self.log_tail()}")
+
+    def stop(self) -> None:
+        env_dir = ENVS / "torchserve"
+        if (env_dir / "bin" / "torchserve").exists():
+            subprocess.run([str(env_dir / "bin" / "torchserve"), "--stop"], cwd=self.workdir,
+                           capture_output=True, timeout=60)
+        super().stop()
+
+
+def config_in(config: dict) -> int:
+    return int(config["architecture_args"]["in_features"])
+
+
+class MLServerServer(Server):
+    def __init__(self) -> None:
+        super().__init__("mlserver")
+
+    def url(self, model: str) -> str:
+        return f"{self.base}/v2/models/{model}/infer"
+
+    def body(self, model: str, rows: list) -> str:
+        return json.dumps({"inputs": [{"name": "input", "shape": [len(rows), len(rows[0])], "datatype": "FP32",
+                                       "data": rows}]})
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        env_dir = ensure_venv("mlserver", ["torch==2.13.0", "mlserver==1.7.1", "safetensors==0.8.0"])
+        shutil.copy(ROOT / "bench" / "servers" / "mlserver_runtime.py", self.workdir / "mlserver_runtime.py")
+        (self.workdir / "settings.json").write_text(json.dumps({
+            "http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
+            "debug": False, "metrics_endpoint": None,
+        }))
+        for model, (path, config) in artifacts.items():
+            d = self.workdir / model
+            d.mkdir()
+            (d / "model-settings.json").write_text(json.dumps({
+                "name": model, "implementation": "mlserver_runtime.MLPRuntime",
+                "max_batch_size": 32, "max_batch_time": 0.005,
+                "parameters": {"environment_path": None},
+            }))
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(self.workdir))
+        # Each model's runtime reads its weights from the environment: one mlserver per
+        # model would double the processes, so the runtime picks by model name instead.
+        env["ARTIFACTS"] = json.dumps({m: [str(p), c["architecture_args"]] for m, (p, c) in artifacts.items()})
+        self._spawn([str(env_dir / "bin" / "mlserver"), "start", str(self.workdir)], env, cwd=self.workdir)
+        wait_http(f"{self.base}/v2/health/ready", 240)
+        for m in artifacts:
+            wait_http(f"{self.base}/v2/models/{m}/ready", 120)

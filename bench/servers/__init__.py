@@ -1,0 +1,1 @@
+"""Reference servers the platform is measured against (each run in its own process/venv)."""

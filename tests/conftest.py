@@ -1,0 +1,121 @@
+"""Shared fixtures: isolated storage, real small model artifacts, services checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from django.conf import settings
+
+from registry.architectures import MLP
+
+SERVICES_RUN = bool(os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In the services run, unreachable services fail the run (never a silent skip)."""
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        import redis
+
+        try:
+            redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+        except redis.RedisError as exc:
+            pytest.exit(f"REDIS_URL={redis_url} is set but Redis is unreachable: {exc}", returncode=3)
+    db_url = os.environ.get("DATABASE_URL", "")
+    if db_url.startswith(("postgres", "pgsql")):
+        import psycopg
+
+        try:
+            psycopg.connect(db_url.replace("postgres://", "postgresql://", 1), connect_timeout=3).close()
+        except psycopg.Error as exc:
+            pytest.exit(f"DATABASE_URL is set but PostgreSQL is unreachable: {exc}", returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings, tmp_path: Path) -> None:
+    """Each test stores artifacts under its own directory."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache() -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+IRIS_CONFIG = {
+    "format": "safetensors",
+    "architecture": "registry.architectures.MLP",
+    "architecture_args": {"in_features": 4, "hidden": [8], "out_features": 3},
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [4]}],
+    "outputs": [{"name": "output", "datatype": "FP32", "shape": [3]}],
+    "batching": {"max_batch_size": 8, "max_batch_delay_ms": 2},
+    "hardware": "cpu",
+}
+
+
+def small_mlp(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(4, [8], 3).eval()
+
+
+def safetensors_bytes(module: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in module.state_dict().items()})
+
+
+def state_dict_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.getvalue()
+
+
+def torchscript_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(module), buf)
+    return buf.getvalue()
+
+
+def torch_export_bytes(module: torch.nn.Module) -> bytes:
+    buf = io.BytesIO()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 4),), dynamic_shapes=({0: batch},)), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def mlp() -> MLP:
+    return small_mlp()
+
+
+@pytest.fixture
+def iris_config() -> dict:
+    return json.loads(json.dumps(IRIS_CONFIG))
+
+
+@pytest.fixture
+def write_artifact(tmp_path: Path):
+    """Write bytes (and optionally a config) to files; return their paths."""
+
+    def _write(data: bytes, config: dict | None = None, name: str = "model.bin") -> tuple[Path, Path | None]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        cfg_path = None
+        if config is not None:
+            cfg_path = tmp_path / f"{name}.json"
+            cfg_path.write_text(json.dumps(config))
+        return path, cfg_path
+
+    return _write
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(settings.DATA_DIR)

@@ -1,0 +1,272 @@
+"""Dynamic batching (inference.runtime.batcher.Batcher) under real concurrency, with fake models."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from inference.runtime.batcher import Batcher, BatcherStopped, Overloaded
+
+WAIT = 10.0  # seconds any single result may take before a test gives up
+
+
+class FakeModel:
+    """predict(x) = concat(x * 2, x[:, :1]): each row answers with its own id column.
+
+    Records every forward: its input array, thread name and batch size. `gate`, when set,
+    holds every forward until it is opened; `started` fires when a forward begins.
+    """
+
+    def __init__(self, *, delay: float = 0.0, gate: threading.Event | None = None, fail_on: float | None = None):
+        self.delay = delay
+        self.gate = gate
+        self.fail_on = fail_on
+        self.started = threading.Event()
+        self.lock = threading.Lock()
+        self.seen: list[np.ndarray] = []
+        self.threads: list[str] = []
+
+    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = arrays["x"]
+        with self.lock:
+            self.seen.append(x.copy())
+            self.threads.append(threading.current_thread().name)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(WAIT), "the test never opened the gate"
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on is not None and np.any(x == self.fail_on):
+            raise ValueError(f"the model cannot take {self.fail_on}")
+        return {"y": np.concatenate([x * 2, x[:, :1]], axis=1)}
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return [len(x) for x in self.seen]
+
+    def seen_values(self) -> set[float]:
+        return {float(v) for x in self.seen for v in x[:, 0]}
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.concatenate([x * 2, x[:, :1]], axis=1)
+
+
+@pytest.fixture
+def batchers():
+    """Batchers made by a test; stopped at its end."""
+    made: list[Batcher] = []
+
+    def make(predict, **kwargs) -> Batcher:
+        b = Batcher(predict, **kwargs)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop(timeout=5)
+
+
+def run_threads(n: int, target) -> list[BaseException]:
+    """Run target(i) on n threads started together; return the exceptions they raised."""
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            target(i)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a client thread hung"
+    return errors
+
+
+def test_32_concurrent_clients_each_get_their_own_answer_from_shared_batches(batchers):
+    fake = FakeModel(delay=0.01)
+    b = batchers(fake, max_batch_size=16, max_batch_delay_ms=20, max_queue_size=256, name="fake")
+    results: dict[int, np.ndarray] = {}
+    inputs: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        rows = i % 3 + 1  # 1 to 3 instances per request: slicing must respect each request's rows
+        x = np.array([[i * 10 + r, i + 0.5, -i] for r in range(rows)], dtype=np.float32)
+        inputs[i] = x
+        results[i] = b.submit({"x": x}).result(WAIT)["y"]
+
+    assert run_threads(32, client) == []
+    for i in range(32):
+        np.testing.assert_array_equal(results[i], expected(inputs[i]))
+    total_rows = sum(len(x) for x in inputs.values())
+    assert sum(fake.batch_sizes) == total_rows
+    assert max(fake.batch_sizes) > 3, f"no request shared a forward: {fake.batch_sizes}"
+    assert b.stats.exec_count == len(fake.seen) < 32
+    assert b.stats.request_count == 32
+    assert b.stats.inference_count == total_rows
+    assert max(fake.batch_sizes) <= 16
+    assert b.stats.failures == b.stats.dropped == b.stats.rejected == 0
+    # every forward ran on the batcher's own thread
+    assert set(fake.threads) == {"batcher:fake"}
+
+
+def test_an_idle_batcher_runs_a_lone_request_at_once(batchers):
+    fake = FakeModel()
+    b = batchers(fake, max_batch_size=32, max_batch_delay_ms=500)
+    for i in range(3):
+        x = np.array([[float(i), 1.0]], dtype=np.float32)
+        t0 = time.perf_counter()
+        out = b.submit({"x": x}).result(WAIT)
+        elapsed = time.perf_counter() - t0
+        np.testing.assert_array_equal(out["y"], expected(x))
+        assert elapsed < 0.25, f"a lone request waited {elapsed * 1000:.0f} ms (max_batch_delay_ms is 500)"
+    assert fake.batch_sizes == [1, 1, 1]
+
+
+def test_max_batch_size_1_runs_each_request_alone(batchers):
+    fake = FakeModel(delay=0.005)
+    b = batchers(fake, max_batch_size=1, max_batch_delay_ms=50)
+    out: dict[int, np.ndarray] = {}
+
+    def client(i: int) -> None:
+        out[i] = b.submit({"x": np.array([[float(i), 0.0]], dtype=np.float32)}).result(WAIT)["y"]
+
+    assert run_threads(12, client) == []
+    assert fake.batch_sizes == [1] * 12
+    assert b.stats.exec_count == 12
+    for i in range(12):
+        assert out[i].tolist() == [[2.0 * i, 0.0, float(i)]]
+
+
+def test_requests_of_different_shapes_or_dtypes_never_share_a_forward(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=64, max_batch_delay_ms=1)
+    first = b.submit({"x": np.zeros((1, 3), np.float32)})
+    assert fake.started.wait(WAIT)
+    kinds = [((1, 3), np.float32), ((1, 5), np.float32), ((1, 3), np.int64), ((2, 5), np.float32)]
+    pending = []
+    for i in range(16):
+        shape, dtype = kinds[i % len(kinds)]
+        x = (np.arange(np.prod(shape)).reshape(shape) + 100 * i).astype(dtype)
+        pending.append((x, b.submit({"x": x})))
+    gate.set()
+    first.result(WAIT)
+    for x, p in pending:
+        y = p.result(WAIT)["y"]
+        assert y.dtype == x.dtype  # an int64 request was never upcast by sharing with float32 ones
+        np.testing.assert_array_equal(y, expected(x))
+    later = fake.seen[1:]
+    signatures = [(x.shape[1:], x.dtype) for x in later]
+    # one forward per kind of request: (3,) float32, (5,) float32 (1- and 2-row requests), (3,) int64
+    assert sorted((s, str(d)) for s, d in signatures) == sorted([((3,), "float32"), ((5,), "float32"), ((3,), "int64")])
+    assert sorted(len(x) for x in later) == [4, 4, 4 + 8]
+    assert b.stats.failures == 0
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=8, max_batch_delay_ms=0, max_queue_size=2)
+    running = b.submit({"x": np.array([[1.0]], np.float32)})
+    assert fake.started.wait(WAIT)
+    queued = [b.submit({"x": np.array([[float(v)]], np.float32)}) for v in (2, 3)]
+    assert b.queue_depth == 2
+    t0 = time.perf_counter()
+    with pytest.raises(Overloaded) as info:
+        b.submit({"x": np.array([[4.0]], np.float32)})
+    assert time.perf_counter() - t0 < 1.0  # refused at once (nothing would free the queue: the gate is shut)
+    assert info.value.retry_after >= 1
+    assert "max_queue_size" in str(info.value)
+    assert b.stats.rejected == 1
+    gate.set()
+    assert running.result(WAIT)["y"].tolist() == [[2.0, 1.0]]
+    assert [p.result(WAIT)["y"].tolist() for p in queued] == [[[4.0, 2.0]], [[6.0, 3.0]]]
+    assert 4.0 not in fake.seen_values()
+    # once drained, the batcher takes requests again
+    assert b.submit({"x": np.array([[5.0]], np.float32)}).result(WAIT)["y"].tolist() == [[10.0, 5.0]]
+
+
+def test_a_failing_batch_fails_only_its_own_requests_and_the_batcher_keeps_serving(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate, fail_on=-1.0)
+    b = batchers(fake, max_batch_size=8, max_batch_delay_ms=0)
+    first = b.submit({"x": np.array([[1.0, 1.0]], np.float32)})
+    assert fake.started.wait(WAIT)
+    bad = b.submit({"x": np.array([[-1.0, 0.0]], np.float32)})
+    bad_neighbour = b.submit({"x": np.array([[7.0, 0.0]], np.float32)})  # same shape: same batch as `bad`
+    other_shape = b.submit({"x": np.array([[8.0, 0.0, 0.0]], np.float32)})  # another batch
+    gate.set()
+    assert first.result(WAIT)["y"].tolist() == [[2.0, 2.0, 1.0]]
+    for p in (bad, bad_neighbour):
+        with pytest.raises(ValueError, match="the model cannot take -1.0"):
+            p.result(WAIT)
+    assert other_shape.result(WAIT)["y"].tolist() == [[16.0, 0.0, 0.0, 8.0]]
+    assert b.stats.failures == 1
+    # the thread survived: later requests are served
+    assert b._thread.is_alive()
+    for v in (9.0, 10.0):
+        assert b.submit({"x": np.array([[v, 0.0]], np.float32)}).result(WAIT)["y"].tolist() == [[2 * v, 0.0, v]]
+    # a failing model does not poison the count of successful forwards
+    assert b.stats.exec_count == 4
+
+
+def test_a_request_cancelled_while_queued_is_never_computed(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=8, max_batch_delay_ms=0)
+    slow = b.submit({"x": np.array([[1.0]], np.float32)})
+    assert fake.started.wait(WAIT)
+    given_up = b.submit({"x": np.array([[42.0]], np.float32)})
+    with pytest.raises(TimeoutError):
+        given_up.result(0.05)  # the caller stops waiting while the slow batch computes
+    kept = b.submit({"x": np.array([[43.0]], np.float32)})
+    gate.set()
+    assert slow.result(WAIT)["y"].tolist() == [[2.0, 1.0]]
+    assert kept.result(WAIT)["y"].tolist() == [[86.0, 43.0]]
+    assert given_up.future.cancelled()
+    assert 42.0 not in fake.seen_values()
+    assert b.stats.dropped == 1
+    assert b.stats.request_count == 2
+
+
+def test_stop_finishes_queued_work_then_refuses_new_requests(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=1, max_batch_delay_ms=0)
+    pending = [b.submit({"x": np.array([[float(v)]], np.float32)}) for v in (1, 2, 3)]
+    assert fake.started.wait(WAIT)
+    stopper = threading.Thread(target=b.stop)
+    stopper.start()
+    time.sleep(0.05)
+    assert stopper.is_alive()  # stop() waits for the queued work
+    with pytest.raises(BatcherStopped):
+        b.submit({"x": np.array([[9.0]], np.float32)})
+    gate.set()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert [p.result(0)["y"].tolist() for p in pending] == [[[2.0, 1.0]], [[4.0, 2.0]], [[6.0, 3.0]]]
+    assert not b._thread.is_alive()
+    assert 9.0 not in fake.seen_values()
+
+
+def test_on_batch_observer_sees_each_forward_and_cannot_break_serving(batchers):
+    calls = []
+
+    def observer(requests: int, instances: int, seconds: float) -> None:
+        calls.append((requests, instances))
+        raise RuntimeError("observer bug")
+
+    b = batchers(FakeModel(), max_batch_size=8, on_batch=observer)
+    out = b.submit({"x": np.array([[1.0], [2.0]], np.float32)}).result(WAIT)
+    assert out["y"].tolist() == [[2.0, 1.0], [4.0, 2.0]]
+    assert b.submit({"x": np.array([[3.0]], np.float32)}).result(WAIT)["y"].tolist() == [[6.0, 3.0]]
+    assert calls == [(1, 2), (1, 1)]
