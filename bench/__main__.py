@@ -134,30 +134,23 @@ def main() -> None:
         print(f"  wrk against a trivial responder: {capacity:.0f} req/s", flush=True)
         raw = raw_model()
         print(f"  raw MLP forward, 1 thread: {raw['batch1']:.0f}/s at batch 1, {raw['batch32']:.0f}/s at batch 32")
+        factories = {
+            "platform": lambda: [("platform", PlatformServer())],
+            "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in artifacts],
+            "torchserve": lambda: [("torchserve", TorchServeServer())],
+            "mlserver": lambda: [("mlserver", MLServerServer())],
+        }
         for name in wanted:
-            started = time.time()
-            try:
-                if name == "platform":
-                    s = PlatformServer()
+            for key, s in factories[name]():
+                started = time.time()
+                try:
                     s.start(artifacts)
-                    servers["platform"] = s
-                elif name == "single-lock":
-                    for m in artifacts:
-                        s = SingleLockServer(m)
-                        s.start(artifacts)
-                        servers[f"single-lock:{m}"] = s
-                elif name == "torchserve":
-                    s = TorchServeServer()
-                    s.start(artifacts)
-                    servers["torchserve"] = s
-                elif name == "mlserver":
-                    s = MLServerServer()
-                    s.start(artifacts)
-                    servers["mlserver"] = s
-                print(f"started {name} in {time.time() - started:.0f} s", flush=True)
-            except Exception as exc:  # noqa: BLE001 - report, measure the others
-                notes.append(f"{name} could not be started: {exc}")
-                print(f"!! {name} failed to start: {exc}", flush=True)
+                    servers[key] = s
+                    print(f"started {key} in {time.time() - started:.0f} s", flush=True)
+                except Exception as exc:  # noqa: BLE001 - report, measure the others
+                    s.stop()
+                    notes.append(f"{key} could not be started: {str(exc)[-300:]}")
+                    print(f"!! {key} failed to start: {exc}", flush=True)
 
         def targets_for(model: str) -> list[tuple[str, object]]:
             out = []

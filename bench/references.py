@@ -162,7 +162,7 @@ class TorchServeServer(Server):
 
     def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
         env_dir = ensure_venv("torchserve", ["torch==2.13.0", "torchserve==0.12.0", "torch-model-archiver==0.12.0",
-                                             "safetensors==0.8.0", "numpy==2.4.6"])
+                                             "safetensors==0.8.0", "numpy==2.4.6", "pyyaml==6.0.4", "psutil", "packaging"])
         store = self.workdir / "store"
         store.mkdir()
         for model, (path, config) in artifacts.items():
@@ -243,7 +243,9 @@ class MLServerServer(Server):
                                        "data": rows}]})
 
     def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
-        env_dir = ensure_venv("mlserver", ["torch==2.13.0", "mlserver==1.7.1", "safetensors==0.8.0"])
+        env_dir = ensure_venv("mlserver", ["torch==2.13.0", "mlserver==1.7.1", "safetensors==0.8.0",
+                                           # uvloop 0.21+ breaks MLServer 1.7's worker start-up
+                                           "uvloop==0.19.0"])
         shutil.copy(ROOT / "bench" / "servers" / "mlserver_runtime.py", self.workdir / "mlserver_runtime.py")
         (self.workdir / "settings.json").write_text(json.dumps({
             "http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",

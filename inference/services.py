@@ -166,17 +166,16 @@ def run_instances(
         raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
     t1 = time.perf_counter()
     timings["preprocess"] = t1 - t0
+    timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
     try:
-        pending = loaded.batcher.submit(prepared.arrays)
         if loaded.metrics is not None:
             loaded.metrics.queue_depth.set(loaded.batcher.queue_depth)
+        pending = loaded.batcher.run(prepared.arrays, timeout)
+        outputs = pending.future.result(0)
     except Overloaded as exc:
         raise ServiceUnavailable(str(exc), retry_after=exc.retry_after, code=ErrorCode.OVERLOADED) from exc
     except BatcherStopped as exc:
         raise ServiceUnavailable("The model is being unloaded; retry.", retry_after=1) from exc
-    timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
-    try:
-        outputs = pending.result(timeout)
     except TimeoutError as exc:
         raise ServiceUnavailable(
             f"The model did not answer within {timeout:.0f} s (INFERENCE_PREDICT_TIMEOUT); it is overloaded.",

@@ -240,12 +240,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
-# A static file missing from the manifest (collectstatic not run yet, e.g. in tests) is
-# served under its plain name rather than failing the page.
-WHITENOISE_MANIFEST_STRICT = False
+# Static files are served from STATIC_ROOT after collectstatic (`make run` runs it) and,
+# failing that, straight from the apps (tests, a fresh checkout): never a broken page.
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = None  # artifacts and results are never served as public files

@@ -3,7 +3,8 @@
 One ``Batcher`` wraps one runtime per (version, device) per process, with one thread:
 
 * An idle batcher does not wait: a request that finds nothing queued and nothing
-  computing runs at once, so batching costs no latency at low load.
+  computing runs at once, in the caller's thread, so batching costs no latency (and no
+  thread hand-off) at low load.
 * Requests that arrive while a batch computes queue up and form the next batch, up to
   ``max_batch_size`` instances. A partial batch waits for more only while its oldest
   request is younger than ``max_batch_delay_ms`` (and only if that request arrived
@@ -100,8 +101,13 @@ class Batcher:
         max_queue_size: int = 256,
         name: str = "batcher",
         on_batch: Callable[[int, int, float], None] | None = None,
+        inline_when_idle: bool = True,
     ):
         self.predict = predict
+        # A request that finds the batcher idle is computed in the caller's own thread:
+        # no hand-off to the batcher thread and back, which for a small model costs more
+        # than the forward pass itself (thread wake-ups contend for the GIL).
+        self.inline_when_idle = inline_when_idle
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay = max(0.0, float(max_batch_delay_ms)) / 1000.0
         self.max_queue_size = max(1, int(max_queue_size))
@@ -121,7 +127,17 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, arrays: Arrays) -> Pending:
-        """Queue a request (arrays with the instances on axis 0) and return its Pending."""
+        """Queue a request (arrays with the instances on axis 0) and return its Pending at once."""
+        return self._enqueue(arrays, allow_inline=False)
+
+    def run(self, arrays: Arrays, timeout: float | None) -> Pending:
+        """Return the finished Pending of a request: computed inline when the batcher is idle,
+        else queued and waited for (TimeoutError after `timeout`; the request is then dropped)."""
+        pending = self._enqueue(arrays, allow_inline=self.inline_when_idle)
+        pending.result(timeout)
+        return pending
+
+    def _enqueue(self, arrays: Arrays, *, allow_inline: bool) -> Pending:
         n = len(next(iter(arrays.values()))) if arrays else 0
         with self._cond:
             if self._stopping:
@@ -135,8 +151,21 @@ class Batcher:
                 )
             idle = not self._busy and not self._queue
             pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle)
-            self._queue.append(pending)
-            self._cond.notify()
+            inline = idle and allow_inline
+            if inline:
+                self._busy = True  # arrivals from now on queue up for the batcher thread
+            else:
+                self._queue.append(pending)
+                self._cond.notify()
+        if inline:
+            pending.future.set_running_or_notify_cancel()
+            try:
+                self._compute([pending])
+            finally:
+                with self._cond:
+                    self._busy = False
+                    if self._queue:
+                        self._cond.notify()
         return pending
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -151,8 +180,8 @@ class Batcher:
         """Wait for, then remove and return, the next batch (None when stopping with nothing left)."""
         with self._cond:
             while True:
-                while not self._queue:
-                    if self._stopping:
+                while not self._queue or self._busy:  # busy: a caller computes inline
+                    if self._stopping and not self._queue:
                         return None
                     self._cond.wait()
                 head = self._queue[0]

@@ -231,7 +231,11 @@ def test_a_request_that_waits_too_long_is_503_timeout(api, iris, key, settings, 
         return real(arrays)
 
     monkeypatch.setattr(loaded.batcher, "predict", slow)
+    # The timeout bounds waiting for a batch; a request that finds the batcher idle runs
+    # inline, so queue this one behind a slow batch already computing on the batcher thread.
+    blocker = loaded.batcher.submit({"input": np.zeros((1, 4), np.float32)})
     r = api.post(PREDICT, {"instances": ROWS}, key)
+    blocker.result(5)
     assert r.status_code == 503
     assert error_of(r)["code"] == "timeout" and int(r["Retry-After"]) >= 1
 
