@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test bench soak lint clean
+.PHONY: run test bench soak lint clean chromium
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ run: $(VENV)/.run-installed
 	$(PY) manage.py bootstrap_demo --url http://$(HOST):$(PORT)
 	PY=$(PY) deploy/run.sh
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The admin's browser tests drive Debian's chromium with Playwright (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed and could not be installed: the browser tests will fail (apt-get install chromium)"
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench $(BENCH_ARGS)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform as stdlib_platform
 import statistics
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import MLP_ARGS, ROOT, mlp_config, rss_of, run_wrk, write_mlp_safetensors
+from .common import MLP_ARGS, ROOT, mlp_config, run_wrk, write_mlp_safetensors
 from .references import MLServerServer, PlatformServer, SingleLockServer, TorchServeServer
 
 MARK_BEGIN = "<!-- BENCH:BEGIN -->"
@@ -164,7 +163,7 @@ def main() -> None:
             key = (model, conns, n)
             results[key] = {}
             rows = rows_for(model, n)
-            for name, s in targets_for(model):  # warm-up
+            for _, s in targets_for(model):  # warm-up
                 run_wrk(s.url(model), s.body(model, rows), s.headers(), connections=min(conns, 8), seconds=2)
             plat = servers.get("platform")
             before = plat.platform.batch_counts(model) if plat else (0, 0)
@@ -200,7 +199,7 @@ def med(rs: list, attr: str) -> float:
 def render(args, results, batch_sizes, rss, raw, capacity, notes, artifacts) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
-        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
         f"{stdlib_platform.machine()} with {os.cpu_count()} cores, Python {stdlib_platform.python_version()}. "
         f"{args.seconds} s per measurement, {args.rounds} alternating rounds, medians. wrk drives "
         f"{capacity:.0f} req/s against a trivial responder on this machine (the load generator's ceiling).",

@@ -46,8 +46,8 @@ def main() -> None:
                 results[name].append(r)
                 print(f"{name:14s} {r.rps:8.1f} req/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  non-2xx {r.non_2xx}", flush=True)
         print()
-        print(f"| version | req/s | p50 ms | p99 ms | mean batch size | non-2xx |")
-        print(f"|---|---|---|---|---|---|")
+        print("| version | req/s | p50 ms | p99 ms | mean batch size | non-2xx |")
+        print("|---|---|---|---|---|---|")
         for name, rs in results.items():
             inf, exe = platform.batch_counts(name)
             inf0, exe0 = counts0[name]

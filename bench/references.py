@@ -215,7 +215,7 @@ class TorchServeServer(Server):
                 return
             except Exception:  # noqa: BLE001
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"torchserve exited: {self.log_tail()}")
+                    raise RuntimeError(f"torchserve exited: {self.log_tail()}") from None
                 time.sleep(1)
         raise RuntimeError(f"torchserve did not become ready: {self.log_tail()}")
 
@@ -251,7 +251,7 @@ class MLServerServer(Server):
             "http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1",
             "debug": False, "metrics_endpoint": None,
         }))
-        for model, (path, config) in artifacts.items():
+        for model, (_path, _config) in artifacts.items():
             d = self.workdir / model
             d.mkdir()
             (d / "model-settings.json").write_text(json.dumps({

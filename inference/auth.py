@@ -24,8 +24,8 @@ from django_ratelimit.core import get_usage
 from rest_framework import authentication, exceptions, permissions
 
 from .errors import RateLimited
-from .monitoring import metrics
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name
+from .monitoring import metrics
 
 logger = logging.getLogger("inference.auth")
 

@@ -18,8 +18,8 @@ from django.utils.module_loading import import_string
 
 from registry.models import ModelVersion
 
-from .monitoring.metrics import observe_request
 from .errors import ErrorCode, InvalidInput, ModelFailed, NotFound, ServiceUnavailable
+from .monitoring.metrics import observe_request
 from .runtime.base import ModelNotReady
 from .runtime.batcher import BatcherStopped, Overloaded
 from .runtime.cache import Loaded

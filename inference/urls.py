@@ -10,6 +10,7 @@ from .monitoring import views as monitoring_views
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon),
     path("metrics", monitoring_views.metrics, name="metrics"),
     re_path(r"^api/v1/models/?$", v1.ModelListView.as_view(), name="v1-models"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),

@@ -18,7 +18,7 @@ from registry.schemas import parse_version_config
 from .pipeline.base import StepConfigError, StepContext, per_instance
 from .runtime.pytorch import LoadSpec, zeros_for
 from .runtime.served import ServedVersion
-from .tensors import InputError, Limits
+from .tensors import InputError
 
 
 def validate_version(*, config: dict[str, Any], artifact_path: str, allow_code: bool) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Operations endpoints and the landing page."""
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -21,3 +21,8 @@ def index(request: HttpRequest) -> JsonResponse:
             "health": {"live": "/healthz", "ready": "/readyz"},
         }
     )
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """No icon: answer 204 so browsers do not log a 404 on every admin page."""
+    return HttpResponse(status=204)

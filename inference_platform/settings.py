@@ -248,7 +248,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 MEDIA_ROOT = DATA_DIR / "media"
-MEDIA_URL = None  # artifacts and results are never served as public files
+# Artifacts and job results are never served as public files: no URL routes this prefix.
+MEDIA_URL = "/_private-media/"
 
 # Largest artifact upload accepted, in bytes (admin and registry API).
 INFERENCE_MAX_ARTIFACT_BYTES = env.int("INFERENCE_MAX_ARTIFACT_BYTES", default=2 * 1024**3)

@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from . import services
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel

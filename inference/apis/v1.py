@@ -17,8 +17,8 @@ from rest_framework.views import APIView
 from registry.models import ModelVersion
 
 from .. import services
-from ..errors import NotFound
 from ..auth import APIKeyAuthentication, HasScope, rate_limit
+from ..errors import NotFound
 from ..keys import APIKey
 from ..runtime.pool import get_pool
 from . import serializers as s
@@ -170,7 +170,7 @@ class PredictVersionView(PredictView):
 def loaded_versions() -> list[dict[str, Any]]:
     """Return what this process has loaded (for readiness and the admin)."""
     out = []
-    for (pk, device), entry in get_pool().cache.entries():
+    for (_pk, device), entry in get_pool().cache.entries():
         served = entry.served
         out.append({"model": served.model_name, "version": served.version, "device": device,
                     "queue_depth": entry.batcher.queue_depth, "bytes": entry.nbytes})

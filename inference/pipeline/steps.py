@@ -183,7 +183,7 @@ class ImageDecode(Step):
             raise StepInputError(
                 f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
             ) from exc
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
         if self.invert:
             arr = 255.0 - arr

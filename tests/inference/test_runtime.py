@@ -186,7 +186,7 @@ def test_the_targets_cpu_threads_apply_to_every_forward(api, key, forwards, thre
     assert api.post("/api/v1/models/threads/predict", {"instances": ROWS[:2]}, key).status_code == 200
     in_batcher = [(name, n) for name, shape, n in forwards if shape[0] in (2, 3)]
     assert len(in_batcher) == 2
-    for name, n in in_batcher:
+    for _name, n in in_batcher:
         assert n == threads
     # the loading request ran the warm-up forward first
     assert forwards[0][1] == (1, 4)
