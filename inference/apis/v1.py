@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -18,7 +20,7 @@ from registry.models import ModelVersion
 
 from .. import services
 from ..auth import APIKeyAuthentication, HasScope, rate_limit
-from ..errors import NotFound
+from ..errors import NotFound, exception_handler
 from ..keys import APIKey
 from ..runtime.pool import get_pool
 from . import serializers as s
@@ -39,15 +41,53 @@ class PlatformAPIView(APIView):
     def check_throttles(self, request: Request) -> None:
         rate_limit(request, model=self.kwargs.get("name", ""))
 
-    def json_body(self, request: Request) -> tuple[Any, bytes]:
+    def json_body(self, request: Any) -> tuple[Any, bytes]:
         """Return (parsed body, raw bytes); 415 unless the body is JSON."""
-        content_type = request.content_type.split(";")[0].strip().lower()
+        content_type = (request.content_type or "").split(";")[0].strip().lower()
         if content_type not in JSON_TYPES:
             raise exceptions.UnsupportedMediaType(
                 content_type or "(none)", detail=f"Send JSON with Content-Type: application/json, not {content_type or 'nothing'}."
             )
-        raw = read_body(request._request)
+        raw = read_body(getattr(request, "_request", request))
         return loads(raw), raw
+
+
+class HotPathAPIView(PlatformAPIView):
+    """A view whose POST is the request path: same checks as DRF's, without its per-request cost.
+
+    POST skips DRF's Request wrapper, content negotiation and Response rendering (together
+    a few hundred microseconds per request); it runs the same authentication class,
+    scope check, per-key rate limit and error handler directly, and answers orjson bytes.
+    Other methods (and the OpenAPI description) go through DRF as usual.
+    """
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)
+        self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
+        try:
+            info = APIKeyAuthentication().authenticate(request)[0]
+            request.auth = info
+            permission = HasScope()
+            if not permission.has_permission(request, self):
+                raise exceptions.PermissionDenied(permission.message)
+            rate_limit(request, model=kwargs.get("name", ""))
+            return HttpResponse(orjson.dumps(self.hot_post(request, *args, **kwargs), option=orjson.OPT_SERIALIZE_NUMPY),
+                                content_type="application/json")
+        except Exception as exc:  # noqa: BLE001 - rendered like DRF would, or re-raised as a bug
+            if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+                exc.auth_header = APIKeyAuthentication.keyword
+            response = exception_handler(exc, {"view": self, "request": request})
+            if response is None:
+                raise
+            out = HttpResponse(orjson.dumps(response.data), status=response.status_code, content_type="application/json")
+            for header, value in response.items():
+                if header.lower() != "content-type":
+                    out[header] = value
+            return out
+
+    def hot_post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("subclasses of HotPathAPIView must provide a hot_post() method")
 
 
 def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
@@ -130,17 +170,17 @@ PREDICT_ERRORS = {
 }
 
 
-class PredictView(PlatformAPIView):
+class PredictView(HotPathAPIView):
     @extend_schema(
         operation_id="models_predict",
         summary="Predict with the production version (else the newest ready one)",
         request=s.PredictRequestSerializer,
         responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
     )
-    def post(self, request: Request, name: str) -> Response:
-        return self._predict(request, name, None)
+    def post(self, request: Request, name: str) -> Response:  # documents the operation; POST runs hot_post
+        return Response(self.hot_post(request, name))
 
-    def _predict(self, request: Request, name: str, ref: str | None) -> Response:
+    def hot_post(self, request: Any, name: str, ref: str | None = None) -> dict[str, Any]:
         # Resolve visibility before reading the body: an unknown model is a 404 whatever is sent.
         services.visible_model(model_name=name, key=request.auth)
         body, raw = self.json_body(request)
@@ -149,10 +189,10 @@ class PredictView(PlatformAPIView):
             ref=ref,
             body=body,
             key=request.auth,
-            request_id=getattr(request._request, "request_id", ""),
+            request_id=getattr(request, "request_id", ""),
             maybe_bools=b"true" in raw or b"false" in raw,
         )
-        return Response(result)
+        return result
 
 
 class PredictVersionView(PredictView):
@@ -164,7 +204,7 @@ class PredictVersionView(PredictView):
         responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
     )
     def post(self, request: Request, name: str, ref: str) -> Response:  # type: ignore[override]
-        return self._predict(request, name, ref)
+        return Response(self.hot_post(request, name, ref))
 
 
 def loaded_versions() -> list[dict[str, Any]]:
