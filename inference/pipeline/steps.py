@@ -297,13 +297,12 @@ class Labels(Step):
             ]
         key = self.pick(data, self.output, kind="output")
         values = data[key]
-        if np.issubdtype(values.dtype, np.integer):
+        if values.dtype.kind in "iu":
             return [self._label(i) for i in values.reshape(-1).tolist()]
         scores = values.reshape(len(values), -1)
-        best = scores.argmax(axis=1)
         return [
             {"label": self._label(i), "score": s}
-            for i, s in zip(best.tolist(), scores[np.arange(len(best)), best].tolist())
+            for i, s in zip(scores.argmax(axis=1).tolist(), scores.max(axis=1).tolist())
         ]
 
 
@@ -323,7 +322,7 @@ class Round(Step):
             return _round_json(data, self.decimals)
         key = self.pick(data, self.output, kind="output")
         out = dict(data)
-        if np.issubdtype(data[key].dtype, np.floating):
+        if data[key].dtype.kind == "f":
             out[key] = np.round(data[key], self.decimals)
         return out
 

@@ -65,7 +65,7 @@ class ServingPool:
         except Exception:  # noqa: BLE001 - cache down: fall back to re-reading the database
             generation = object()
         with self._lock:
-            if generation != self._generation or generation is None:
+            if generation != self._generation:
                 self._memo.clear()
                 self._generation = generation
             self._checked = now
