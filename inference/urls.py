@@ -4,7 +4,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
-from .apis import v1
+from .apis import jobs, v1
 from .monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -20,6 +20,12 @@ urlpatterns = [
         v1.PredictVersionView.as_view(),
         name="v1-predict-version",
     ),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/jobs/?$", jobs.JobSubmitView.as_view(), name="v1-job-submit"),
+    re_path(r"^api/v1/jobs/?$", jobs.JobListView.as_view(), name="v1-jobs"),
+    re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/?$", jobs.JobDetailView.as_view(), name="v1-job"),
+    re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/result/?$", jobs.JobResultView.as_view(), name="v1-job-result"),
+    re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/cancel/?$", jobs.JobCancelView.as_view(), name="v1-job-cancel"),
+    re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/retry/?$", jobs.JobRetryView.as_view(), name="v1-job-retry"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
 ]

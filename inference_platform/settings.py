@@ -144,6 +144,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # on every request costs more than the query.
     DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Tests use a file, not memory: the job tests run a real qcluster process on it.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test-db.sqlite3")
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -190,13 +192,28 @@ if INFERENCE_BROKER not in ("orm", "redis"):
 if INFERENCE_BROKER == "redis" and not REDIS_URL:
     raise ImproperlyConfigured("INFERENCE_BROKER=redis needs REDIS_URL to be set.")
 
-# A job may run up to `timeout` seconds; `retry` is comfortably above it so the ORM
-# broker never redelivers a task that is still running (DESIGN.md, "Background jobs").
+# A job's task may run up to INFERENCE_JOB_TIMEOUT seconds; `retry` (when the ORM broker
+# redelivers an unacknowledged task) is comfortably above it, so a task still running is
+# never delivered twice. A dead worker's job is recovered sooner by the reconciler: its
+# lease (renewed after every chunk) expires after INFERENCE_JOB_LEASE_SECONDS.
+INFERENCE_JOB_TIMEOUT = env.int("INFERENCE_JOB_TIMEOUT", default=3600)
+INFERENCE_JOB_LEASE_SECONDS = env.int("INFERENCE_JOB_LEASE_SECONDS", default=120)
+INFERENCE_JOB_RETRY = env.int("INFERENCE_JOB_RETRY", default=INFERENCE_JOB_TIMEOUT + 300)
+if INFERENCE_JOB_RETRY <= INFERENCE_JOB_TIMEOUT:
+    raise ImproperlyConfigured("INFERENCE_JOB_RETRY must be greater than INFERENCE_JOB_TIMEOUT.")
+INFERENCE_JOB_MAX_ATTEMPTS = env.int("INFERENCE_JOB_MAX_ATTEMPTS", default=3)
+INFERENCE_JOB_CHUNK_SIZE = env.int("INFERENCE_JOB_CHUNK_SIZE", default=256)
+INFERENCE_JOB_MAX_FILE_BYTES = env.int("INFERENCE_JOB_MAX_FILE_BYTES", default=512 * 1024**2)
+# A job queued this long without starting gets its task queued again by the reconciler.
+INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
+INFERENCE_CALLBACK_ALLOWED_HOSTS = env.list("INFERENCE_CALLBACK_ALLOWED_HOSTS", default=[])
+INFERENCE_CALLBACK_SECRET = env.str("INFERENCE_CALLBACK_SECRET", default="")
+
 Q_CLUSTER = {
     "name": "inference",
     "workers": env.int("INFERENCE_WORKERS", default=2),
-    "timeout": env.int("INFERENCE_JOB_TIMEOUT", default=600),
-    "retry": env.int("INFERENCE_JOB_TIMEOUT", default=600) * 2 + 60,
+    "timeout": INFERENCE_JOB_TIMEOUT,
+    "retry": INFERENCE_JOB_RETRY,
     "max_attempts": 0,  # the job row counts attempts itself
     "catch_up": False,
     "ack_failures": True,

@@ -17,7 +17,13 @@ SERVICES_RUN = bool(os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """In the services run, unreachable services fail the run (never a silent skip)."""
+    """Clear stale SQLite WAL files; in the services run, unreachable services fail the run."""
+    test_db = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if test_db and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+        # pytest-django re-creates the test database file but not its -wal/-shm companions;
+        # stale ones from an interrupted run make SQLite report "disk I/O error".
+        for suffix in ("-wal", "-shm"):
+            Path(f"{test_db}{suffix}").unlink(missing_ok=True)
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         import redis

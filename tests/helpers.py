@@ -53,6 +53,30 @@ class HangingMLP(MLP):
         time.sleep(600)
 
 
+class SlowMLP(MLP):
+    """An MLP whose forward pass sleeps `delay` seconds (jobs whose progress can be watched)."""
+
+    def __init__(self, in_features: int, hidden=(), out_features: int = 1, delay: float = 0.05):
+        super().__init__(in_features, hidden, out_features)
+        self.delay = delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return super().forward(x)
+
+
+class KillerMLP(MLP):
+    """An MLP that SIGKILLs the process computing it when an input holds the value 666."""
+
+    def forward(self, x):
+        if bool((x == 666).any()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+JOB_ARCHS = [f"{HELPERS}.SlowMLP", f"{HELPERS}.KillerMLP"]
+
+
 # --- Malicious pickles ---------------------------------------------------------------------
 
 

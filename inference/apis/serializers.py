@@ -66,3 +66,57 @@ class PredictResponseSerializer(serializers.Serializer):
     model = serializers.CharField()
     version = serializers.IntegerField()
     predictions = serializers.ListField(child=serializers.JSONField())
+
+
+class JobSubmitSerializer(serializers.Serializer):
+    instances = serializers.ListField(child=serializers.JSONField(), help_text="As for predict.")
+    parameters = serializers.DictField(required=False)
+    version = serializers.CharField(required=False, help_text="Version number or alias (default: production).")
+    callback_url = serializers.URLField(required=False, help_text="POSTed the final state (allowlisted hosts only).")
+
+
+class JobUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="JSONL (one instance per line) or CSV (one-input models; numeric rows).")
+    format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
+    parameters = serializers.CharField(required=False, help_text="JSON object.")
+    version = serializers.CharField(required=False)
+    callback_url = serializers.URLField(required=False)
+
+
+class JobAcceptedSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    url = serializers.CharField()
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField()
+    total = serializers.IntegerField()
+
+
+class JobStatusSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    progress = ProgressSerializer()
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    url = serializers.CharField()
+    result_url = serializers.CharField(allow_null=True)
+
+
+class JobListSerializer(serializers.Serializer):
+    jobs = JobStatusSerializer(many=True)
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+
+
+class JobResultSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    model = serializers.CharField()
+    version = serializers.IntegerField()
+    predictions = serializers.ListField(child=serializers.JSONField())

@@ -1,0 +1,401 @@
+"""Background jobs: submit, run (in a django-q2 worker), cancel, retry, reconcile.
+
+Guarantees, and how:
+
+* Nothing submitted is lost: the job row is committed before its task is queued
+  (``transaction.on_commit``); a task that is lost anyway (a crash between the two, the
+  Redis broker dropping the task of a dead worker) is re-queued by the reconciler, which
+  finds jobs ``queued`` for too long or ``running`` with an expired lease.
+* A job runs at most once at a time and produces one result: a run starts by *claiming*
+  the row with a conditional UPDATE (queued, or running with an expired lease), and ends
+  with another (still running, same attempt). A second delivery of a finished or running
+  job does nothing; a superseded run's result file is discarded.
+* Attempts are counted on the row: a job whose worker dies every time ends ``failed``
+  after ``max_attempts`` (django-q2 alone would retry it forever).
+* Inputs and results live in files under the storage backend, not in the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import IO, Any
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile, File
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from registry.models import ModelVersion
+
+from .models import InferenceJob
+
+logger = logging.getLogger("inference.jobs")
+
+
+
+def worker_id() -> str:
+    """host:pid of the calling process (computed per call: workers are forked)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobConflict(Exception):
+    """The request conflicts with the job's state (e.g. cancel a finished job, reuse an idempotency key)."""
+
+
+class JobInputError(ValueError):
+    """The submitted instances or file cannot be a job's input."""
+
+
+# ---- input files ------------------------------------------------------------------------------
+
+def _jsonl_from_instances(instances: list[Any]) -> bytes:
+    return b"".join(orjson.dumps(i) + b"\n" for i in instances)
+
+
+def _check_jsonl(fileobj: IO[bytes]) -> int:
+    """Return the number of instances in a JSONL file; raise JobInputError naming a bad line."""
+    count = 0
+    fileobj.seek(0)
+    for number, line in enumerate(fileobj, start=1):
+        if not line.strip():
+            continue
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise JobInputError(f"line {number} is not valid JSON: {exc}") from None
+        count += 1
+    return count
+
+
+def _csv_rows(fileobj: IO[bytes]) -> Iterator[list[float]]:
+    """Yield the numeric rows of a CSV file (a header row of names is skipped)."""
+    fileobj.seek(0)
+    # Decode line by line: a TextIOWrapper would close the caller's file when collected.
+    reader = csv.reader(line.decode("utf-8-sig") for line in fileobj)
+    for number, row in enumerate(reader, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        try:
+            yield [float(c) for c in row]
+        except ValueError:
+            if number == 1:
+                continue  # header
+            raise JobInputError(f"CSV line {number} has a value that is not a number: {row[:8]}") from None
+
+
+def _instances_in(job: InferenceJob) -> Iterator[Any]:
+    """Yield the job's instances in order, from its stored input file."""
+    with job.input_file.open("rb") as fh:
+        if job.input_format == InferenceJob.InputFormat.CSV:
+            yield from _csv_rows(fh)
+            return
+        for line in fh:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# ---- submit -------------------------------------------------------------------------------------
+
+def _callback_allowed(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    allowed = settings.INFERENCE_CALLBACK_ALLOWED_HOSTS
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("callback_url must be an http(s) URL.", code="invalid_callback")
+    if parts.hostname not in allowed:
+        raise ValidationError(
+            f"callback_url host {parts.hostname!r} is not allowed (INFERENCE_CALLBACK_ALLOWED_HOSTS: "
+            f"{', '.join(allowed) or 'none'}): an open callback would let clients make this server call anywhere.",
+            code="callback_not_allowed",
+        )
+
+
+def _enqueue(job_id: Any) -> None:
+    from django_q.tasks import async_task
+
+    async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options={"ack_failure": True})
+
+
+def job_submit(
+    *,
+    version: ModelVersion,
+    instances: list[Any] | None = None,
+    upload: IO[bytes] | None = None,
+    input_format: str = InferenceJob.InputFormat.JSON,
+    parameters: Any = None,
+    api_key: Any = None,
+    submitted_by: str = "",
+    idempotency_key: str = "",
+    callback_url: str = "",
+    max_attempts: int | None = None,
+) -> tuple[InferenceJob, bool]:
+    """Create a queued job for `version` and schedule it; return (job, created).
+
+    Give either JSON `instances` or an `upload` (JSONL or CSV). With an idempotency key,
+    the same key and the same input return the existing job (created=False); the same
+    key with other input raises JobConflict. The task is queued after the row commits.
+    """
+    if version.status != ModelVersion.Status.READY or version.archived:
+        raise JobConflict(f"{version} is not ready to serve ({version.status}).")
+    if callback_url:
+        _callback_allowed(callback_url)
+    if (instances is None) == (upload is None):
+        raise JobInputError("Send either instances or a file.")
+    if instances is not None:
+        if not isinstance(instances, list) or not instances:
+            raise JobInputError("instances must be a non-empty list.")
+        data = _jsonl_from_instances(instances)
+        total = len(instances)
+        input_format = InferenceJob.InputFormat.JSON
+        content: File = ContentFile(data, name="input.jsonl")
+        size = len(data)
+    else:
+        size = upload.size if hasattr(upload, "size") else len(upload.read())
+        if size > settings.INFERENCE_JOB_MAX_FILE_BYTES:
+            raise JobInputError(f"The file is {size} bytes; the limit is {settings.INFERENCE_JOB_MAX_FILE_BYTES}.")
+        if input_format == InferenceJob.InputFormat.CSV:
+            if len(version.input_schema) != 1:
+                raise JobInputError("CSV input is for one-input models; send JSONL objects for several inputs.")
+            total = sum(1 for _ in _csv_rows(upload))
+        else:
+            total = _check_jsonl(upload)
+        if total == 0:
+            raise JobInputError("The file holds no instances.")
+        upload.seek(0)
+        content = File(upload, name=f"input.{'csv' if input_format == 'csv' else 'jsonl'}")
+    digest = hashlib.sha256()
+    digest.update(f"{version.pk}|{orjson.dumps(parameters).decode()}|".encode())
+    content.seek(0)
+    for chunk in content.chunks():
+        digest.update(chunk)
+    request_sha = digest.hexdigest()
+    key_prefix = getattr(api_key, "prefix", "") or ""
+    if idempotency_key:
+        existing = InferenceJob.objects.filter(key_prefix=key_prefix, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            if existing.request_sha256 != request_sha:
+                raise JobConflict("This Idempotency-Key was used for a different request.")
+            return existing, False
+    from inference.keys import APIKey
+
+    job = InferenceJob(
+        model_id=version.model_id,
+        version=version,
+        api_key=APIKey.objects.filter(pk=getattr(api_key, "id", None)).first() if api_key else None,
+        key_prefix=key_prefix,
+        submitted_by=submitted_by,
+        max_attempts=max_attempts or settings.INFERENCE_JOB_MAX_ATTEMPTS,
+        progress_total=total,
+        input_format=input_format,
+        input_bytes=size,
+        parameters=parameters,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha,
+        callback_url=callback_url,
+    )
+    content.seek(0)
+    job.input_file.save(content.name, content, save=False)
+    try:
+        with transaction.atomic():
+            job.save()
+            transaction.on_commit(lambda: _enqueue(job.pk))
+    except Exception:
+        job.input_file.storage.delete(job.input_file.name)
+        if idempotency_key:  # lost a race with an identical submission
+            existing = InferenceJob.objects.filter(key_prefix=key_prefix, idempotency_key=idempotency_key).first()
+            if existing is not None and existing.request_sha256 == request_sha:
+                return existing, False
+        raise
+    return job, True
+
+
+# ---- cancel, retry --------------------------------------------------------------------------------
+
+def job_cancel(*, job: InferenceJob) -> InferenceJob:
+    """Cancel a job: a queued one never runs; a running one stops at its next chunk boundary."""
+    now = timezone.now()
+    if InferenceJob.objects.filter(pk=job.pk, status=InferenceJob.Status.QUEUED).update(
+        status=InferenceJob.Status.CANCELLED, cancel_requested=True, finished_at=now
+    ):
+        job.refresh_from_db()
+        _after_finish(job)
+        return job
+    if InferenceJob.objects.filter(pk=job.pk, status=InferenceJob.Status.RUNNING).update(cancel_requested=True):
+        job.refresh_from_db()
+        return job
+    job.refresh_from_db()
+    raise JobConflict(f"The job is {job.status}; only queued or running jobs can be cancelled.")
+
+
+def job_retry(*, job: InferenceJob) -> InferenceJob:
+    """Run a failed or cancelled job again from the start (attempts reset)."""
+    with transaction.atomic():
+        updated = InferenceJob.objects.filter(
+            pk=job.pk, status__in=[InferenceJob.Status.FAILED, InferenceJob.Status.CANCELLED]
+        ).update(
+            status=InferenceJob.Status.QUEUED, attempts=0, error="", progress_done=0, cancel_requested=False,
+            started_at=None, finished_at=None, lease_expires_at=None,
+        )
+        if not updated:
+            job.refresh_from_db()
+            raise JobConflict(f"The job is {job.status}; only failed or cancelled jobs can be retried.")
+        transaction.on_commit(lambda: _enqueue(job.pk))
+    job.refresh_from_db()
+    return job
+
+
+# ---- run (in a worker) -----------------------------------------------------------------------------
+
+def _lease() -> timezone.datetime:
+    return timezone.now() + timedelta(seconds=settings.INFERENCE_JOB_LEASE_SECONDS)
+
+
+def _claim(job_id: Any) -> InferenceJob | None:
+    """Take the job for this run, or return None when another run has it or it is finished."""
+    now = timezone.now()
+    claimable = Q(status=InferenceJob.Status.QUEUED) | Q(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now)
+    updated = InferenceJob.objects.filter(claimable, pk=job_id, cancel_requested=False).update(
+        status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, progress_done=0,
+        lease_expires_at=_lease(), worker=worker_id(),
+    )
+    if not updated:
+        # A job cancelled while queued but never picked up is already final; nothing to do.
+        return None
+    return InferenceJob.objects.select_related("version__model", "version__hardware", "model").get(pk=job_id)
+
+
+def _finish(job: InferenceJob, attempt: int, **fields: Any) -> bool:
+    """Record the end of this run, only if it still owns the job; return whether it did."""
+    fields.setdefault("finished_at", timezone.now())
+    fields["lease_expires_at"] = None
+    done = InferenceJob.objects.filter(pk=job.pk, status=InferenceJob.Status.RUNNING, attempts=attempt).update(**fields)
+    if done:
+        job.refresh_from_db()
+        _after_finish(job)
+    return bool(done)
+
+
+def job_run(job_id: Any) -> str:
+    """Run one delivery of a job's task; return what happened (for the task's result)."""
+    job = _claim(job_id)
+    if job is None:
+        return "skipped: already running elsewhere, finished or cancelled"
+    attempt = job.attempts
+    if attempt > job.max_attempts:
+        _finish(job, attempt, status=InferenceJob.Status.FAILED,
+                error=f"Gave up after {job.max_attempts} attempts: its worker stopped each time "
+                      f"({job.error or 'no error was reported'}).")
+        return "failed: too many attempts"
+    from inference.errors import APIError
+    from inference.runtime.pool import get_pool
+    from inference.services import run_instances
+
+    result_name = f"jobs/{job.pk}/result-{attempt}.jsonl"
+    storage = job.result_file.storage
+    try:
+        loaded = get_pool().loaded(job.version)
+        buffer = io.BytesIO()
+        done = 0
+        for chunk in _chunks(_instances_in(job), settings.INFERENCE_JOB_CHUNK_SIZE):
+            predictions = run_instances(loaded, chunk, job.parameters, timeout=settings.INFERENCE_JOB_TIMEOUT)
+            buffer.write(b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for p in predictions))
+            done += len(chunk)
+            still_mine = InferenceJob.objects.filter(
+                pk=job.pk, status=InferenceJob.Status.RUNNING, attempts=attempt
+            ).update(progress_done=done, lease_expires_at=_lease())
+            if not still_mine:
+                return "superseded: another run took the job over"
+            if InferenceJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
+                _finish(job, attempt, status=InferenceJob.Status.CANCELLED)
+                return "cancelled"
+        saved = storage.save(result_name, ContentFile(buffer.getvalue()))
+        if not _finish(job, attempt, status=InferenceJob.Status.SUCCEEDED, result_file=saved, error=""):
+            storage.delete(saved)
+            return "superseded: another run finished the job"
+        return "succeeded"
+    except (APIError, JobInputError, ValueError) as exc:
+        # The input (or the model's answer to it) is wrong: running again will not help.
+        message = getattr(exc, "message", None) or str(exc)
+        path = getattr(exc, "details", {}).get("path") if hasattr(exc, "details") else None
+        _finish(job, attempt, status=InferenceJob.Status.FAILED,
+                error=f"{message}" + (f" (at {path}, counting instances from the start of a chunk)" if path else ""))
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 - anything else may pass on another attempt
+        logger.exception("job %s attempt %d failed", job.pk, attempt)
+        error = f"attempt {attempt}: {type(exc).__name__}: {exc}"
+        if attempt >= job.max_attempts:
+            _finish(job, attempt, status=InferenceJob.Status.FAILED, error=error)
+            return "failed"
+        if _finish(job, attempt, status=InferenceJob.Status.QUEUED, error=error, finished_at=None):
+            _enqueue(job.pk)
+        return "requeued"
+
+
+# ---- reconcile ---------------------------------------------------------------------------------------
+
+def jobs_reconcile() -> dict[str, int]:
+    """Re-queue jobs whose task was lost: running with an expired lease, or queued too long."""
+    now = timezone.now()
+    stale_running = list(
+        InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).values_list("pk", flat=True)
+    )
+    for pk in stale_running:
+        # A cancel that the dead worker never saw ends the job here.
+        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now,
+                                       cancel_requested=True).update(
+            status=InferenceJob.Status.CANCELLED, finished_at=now, lease_expires_at=None
+        ):
+            _after_finish(InferenceJob.objects.get(pk=pk))
+            continue
+        InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).update(
+            error="a worker stopped while running it (its lease expired)",
+        )
+        _enqueue(pk)
+    cutoff = now - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER)
+    stale_queued = list(
+        InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, created_at__lt=cutoff)
+        .filter(Q(started_at__isnull=True) | Q(started_at__lt=cutoff)).values_list("pk", flat=True)
+    )
+    for pk in stale_queued:
+        _enqueue(pk)
+    if stale_running or stale_queued:
+        logger.warning("reconciler re-queued %d running job(s) with expired leases and %d queued job(s)",
+                       len(stale_running), len(stale_queued))
+    return {"running": len(stale_running), "queued": len(stale_queued)}
+
+
+# ---- results and callbacks -----------------------------------------------------------------------------
+
+def job_predictions(job: InferenceJob) -> list[Any]:
+    """Return a finished job's predictions (from its result file)."""
+    with job.result_file.open("rb") as fh:
+        return [orjson.loads(line) for line in fh if line.strip()]
+
+
+def _after_finish(job: InferenceJob) -> None:
+    if job.callback_url:
+        from django_q.tasks import async_task
+
+        transaction.on_commit(lambda: async_task("inference.tasks.deliver_callback", str(job.pk), 1))
