@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ class PredictOutcome:
     batch_size: int = 0
     error_code: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    loaded: Any = None  # the Loaded entry, once resolved
 
 
 # ---- hooks --------------------------------------------------------------------------------------
@@ -117,6 +119,29 @@ def parse_predict_body(body: Any) -> tuple[Any, Any]:
     return body["instances"], body.get("parameters")
 
 
+@contextmanager
+def observed(model_name: str) -> Iterator[PredictOutcome]:
+    """Time one inference request and report it (metrics, hooks) however it ends.
+
+    The one place every request (v1 predict, v2 infer) is observed: callers set
+    ``outcome.version`` and ``outcome.loaded`` once they know them.
+    """
+    t0 = time.perf_counter()
+    outcome = PredictOutcome(model=model_name, version=None, status=200)
+    try:
+        yield outcome
+    except Exception as exc:
+        outcome.status = getattr(exc, "status_code", 500)
+        outcome.error_code = getattr(exc, "error_code", ErrorCode.SERVER_ERROR)
+        raise
+    finally:
+        outcome.timings["total"] = time.perf_counter() - t0
+        loaded = outcome.loaded
+        observe_request(outcome.model, outcome.version, outcome.status, outcome.timings,
+                        loaded.metrics if loaded is not None else None)
+        run_hooks(outcome)
+
+
 def predict(
     *,
     model_name: str,
@@ -127,24 +152,12 @@ def predict(
     maybe_bools: bool = True,
 ) -> dict[str, Any]:
     """Run one predict request through pipeline and batcher; return the response body."""
-    t0 = time.perf_counter()
-    outcome = PredictOutcome(model=model_name, version=None, status=200)
-    loaded = None
-    try:
+    with observed(model_name) as outcome:
         instances, parameters = parse_predict_body(body)
         version, loaded = served_version(model_name=model_name, ref=ref, key=key)
-        outcome.version = version.version
+        outcome.version, outcome.loaded = version.version, loaded
         predictions = run_instances(loaded, instances, parameters, outcome=outcome, maybe_bools=maybe_bools)
         return {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
-    except Exception as exc:
-        outcome.status = getattr(exc, "status_code", 500)
-        outcome.error_code = getattr(exc, "error_code", ErrorCode.SERVER_ERROR)
-        raise
-    finally:
-        outcome.timings["total"] = time.perf_counter() - t0
-        observe_request(outcome.model, outcome.version, outcome.status, outcome.timings,
-                        loaded.metrics if loaded is not None else None)
-        run_hooks(outcome)
 
 
 def run_instances(
@@ -158,10 +171,47 @@ def run_instances(
 ) -> list[Any]:
     """Decode, preprocess, batch, compute and postprocess instances; return one prediction each."""
     served = loaded.served
+    return run_prepared(
+        loaded,
+        lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools),
+        served.finish,
+        outcome=outcome,
+        timeout=timeout,
+    )
+
+
+def run_tensors(
+    loaded: Loaded,
+    arrays: dict[str, Any],
+    parameters: Any = None,
+    *,
+    outcome: PredictOutcome | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Run already-decoded input tensors (the Open Inference Protocol's); return the postprocessed outputs."""
+    served = loaded.served
+    return run_prepared(
+        loaded,
+        lambda: served.prepare_arrays(arrays, parameters),
+        served.postprocess,
+        outcome=outcome,
+        timeout=timeout,
+    )
+
+
+def run_prepared(
+    loaded: Loaded,
+    prepare: Callable[[], Any],
+    finish: Callable[[Any, Any], Any],
+    *,
+    outcome: PredictOutcome | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """Prepare (decode + preprocess), batch and compute, then finish (postprocess); map errors to API errors."""
     timings = outcome.timings if outcome is not None else {}
     t0 = time.perf_counter()
     try:
-        prepared = served.prepare(instances, parameters, maybe_bools=maybe_bools)
+        prepared = prepare()
     except InputError as exc:
         raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
     t1 = time.perf_counter()
@@ -187,7 +237,7 @@ def run_instances(
     timings["queue"] = max(0.0, pending.started - pending.enqueued)
     timings["compute"] = pending.finished - pending.started
     try:
-        predictions = served.finish(outputs, prepared)
+        result = finish(outputs, prepared)
     except InputError as exc:
         raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
     except Exception as exc:  # noqa: BLE001 - a postprocess step or schema mismatch
@@ -196,4 +246,4 @@ def run_instances(
     if outcome is not None:
         outcome.instances = prepared.n
         outcome.batch_size = pending.batch_size
-    return predictions
+    return result

@@ -271,3 +271,55 @@ def check_model_inputs(arrays: Mapping[str, np.ndarray], inputs: Sequence[Tensor
                 path=spec.name,
                 code="invalid_shape",
             )
+
+
+def check_input_arrays(
+    arrays: Mapping[str, np.ndarray], inputs: Sequence[TensorSpec], *, limits: Limits, raw_inputs: set[str] = frozenset()
+) -> int:
+    """Check decoded input tensors (batch dimension first) against the schema; return the batch size.
+
+    Inputs that a decoding step turns into tensors (`raw_inputs`) must be BYTES, one
+    element per instance.
+    """
+    names = [s.name for s in inputs]
+    if set(arrays) != set(names):
+        missing, extra = sorted(set(names) - set(arrays)), sorted(set(arrays) - set(names))
+        raise InputError(
+            f"the model takes inputs {names}" + (f"; missing {missing}" if missing else "")
+            + (f"; unknown {extra}" if extra else ""),
+            path="inputs",
+        )
+    n = None
+    for spec in inputs:
+        arr = arrays[spec.name]
+        if arr.ndim == 0:
+            raise InputError(f"{spec.name!r} needs a batch dimension first", path=spec.name, code="invalid_shape")
+        if n is None:
+            n = arr.shape[0]
+        elif arr.shape[0] != n:
+            raise InputError(f"all inputs must have the same batch size; {spec.name!r} has {arr.shape[0]}, not {n}",
+                             path=spec.name, code="invalid_shape")
+        if arr.size > limits.max_elements:
+            raise InputError(f"{spec.name!r} has {arr.size} elements, over the limit of {limits.max_elements}",
+                             path=spec.name, code="too_many_elements")
+        if spec.name in raw_inputs:
+            if arr.dtype != object or arr.size != n:
+                raise InputError(f"{spec.name!r} takes one encoded value (BYTES) per instance", path=spec.name,
+                                 code="invalid_datatype")
+            continue
+        if arr.dtype != np.dtype(DATATYPES[spec.datatype]):
+            raise InputError(f"{spec.name!r} must be {spec.datatype}", path=spec.name, code="invalid_datatype")
+        if not _shape_matches(arr.shape[1:], spec.shape):
+            raise InputError(
+                f"{spec.name!r} must have shape [batch, {', '.join(map(str, spec.shape))}] (-1: any length), "
+                f"got {list(arr.shape)}",
+                path=spec.name, code="invalid_shape",
+            )
+        if arr.dtype.kind == "f" and not limits.allow_nonfinite and arr.size and not np.isfinite(arr).all():
+            raise InputError(f"{spec.name!r} holds NaN or infinite values", path=spec.name, code="non_finite")
+    if not n:
+        raise InputError("the batch is empty", path="inputs", code="invalid_shape")
+    if n > limits.max_instances:
+        raise InputError(f"a batch of {n} is over the limit of {limits.max_instances}", path="inputs",
+                         code="too_many_instances")
+    return n

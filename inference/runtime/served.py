@@ -19,7 +19,7 @@ import numpy as np
 from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
 
 from ..pipeline.base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
-from ..tensors import InputError, Limits, check_model_inputs, decode_instances
+from ..tensors import InputError, Limits, check_input_arrays, check_model_inputs, decode_instances
 from .pytorch import LoadSpec, PyTorchRuntime
 
 
@@ -125,6 +125,23 @@ class ServedVersion:
             raise InputError(str(exc), path=exc.path, code=exc.code) from exc
         check_model_inputs(arrays, self.inputs)
         return Prepared(arrays, ctx, n)
+
+    def prepare_arrays(self, arrays: dict[str, np.ndarray], parameters: Any = None) -> Prepared:
+        """Validate already-decoded input tensors (batch first) and preprocess them."""
+        limits = self.limits or Limits.from_settings()
+        try:
+            ctx = StepContext(self.inputs, self.outputs, clean_parameters(parameters, self.parameters))
+            n = check_input_arrays(arrays, self.inputs, limits=limits, raw_inputs=self.raw_inputs)
+            arrays = self.pre(dict(arrays), ctx)
+        except StepInputError as exc:
+            raise InputError(str(exc), path=exc.path, code=exc.code) from exc
+        check_model_inputs(arrays, self.inputs)
+        return Prepared(arrays, ctx, n)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared) -> Any:
+        """Return the postprocessed outputs: tensors by name, or one JSON-ready value per instance."""
+        self.check_outputs(outputs, prepared.n)
+        return self.post(outputs, prepared.ctx)
 
     def check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
         """Raise RuntimeError unless the model's outputs match the declared schema."""
