@@ -4,7 +4,8 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
-from .apis import jobs, v1
+from .apis import jobs, v1, v2
+from .apis import registry as registry_api
 from .monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -12,7 +13,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
     path("metrics", monitoring_views.metrics, name="metrics"),
-    re_path(r"^api/v1/models/?$", v1.ModelListView.as_view(), name="v1-models"),
+    re_path(r"^api/v1/models/?$", registry_api.ModelCollectionView.as_view(), name="v1-models"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
     re_path(
@@ -21,11 +22,30 @@ urlpatterns = [
         name="v1-predict-version",
     ),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/jobs/?$", jobs.JobSubmitView.as_view(), name="v1-job-submit"),
+    # Registry API (management keys)
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/?$", registry_api.VersionCollectionView.as_view(),
+            name="v1-versions"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/?$", registry_api.VersionDetailView.as_view(),
+            name="v1-version"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/archive/?$",
+            registry_api.VersionArchiveView.as_view(), name="v1-version-archive"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/aliases/(?P<alias>[^/]+)/?$", registry_api.AliasView.as_view(),
+            name="v1-alias"),
     re_path(r"^api/v1/jobs/?$", jobs.JobListView.as_view(), name="v1-jobs"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/?$", jobs.JobDetailView.as_view(), name="v1-job"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/result/?$", jobs.JobResultView.as_view(), name="v1-job-result"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/cancel/?$", jobs.JobCancelView.as_view(), name="v1-job-cancel"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/retry/?$", jobs.JobRetryView.as_view(), name="v1-job-retry"),
+    # Open Inference Protocol (KServe v2 / Triton HTTP)
+    re_path(r"^v2/?$", v2.server_metadata, name="v2-server"),
+    path("v2/health/live", v2.server_live, name="v2-live"),
+    path("v2/health/ready", v2.server_ready, name="v2-ready"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/?$", v2.model_metadata, name="v2-model"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/?$", v2.model_metadata, name="v2-model-version"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/ready/?$", v2.model_ready, name="v2-model-ready"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/ready/?$", v2.model_ready),
+    re_path(r"^v2/models/(?P<name>[^/]+)/infer/?$", v2.infer, name="v2-infer"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/infer/?$", v2.infer, name="v2-infer-version"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
 ]

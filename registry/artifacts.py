@@ -57,12 +57,13 @@ def sniff(data: bytes) -> str:
     """Return what the bytes look like: 'zip', 'pickle', 'safetensors' or 'unknown'."""
     if data[:4] == b"PK\x03\x04":
         return "zip"  # torch.save (new format), TorchScript and .pt2 are zip archives
-    if data[:1] == b"\x80" and len(data) > 1 and data[1] <= 5:
-        return "pickle"
     if len(data) >= 9:
+        # Checked before pickle: a header length such as 0x0180 starts with the byte 0x80 too.
         (header_len,) = struct.unpack("<Q", data[:8])
         if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
             return "safetensors"
+    if data[:1] == b"\x80" and len(data) > 1 and data[1] <= 5:
+        return "pickle"
     return "unknown"
 
 

@@ -16,6 +16,8 @@ import signal
 import time
 from pathlib import Path
 
+from torch import nn
+
 from registry.architectures import MLP
 
 HELPERS = "tests.helpers"
@@ -72,6 +74,25 @@ class KillerMLP(MLP):
         if bool((x == 666).any()):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(x)
+
+
+class TwoTowerNet(nn.Module):
+    """inputs a (FP32 [a_features]) and b (INT64 [b_features]); outputs (score [out_features], hidden [8])."""
+
+    def __init__(self, a_features: int = 2, b_features: int = 3, out_features: int = 2):
+        import torch
+
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = torch.nn.Linear(a_features, 4)
+        self.b = torch.nn.Linear(b_features, 4)
+        self.head = torch.nn.Linear(8, out_features)
+
+    def forward(self, a, b):
+        import torch
+
+        hidden = torch.cat([torch.relu(self.a(a)), torch.relu(self.b(b.float()))], dim=1)
+        return self.head(hidden), hidden
 
 
 JOB_ARCHS = [f"{HELPERS}.SlowMLP", f"{HELPERS}.KillerMLP"]
