@@ -110,9 +110,11 @@ class Platform:
 
     def start(self) -> None:
         gunicorn = str(Path(PY).parent / "gunicorn")
+        # The server's log goes to a file: an unread pipe fills up and blocks the server.
+        self.log = open(self.data_dir / "gunicorn.log", "ab")
         self.proc = subprocess.Popen(
             [gunicorn, "-c", "deploy/gunicorn.conf.py", "inference_platform.wsgi:application"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         wait_http(f"{self.url}/healthz")
 

@@ -171,9 +171,11 @@ class Batcher:
                 # that queued meanwhile: waking the batcher thread would cost more than they
                 # take. A slow model's queue goes to the batcher thread so that this
                 # caller's answer is not held up.
-                for _ in range(INLINE_DRAIN_BATCHES + 1):
+                for drained in range(INLINE_DRAIN_BATCHES + 1):
                     self._compute(batch)
-                    batch = self._take_now() if self._compute_ewma < INLINE_DRAIN_BELOW_S else None
+                    if drained == INLINE_DRAIN_BATCHES or self._compute_ewma >= INLINE_DRAIN_BELOW_S:
+                        break  # what is still queued goes to the batcher thread
+                    batch = self._take_now()
                     if batch is None:
                         break
             finally:

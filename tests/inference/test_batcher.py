@@ -270,3 +270,40 @@ def test_on_batch_observer_sees_each_forward_and_cannot_break_serving(batchers):
     assert out["y"].tolist() == [[2.0, 1.0], [4.0, 2.0]]
     assert b.submit({"x": np.array([[3.0]], np.float32)}).result(WAIT)["y"].tolist() == [[6.0, 3.0]]
     assert calls == [(1, 2), (1, 1)]
+
+
+def test_callers_computing_inline_never_strand_a_queued_request():
+    """Regression: a caller that drained queued batches inline once took a last batch and
+    returned without computing it; those requests waited until their timeout."""
+    calls = []
+
+    def predict(arrays):
+        calls.append(len(arrays["x"]))
+        time.sleep(0.0002)  # a fast model: callers drain queued batches themselves
+        return {"y": arrays["x"] * 2}
+
+    b = Batcher(predict, max_batch_size=4, max_batch_delay_ms=1, max_queue_size=1024)
+    errors: list[BaseException] = []
+    done = [0]
+    stop = time.perf_counter() + 3
+
+    def client(i: int) -> None:
+        x = np.full((1, 2), float(i), np.float32)
+        while time.perf_counter() < stop:
+            try:
+                out = b.run({"x": x}, 2.0).future.result(0)
+                assert out["y"].tolist() == (x * 2).tolist()
+                done[0] += 1
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    b.stop()
+    assert errors == []
+    assert done[0] == b.stats.request_count > 1000
+    assert max(calls) > 1  # batches did form
