@@ -40,8 +40,10 @@ chromium:
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench $(BENCH_ARGS)
 
+# With DATABASE_URL (PostgreSQL) and REDIS_URL set, and as root, this includes the multi-host test
+# (tests/deploy/test_multihost.py: worker hosts in network namespaces, one cut off mid-job).
 soak: $(VENV)/.dev-installed
-	$(PY) -m pytest -m soak tests/robustness $(PYTEST_ARGS)
+	$(PY) -m pytest -m soak tests/robustness tests/deploy $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,10 @@
 """Jobs end to end: submit latency and jobs/s for small jobs, per broker (`python -m bench.jobs`).
 
 For each stack — SQLite + ORM broker, PostgreSQL + ORM broker, PostgreSQL + Redis broker —
-a platform (gunicorn) and one `qcluster` with 2 workers are started; 16 threads submit N
-one-instance iris jobs over HTTP; the clock runs from the first submit to the last job
-finished. PostgreSQL and Redis must be reachable at the URLs given.
+a platform (gunicorn) and `--clusters` `qcluster` processes (each with `--workers` workers;
+`--clusters 1,2` measures both) are started; 16 threads submit N one-instance iris jobs
+over HTTP; the clock runs from the first submit to the last job finished. PostgreSQL and
+Redis must be reachable at the URLs given.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import http.client
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,19 +31,21 @@ def _pg_fresh(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
-def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int) -> dict:
+def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int, clusters: int = 1) -> dict:
     from .__main__ import iris_artifacts
 
     platform = Platform(extra_env={**extra_env, "INFERENCE_WORKERS": str(workers)})
-    cluster = None
+    running: list[subprocess.Popen] = []
     try:
         platform.setup()
         path, config = iris_artifacts(Path(tempfile.mkdtemp()))
         platform.register("iris", path, config)
         key = platform.create_key(rate="1000000/s")
         platform.start()
-        cluster = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=platform.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(clusters):
+            running.append(subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=platform.env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True))
         headers = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
         body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]})
 
@@ -52,11 +54,12 @@ def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int
             response = conn.getresponse()
             return response.status, json.loads(response.read() or b"null")
 
-        # Warm the worker (model load) with one job first.
+        # Warm the workers (torch import, model load) with a few jobs first.
         conn = http.client.HTTPConnection("127.0.0.1", platform.port, timeout=60)
-        status, job = request(conn, "POST", "/api/v1/models/iris/jobs", body)
-        while request(conn, "GET", job["url"])[1]["status"] != "succeeded":
-            time.sleep(0.05)
+        warm = [request(conn, "POST", "/api/v1/models/iris/jobs", body)[1] for _ in range(4 * workers * clusters)]
+        for job in warm:
+            while request(conn, "GET", job["url"])[1]["status"] != "succeeded":
+                time.sleep(0.05)
         latencies: list[float] = []
         ids: list[str] = []
         lock = threading.Lock()
@@ -92,6 +95,8 @@ def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int
         latencies.sort()
         return {
             "stack": label,
+            "clusters": clusters,
+            "workers": workers,
             "jobs": len(ids),
             "jobs_per_s": len(ids) / (finished - started),
             "submit_per_s": len(ids) / (submitted - started),
@@ -99,8 +104,9 @@ def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int
             "submit_p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
         }
     finally:
-        if cluster is not None:
+        for cluster in running:
             os.killpg(cluster.pid, signal.SIGTERM)
+        for cluster in running:
             try:
                 cluster.wait(15)
             except subprocess.TimeoutExpired:
@@ -112,7 +118,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=320)
     ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes per qcluster")
+    ap.add_argument("--clusters", default="1", help="qcluster processes, e.g. 1,2 to compare")
     ap.add_argument("--postgres", default="postgres://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     ap.add_argument("--stacks", default="sqlite-orm,postgres-orm,postgres-redis")
@@ -126,22 +133,24 @@ def main() -> None:
     }
     rows = []
     for label in args.stacks.split(","):
-        env = dict(stacks[label])
-        if "DATABASE_URL" in env:
-            env["DATABASE_URL"] = _pg_fresh(args.postgres, f"bench_jobs_{label.replace('-', '_')}")
-        if "REDIS_URL" in env:
-            import redis
+        for clusters in [int(c) for c in args.clusters.split(",")]:
+            env = dict(stacks[label])
+            if "DATABASE_URL" in env:
+                env["DATABASE_URL"] = _pg_fresh(args.postgres, f"bench_jobs_{label.replace('-', '_')}")
+            if "REDIS_URL" in env:
+                import redis
 
-            redis.Redis.from_url(env["REDIS_URL"]).flushdb()
-        row = run_stack(label, env, args.jobs, args.threads, args.workers)
-        print(row, flush=True)
-        rows.append(row)
-    print(f"\n{args.jobs} one-instance iris jobs, {args.threads} submitting threads, 1 qcluster with "
-          f"{args.workers} workers, 1 web process:\n")
-    print("| stack | jobs/s end to end | submits/s | submit p50 ms | submit p99 ms |\n|---|---|---|---|---|")
+                redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+            row = run_stack(label, env, args.jobs, args.threads, args.workers, clusters)
+            print(row, flush=True)
+            rows.append(row)
+    print(f"\n{args.jobs} one-instance iris jobs, {args.threads} submitting threads, {args.workers} workers per "
+          f"qcluster, 1 web process:\n")
+    print("| stack | qclusters | jobs/s end to end | submits/s | submit p50 ms | submit p99 ms |\n"
+          "|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['stack']} | {r['jobs_per_s']:.1f} | {r['submit_per_s']:.1f} | {r['submit_p50_ms']:.1f} | "
-              f"{r['submit_p99_ms']:.1f} |")
+        print(f"| {r['stack']} | {r['clusters']} | {r['jobs_per_s']:.1f} | {r['submit_per_s']:.1f} | "
+              f"{r['submit_p50_ms']:.1f} | {r['submit_p99_ms']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """gunicorn settings for the web process (threads; models load lazily per process).
 
 Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 1), GUNICORN_THREADS
-(threads per worker, default 32), GUNICORN_TIMEOUT.
+(threads per worker, default 32), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT (seconds a
+stopping worker gets to finish its requests, default 20), GUNICORN_WORKER_TMP_DIR;
+gunicorn itself reads FORWARDED_ALLOW_IPS (the proxies trusted for X-Forwarded-*).
 """
 
 import os
+from pathlib import Path
 
 host = os.environ.get("HOST", "127.0.0.1")
 port = os.environ.get("PORT", "8000")
@@ -13,7 +16,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-graceful_timeout = 20
+# On SIGTERM (a deploy, a pod being stopped) workers finish the requests in flight for up
+# to this long; keep it below the orchestrator's grace period (deploy/k8s: 30 s).
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+# Worker heartbeats on a memory filesystem: on a container's overlay /tmp a slow fsync can
+# make the master kill a healthy worker.
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
 keepalive = 5
 # Never import the app (and torch, and models) before forking: CUDA cannot be
 # re-initialised in a forked child, and each worker loads models lazily.
@@ -28,6 +36,42 @@ if workers > 1 and not os.environ.get("REDIS_URL"):
         "WEB_CONCURRENCY > 1 needs REDIS_URL: rate limits and key caches must be shared between "
         "web processes. Set REDIS_URL, or run one worker process with more threads."
     )
+
+# Several worker processes: each keeps its Prometheus metrics in files under
+# PROMETHEUS_MULTIPROC_DIR (set here, before the workers fork and import prometheus_client)
+# and /metrics adds them up. The directory is emptied at start; a dead worker's gauges are
+# dropped in child_exit below.
+if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _data_dir = Path(os.environ.get("INFERENCE_DATA_DIR", "var"))
+    if not _data_dir.is_absolute():
+        _data_dir = Path(__file__).resolve().parent.parent / _data_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_data_dir / "prometheus")
+
+
+def on_starting(server):
+    """Start with an empty metrics directory: files of a previous run would be counted again."""
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
+        for old in Path(metrics_dir).glob("*.db"):
+            old.unlink(missing_ok=True)
+
+
+def child_exit(server, worker):
+    """In the master, when a worker has exited: its live gauges (queue depth, loaded models) stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):
+    """In the worker, as it exits: write the request records still buffered."""
+    try:
+        from inference.monitoring.records import flush_at_exit
+    except Exception:  # noqa: BLE001 - the app never loaded: nothing buffered
+        return
+    flush_at_exit()
 
 
 

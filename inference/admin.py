@@ -12,6 +12,7 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from .jobs.models import InferenceJob
 from .keys import APIKey, key_info_forget
+from .monitoring import admin as monitoring_admin  # noqa: F401 - request records, versions' charts
 
 # The library registers its own concrete key model; this platform uses its own.
 if admin.site.is_registered(LibraryAPIKey):
@@ -20,16 +21,18 @@ if admin.site.is_registered(LibraryAPIKey):
 
 @admin.register(APIKey)
 class APIKeyAdmin(APIKeyModelAdmin):
-    list_display = ("prefix", "name", "scope", "rate", "models_list", "created", "expiry_date", "_has_expired", "revoked")
-    list_filter = ("scope", "revoked", "created", "expiry_date")
+    list_display = ("prefix", "name", "scope", "may_upload_code", "rate", "models_list", "created", "expiry_date",
+                    "_has_expired", "revoked")
+    list_filter = ("scope", "may_upload_code", "revoked", "created", "expiry_date")
     search_fields = ("name", "prefix")
     filter_horizontal = ("allowed_models",)
-    fields = ("name", "scope", "allowed_models", "rate", "expiry_date", "revoked", "prefix", "created")
+    fields = ("name", "scope", "may_upload_code", "allowed_models", "rate", "expiry_date", "revoked", "prefix",
+              "created")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         fields = (*super().get_readonly_fields(request, obj), "created")
         if obj is not None and obj.revoked:
-            fields += ("scope", "allowed_models", "rate")
+            fields += ("scope", "may_upload_code", "allowed_models", "rate")
         return fields
 
     def get_queryset(self, request: HttpRequest):

@@ -26,6 +26,7 @@ from rest_framework import authentication, exceptions, permissions
 from .errors import RateLimited
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name
 from .monitoring import metrics
+from .monitoring.logs import key_prefix_var
 
 logger = logging.getLogger("inference.auth")
 
@@ -120,6 +121,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         if info.expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
         request.api_key = info
+        key_prefix_var.set(info.prefix)  # for the request's log lines and record (never the key)
         return info, info
 
     def authenticate_header(self, request: Any) -> str:

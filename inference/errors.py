@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     MODEL_ERROR = "model_error"
     SERVER_ERROR = "server_error"
+    NOT_READY = "not_ready"  # /readyz: a dependency (database, broker, cache, a production model) is down
 
 
 class APIError(exceptions.APIException):

@@ -75,10 +75,28 @@ class APIKey(AbstractAPIKey):
     created_by = models.ForeignKey(
         "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
+    may_upload_code = models.BooleanField(
+        "may upload code artifacts",
+        default=False,
+        help_text=(
+            "Manage keys only: may upload TorchScript / torch.export artifacts through the registry API. "
+            "Those files run code on this server when loaded; the platform must also allow them "
+            "(INFERENCE_ALLOW_CODE_ARTIFACTS)."
+        ),
+    )
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.may_upload_code and self.scope != self.Scope.MANAGE:
+            from django.core.exceptions import ValidationError
+
+            raise ValidationError(
+                {"may_upload_code": "Only a manage key uploads artifacts; an infer key cannot hold this flag."}
+            )
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         super().save(*args, **kwargs)
@@ -99,6 +117,7 @@ def api_key_create(
     rate: str = "",
     expires: datetime | None = None,
     created_by: Any = None,
+    may_upload_code: bool = False,
 ) -> tuple[APIKey, str]:
     """Create a key and return it with the plain key (shown once, never stored)."""
     from django.core.exceptions import ValidationError
@@ -114,7 +133,8 @@ def api_key_create(
     if expires is not None and expires <= timezone.now():
         raise ValidationError("The expiry date is in the past.", code="invalid_expiry")
     with transaction.atomic():
-        key = APIKey(name=name, scope=scope, rate=rate, expiry_date=expires, created_by=created_by)
+        key = APIKey(name=name, scope=scope, rate=rate, expiry_date=expires, created_by=created_by,
+                     may_upload_code=may_upload_code)
         plain = APIKey.objects.assign_key(key)
         key.full_clean()
         key.save()

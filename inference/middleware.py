@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
+from .monitoring.logs import key_prefix_var, request_id_var
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -24,6 +26,13 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.request_id = request_id_of(request)
-        response = self.get_response(request)
+        # Every log line written while serving it carries the id (monitoring.logs.JsonFormatter).
+        token = request_id_var.set(request.request_id)
+        key_token = key_prefix_var.set("")
+        try:
+            response = self.get_response(request)
+        finally:
+            key_prefix_var.reset(key_token)
+            request_id_var.reset(token)
         response["X-Request-ID"] = request.request_id
         return response

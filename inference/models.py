@@ -2,5 +2,6 @@
 
 from .jobs.models import InferenceJob
 from .keys import APIKey
+from .monitoring.models import RequestRecord, RequestRollup
 
-__all__ = ["APIKey", "InferenceJob"]
+__all__ = ["APIKey", "InferenceJob", "RequestRecord", "RequestRollup"]

@@ -20,7 +20,7 @@ from django.utils.module_loading import import_string
 from registry.models import ModelVersion
 
 from .errors import ErrorCode, InvalidInput, ModelFailed, NotFound, ServiceUnavailable
-from .monitoring.metrics import observe_request
+from .monitoring.observe import observe
 from .runtime.base import ModelNotReady
 from .runtime.batcher import BatcherStopped, Overloaded
 from .runtime.cache import Loaded
@@ -44,6 +44,10 @@ class PredictOutcome:
     error_code: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     loaded: Any = None  # the Loaded entry, once resolved
+    request_id: str = ""  # else the current request's (monitoring.logs.request_id_var)
+    key_prefix: str = ""  # else the current request's key's
+    queue_depth: int = 0  # requests queued ahead of this one in its batcher
+    payload: tuple[Any, Any] | None = None  # (request, response) kept when the model captures payloads
 
 
 # ---- hooks --------------------------------------------------------------------------------------
@@ -136,9 +140,7 @@ def observed(model_name: str) -> Iterator[PredictOutcome]:
         raise
     finally:
         outcome.timings["total"] = time.perf_counter() - t0
-        loaded = outcome.loaded
-        observe_request(outcome.model, outcome.version, outcome.status, outcome.timings,
-                        loaded.metrics if loaded is not None else None)
+        observe(outcome)  # metrics, access log line, request record
         run_hooks(outcome)
 
 
@@ -156,8 +158,15 @@ def predict(
         instances, parameters = parse_predict_body(body)
         version, loaded = served_version(model_name=model_name, ref=ref, key=key)
         outcome.version, outcome.loaded = version.version, loaded
+        outcome.request_id = request_id
+        capture = version.model.capture_payloads  # RegisteredModel.capture_payloads, from the pool's memo
+        if capture:
+            outcome.payload = (body, None)  # a failed request keeps its input
         predictions = run_instances(loaded, instances, parameters, outcome=outcome, maybe_bools=maybe_bools)
-        return {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
+        response = {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
+        if capture:
+            outcome.payload = (body, response)
+        return response
 
 
 def run_instances(
@@ -218,8 +227,11 @@ def run_prepared(
     timings["preprocess"] = t1 - t0
     timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
     try:
+        depth = loaded.batcher.queue_depth
+        if outcome is not None:
+            outcome.queue_depth = depth
         if loaded.metrics is not None:
-            loaded.metrics.queue_depth.set(loaded.batcher.queue_depth)
+            loaded.metrics.queue_depth.set(depth)
         pending = loaded.batcher.run(prepared.arrays, timeout)
         outputs = pending.future.result(0)
     except Overloaded as exc:

@@ -19,3 +19,24 @@ def deliver_callback(job_id: str, attempt: int = 1) -> str:
     from .jobs.callbacks import deliver
 
     return deliver(job_id, attempt)
+
+
+def validate_version(version_id: int) -> str:
+    """Validate a version registered through the registry API (loads it in a separate process)."""
+    from .registry_services import validate_registered
+
+    return validate_registered(version_id)
+
+
+def rollup_requests() -> int:
+    """Every minute: roll the last few minutes of request records up into per-minute rows."""
+    from .monitoring.rollups import rollup_requests as rollup
+
+    return rollup()
+
+
+def purge_monitoring() -> dict[str, int]:
+    """Hourly: delete request records and rollups past their retention."""
+    from .monitoring.rollups import purge_monitoring as purge
+
+    return purge()

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
 from .apis import jobs, v1, v2
+from .apis import registry as registry_api
 from .monitoring import views as monitoring_views
 
 urlpatterns = [
@@ -12,7 +13,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
     path("metrics", monitoring_views.metrics, name="metrics"),
-    re_path(r"^api/v1/models/?$", v1.ModelListView.as_view(), name="v1-models"),
+    path("readyz", monitoring_views.readyz, name="readyz"),
+    re_path(r"^api/v1/models/?$", registry_api.ModelCollectionView.as_view(), name="v1-models"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
     re_path(
@@ -21,6 +23,15 @@ urlpatterns = [
         name="v1-predict-version",
     ),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/jobs/?$", jobs.JobSubmitView.as_view(), name="v1-job-submit"),
+    # Registry API (management keys)
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/?$", registry_api.VersionCollectionView.as_view(),
+            name="v1-versions"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/?$", registry_api.VersionDetailView.as_view(),
+            name="v1-version"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/archive/?$",
+            registry_api.VersionArchiveView.as_view(), name="v1-version-archive"),
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/aliases/(?P<alias>[^/]+)/?$", registry_api.AliasView.as_view(),
+            name="v1-alias"),
     re_path(r"^api/v1/jobs/?$", jobs.JobListView.as_view(), name="v1-jobs"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/?$", jobs.JobDetailView.as_view(), name="v1-job"),
     re_path(r"^api/v1/jobs/(?P<job_id>[^/]+)/result/?$", jobs.JobResultView.as_view(), name="v1-job-result"),

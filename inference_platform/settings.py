@@ -228,6 +228,29 @@ if INFERENCE_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+# Job queues by hardware target: the jobs of versions on a target named here go to that
+# django-q2 queue, which only the workers started with INFERENCE_WORKER_QUEUE=<queue> take.
+# E.g. INFERENCE_JOB_QUEUES=cuda=gpu everywhere and INFERENCE_WORKER_QUEUE=gpu on GPU worker
+# hosts: CPU workers never take a job they cannot run. Other jobs, the reconciler's schedule
+# and callbacks stay on the default queue (at least one worker cluster must serve it).
+INFERENCE_JOB_QUEUES = env.dict("INFERENCE_JOB_QUEUES", default={})
+INFERENCE_WORKER_QUEUE = env.str("INFERENCE_WORKER_QUEUE", default="")
+if INFERENCE_WORKER_QUEUE:
+    if INFERENCE_WORKER_QUEUE not in INFERENCE_JOB_QUEUES.values():
+        raise ImproperlyConfigured(
+            f"INFERENCE_WORKER_QUEUE={INFERENCE_WORKER_QUEUE!r} is not a queue of INFERENCE_JOB_QUEUES "
+            f"({INFERENCE_JOB_QUEUES or 'empty'}): no job would ever reach these workers."
+        )
+    Q_CLUSTER["cluster_name"] = INFERENCE_WORKER_QUEUE
+if not REDIS_URL:
+    # The cluster publishes its status (workers, heartbeat) to a cache: the in-process cache
+    # would hide it from the web process and the admin's monitoring page, a file cache in
+    # the data dir is seen by every process on this machine (the embedded deployment).
+    CACHES["django_q"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache" / "django_q"),
+    }
+    Q_CLUSTER["cache"] = "django_q"
 
 # --- Auth, admin, security -------------------------------------------------------------
 
@@ -263,7 +286,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# The container image collects static files at build time into a directory outside the
+# data volume (deploy/Dockerfile sets INFERENCE_STATIC_ROOT).
+STATIC_ROOT = Path(env.str("INFERENCE_STATIC_ROOT", default=str(DATA_DIR / "static")))
 # Static files are served from STATIC_ROOT after collectstatic (`make run` runs it) and,
 # failing that, straight from the apps (tests, a fresh checkout): never a broken page.
 WHITENOISE_USE_FINDERS = True
@@ -271,9 +296,35 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-MEDIA_ROOT = DATA_DIR / "media"
+# Artifacts and job results go through Django's storage API only (FileFields, never a local
+# path), so that every web and worker process on every machine sees the same files: a
+# directory shared over a network filesystem (INFERENCE_MEDIA_ROOT on NFS, EFS, CephFS...),
+# or an S3 bucket through django-storages (INFERENCE_STORAGE=s3). Whatever the storage,
+# every process checks an artifact's sha256 against the registry when it loads it.
+MEDIA_ROOT = Path(env.str("INFERENCE_MEDIA_ROOT", default=str(DATA_DIR / "media")))
 # Artifacts and job results are never served as public files: no URL routes this prefix.
 MEDIA_URL = "/_private-media/"
+INFERENCE_STORAGE = env.str("INFERENCE_STORAGE", default="filesystem")
+if INFERENCE_STORAGE == "s3":
+    if not env.str("INFERENCE_S3_BUCKET", default=""):
+        raise ImproperlyConfigured("INFERENCE_STORAGE=s3 needs INFERENCE_S3_BUCKET (the bucket's name).")
+    # Credentials come from boto3's usual chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    # or the machine's or pod's role. Objects stay private (no ACL; the bucket's policy).
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("INFERENCE_S3_BUCKET"),
+            "location": env.str("INFERENCE_S3_PREFIX", default=""),
+            "region_name": env.str("INFERENCE_S3_REGION", default="") or None,
+            "endpoint_url": env.str("INFERENCE_S3_ENDPOINT_URL", default="") or None,  # MinIO, Ceph RGW...
+            "default_acl": None,
+            "querystring_auth": True,
+            # Like the filesystem storage: a name in use gets a new one, nothing is overwritten.
+            "file_overwrite": False,
+        },
+    }
+elif INFERENCE_STORAGE != "filesystem":
+    raise ImproperlyConfigured(f"INFERENCE_STORAGE must be 'filesystem' or 's3', not {INFERENCE_STORAGE!r}.")
 
 # Largest artifact upload accepted, in bytes (admin and registry API).
 INFERENCE_MAX_ARTIFACT_BYTES = env.int("INFERENCE_MAX_ARTIFACT_BYTES", default=2 * 1024**3)
@@ -302,17 +353,28 @@ REGISTRY_VALIDATION_TIMEOUT = env.int("INFERENCE_VALIDATION_TIMEOUT", default=30
 # --- Logging ------------------------------------------------------------------------------
 
 LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
+# `json` (default): one JSON object a line with the request id (inference.monitoring.logs);
+# `plain`: human-readable lines.
+LOG_FORMAT = env.str("INFERENCE_LOG_FORMAT", default="json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured(f"INFERENCE_LOG_FORMAT must be 'json' or 'plain', not {LOG_FORMAT!r}.")
+# One line per predict request on the `inference.access` logger (INFO, whatever DJANGO_LOG_LEVEL says).
+INFERENCE_ACCESS_LOG = env.bool("INFERENCE_ACCESS_LOG", default=True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "inference.monitoring.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Lines are written by a background thread (a request thread never waits on a log write).
+    "handlers": {"console": {"class": "inference.monitoring.logs.BackgroundStreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django_q": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "inference.access": {"handlers": ["console"], "level": "INFO" if INFERENCE_ACCESS_LOG else "WARNING",
+                             "propagate": False},
     },
 }
 
@@ -343,6 +405,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Version status appears in several components (models, the registry API): one enum name.
+    "ENUM_NAME_OVERRIDES": {"VersionStatusEnum": ["registered", "ready", "failed"]},
 }
 
 # --- Serving ----------------------------------------------------------------------------------
@@ -367,3 +431,28 @@ INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 *
 INFERENCE_METRICS_TOKEN = env.str("INFERENCE_METRICS_TOKEN", default="")
 # Rate of a key that sets none.
 INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")
+
+# --- Monitoring (docs/monitoring.md) -----------------------------------------------------------
+
+# Metrics, the access log line and the request record of every inference request. Off only
+# to measure what they cost (bench.monitoring).
+INFERENCE_MONITORING_ENABLED = env.bool("INFERENCE_MONITORING_ENABLED", default=True)
+# Request records: buffered per process, bulk-written by a background thread every
+# INFERENCE_RECORDS_FLUSH_SECONDS or as soon as INFERENCE_RECORDS_FLUSH_SIZE wait; past
+# INFERENCE_RECORDS_BUFFER_MAX waiting (database slow or down) new ones are dropped, counted.
+INFERENCE_REQUEST_RECORDS = env.bool("INFERENCE_REQUEST_RECORDS", default=True)
+INFERENCE_RECORDS_FLUSH_SECONDS = env.float("INFERENCE_RECORDS_FLUSH_SECONDS", default=2.0)
+INFERENCE_RECORDS_FLUSH_SIZE = env.int("INFERENCE_RECORDS_FLUSH_SIZE", default=2000)
+INFERENCE_RECORDS_BUFFER_MAX = env.int("INFERENCE_RECORDS_BUFFER_MAX", default=100_000)
+# The writer thread starts on a process's first record; off, records wait for an explicit
+# flush (the test suite flushes them itself).
+INFERENCE_RECORDS_FLUSH_THREAD = env.bool("INFERENCE_RECORDS_FLUSH_THREAD", default=True)
+# Captured payloads (RegisteredModel.capture_payloads, off by default) larger than this are
+# replaced by a note.
+INFERENCE_CAPTURE_MAX_BYTES = env.int("INFERENCE_CAPTURE_MAX_BYTES", default=64 * 1024)
+# Per-minute rollups are recomputed for the last few minutes on every run (records of a
+# minute can arrive up to a flush interval late from each web process).
+INFERENCE_ROLLUP_LOOKBACK_MINUTES = env.int("INFERENCE_ROLLUP_LOOKBACK_MINUTES", default=3)
+# Retention, in days, applied by the hourly purge schedule.
+INFERENCE_RECORDS_RETENTION_DAYS = env.int("INFERENCE_RECORDS_RETENTION_DAYS", default=7)
+INFERENCE_ROLLUPS_RETENTION_DAYS = env.int("INFERENCE_ROLLUPS_RETENTION_DAYS", default=90)

@@ -3,11 +3,15 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from inference.monitoring.admin import monitoring_view
+
 admin.site.site_header = "Inference platform"
 admin.site.site_title = "Inference platform"
 admin.site.index_title = "Models, keys and jobs"
 
 urlpatterns = [
+    # Before the admin's own URLs (its catch-all would answer 404); staff only, like the admin.
+    path("admin/monitoring/", admin.site.admin_view(monitoring_view), name="admin-monitoring"),
     path("admin/", admin.site.urls),
     path("", include("inference.urls")),
 ]

@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import services
-from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel
+from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 
 CODE_FORMAT_WARNING = (
     "TorchScript and torch.export (.pt2) archives contain a program that runs on this server when "
@@ -156,6 +156,20 @@ class AliasEventInline(admin.TabularInline):
         return False
 
 
+class RegistryEventInline(admin.TabularInline):
+    model = RegistryEvent
+    verbose_name = "change"
+    verbose_name_plural = "history (models created, versions registered, validated, archived)"
+    fields = ("at", "action", "version", "actor", "detail")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(admin.ModelAdmin):
     list_display = ("name", "task", "version_count", "alias_list", "updated_at")
@@ -163,7 +177,7 @@ class RegisteredModelAdmin(admin.ModelAdmin):
     list_filter = ("task",)
     fields = ("name", "description", "task", "capture_payloads", "created_at", "updated_at")
     readonly_fields = ("created_at", "updated_at")
-    inlines = [AliasInline, VersionInline, AliasEventInline]
+    inlines = [AliasInline, VersionInline, AliasEventInline, RegistryEventInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(n_versions=Count("versions")).prefetch_related("aliases__version")
@@ -267,7 +281,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.action(description="Validate again (in a separate process)")
     def revalidate(self, request: HttpRequest, queryset: QuerySet) -> None:
         for version in queryset.select_related("model", "hardware"):
-            services.model_version_validate(version=version)
+            services.model_version_validate(version=version, actor=services.actor_for(user=request.user))
             level = messages.SUCCESS if version.status == ModelVersion.Status.READY else messages.ERROR
             self.message_user(request, f"{version}: {version.status} {version.status_error}".strip(), level)
 
@@ -275,7 +289,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def archive(self, request: HttpRequest, queryset: QuerySet) -> None:
         for version in queryset.select_related("model"):
             try:
-                services.model_version_archive(version=version)
+                services.model_version_archive(version=version, actor=services.actor_for(user=request.user))
                 self.message_user(request, f"{version} archived.", messages.SUCCESS)
             except ValidationError as exc:
                 self.message_user(request, "; ".join(exc.messages), messages.ERROR)
@@ -335,6 +349,26 @@ class AliasEventAdmin(admin.ModelAdmin):
     list_display = ("at", "model", "alias", "action", "from_version", "to_version", "actor")
     list_filter = ("action", "alias", "model")
     search_fields = ("model__name", "alias", "actor")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RegistryEvent)
+class RegistryEventAdmin(admin.ModelAdmin):
+    """Read-only history of registry changes other than alias moves (those are in the alias history)."""
+
+    list_display = ("at", "model", "version", "action", "actor", "detail")
+    list_filter = ("action", "model")
+    search_fields = ("model__name", "actor", "detail")
+    list_select_related = ("model",)
     date_hierarchy = "at"
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -209,3 +209,32 @@ class AliasEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.alias}: {self.from_version} -> {self.to_version}"
+
+
+class RegistryEvent(models.Model):
+    """One change to a model other than an alias move: who did what, when (the admin's history).
+
+    Alias moves have their own history (AliasEvent); together the two are the complete
+    record of who changed the registry.
+    """
+
+    class Action(models.TextChoices):
+        MODEL_CREATED = "model_created", "model created"
+        VERSION_REGISTERED = "version_registered", "version registered"
+        VERSION_VALIDATED = "version_validated", "version validated"
+        VERSION_ARCHIVED = "version_archived", "version archived"
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="events")
+    version = models.PositiveIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=24, choices=Action.choices)
+    actor = models.CharField(max_length=200, help_text="user:<username>, key:<key name> (<prefix>) or system")
+    detail = models.CharField(max_length=500, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "registry event"
+
+    def __str__(self) -> str:
+        target = f"{self.model.name} v{self.version}" if self.version else self.model.name
+        return f"{target}: {self.get_action_display()} by {self.actor}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from .artifacts import ArtifactError, architecture_class, read_fileobj, sha256_of
-from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel
+from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .signals import GENERATION_CACHE_KEY, registry_changed
 from .validation import ValidationOutcome, validate_in_subprocess
@@ -60,19 +61,41 @@ def actor_for(*, user: Any = None, api_key: Any = None, default: str = "system")
     return default
 
 
-def model_get_or_create(*, name: str, description: str = "", task: str = "") -> RegisteredModel:
-    """Return the model called `name`, creating it (validated) if it does not exist."""
+def _record(model: RegisteredModel, action: str, actor: str, *, version: int | None = None, detail: str = "") -> None:
+    """Add one entry to the model's history (RegistryEvent); call inside the change's transaction."""
+    RegistryEvent.objects.create(model=model, version=version, action=action, actor=actor or "system",
+                                 detail=detail[:500])
+
+
+def model_get_or_create(
+    *, name: str, description: str = "", task: str = "", actor: str = "system"
+) -> RegisteredModel:
+    """Return the model called `name`, creating it (validated, recorded) if it does not exist."""
     try:
         return RegisteredModel.objects.get(name=name)
     except RegisteredModel.DoesNotExist:
         pass
+    try:
+        return model_create(name=name, description=description, task=task, actor=actor)
+    except ValidationError as exc:
+        if exc.code != "exists":
+            raise
+        return RegisteredModel.objects.get(name=name)  # created concurrently
+
+
+def model_create(*, name: str, description: str = "", task: str = "", actor: str = "system") -> RegisteredModel:
+    """Create a model and record who did; raise ValidationError (code "exists" if the name is taken)."""
+    if RegisteredModel.objects.filter(name=name).exists():
+        raise ValidationError(f"A model named {name!r} already exists.", code="exists")
     model = RegisteredModel(name=name, description=description, task=task)
-    model.full_clean()
+    model.full_clean(validate_unique=False)
     try:
         with transaction.atomic():
             model.save()
+            _record(model, RegistryEvent.Action.MODEL_CREATED, actor)
+            _announce_change()
     except IntegrityError:  # created concurrently
-        return RegisteredModel.objects.get(name=name)
+        raise ValidationError(f"A model named {name!r} already exists.", code="exists") from None
     return model
 
 
@@ -146,6 +169,7 @@ def model_version_register(
     validate: bool = True,
     description: str = "",
     task: str = "",
+    expected_sha256: str = "",
 ) -> ModelVersion:
     """Register the next version of `model_name` (creating the model if new) and return it.
 
@@ -153,9 +177,13 @@ def model_version_register(
     process first; a failure raises ValidationError and nothing is written. With
     ``validate=False`` the version is stored as ``registered`` for
     ``model_version_validate`` to decide later (the registry API's background path).
-    Raise ValidationError for any bad artifact or config.
+    With ``expected_sha256`` the artifact's digest must match it. Raise ValidationError
+    for any bad artifact or config; nothing is stored then.
     """
     RegisteredModel._meta.get_field("name").run_validators(model_name)
+    expected_sha256 = (expected_sha256 or "").strip().lower()
+    if expected_sha256 and not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
+        raise ValidationError("sha256 must be 64 hexadecimal digits.", code="invalid_sha256")
     cfg, target = config_check(raw_config=config, may_upload_code=may_upload_code)
     aliases = list(aliases)
     for alias in aliases:
@@ -168,6 +196,13 @@ def model_version_register(
         raise ValidationError(str(exc), code="artifact_too_large") from exc
     if not data:
         raise ValidationError("The artifact file is empty.", code="invalid_artifact")
+    digest = sha256_of([data])
+    if expected_sha256 and digest != expected_sha256:
+        raise ValidationError(
+            f"sha256 mismatch: the uploaded artifact hashes to {digest}, not the expected {expected_sha256}. "
+            "The file was damaged or is not the one meant; nothing was stored.",
+            code="sha256_mismatch",
+        )
     allow_code = cfg.format in CODE_FORMATS  # config_check already refused it otherwise
     status, error = ModelVersion.Status.REGISTERED, ""
     if validate:
@@ -176,7 +211,8 @@ def model_version_register(
             raise ValidationError(f"Validation failed: {outcome.error}", code="validation_failed")
         status = ModelVersion.Status.READY
 
-    model = model_get_or_create(name=model_name, description=description, task=task)
+    actor = actor_for(user=created_by, api_key=created_by_key)
+    model = model_get_or_create(name=model_name, description=description, task=task, actor=actor)
     version: ModelVersion | None = None
     try:
         with transaction.atomic():
@@ -186,7 +222,7 @@ def model_version_register(
             version = ModelVersion(
                 model=model,
                 version=number,
-                sha256=sha256_of([data]),
+                sha256=digest,
                 size_bytes=len(data),
                 format=cfg.format,
                 architecture=cfg.architecture,
@@ -209,7 +245,8 @@ def model_version_register(
             version.artifact.save("artifact", ContentFile(data), save=False)
             version.full_clean()
             version.save()
-            actor = actor_for(user=created_by, api_key=created_by_key)
+            _record(model, RegistryEvent.Action.VERSION_REGISTERED, actor, version=number,
+                    detail=f"{cfg.format}, sha256 {digest}, {len(data)} bytes, {status}")
             for alias in aliases:
                 alias_set(model=model, alias=alias, version=version, actor=actor)
             _announce_change()
@@ -220,7 +257,7 @@ def model_version_register(
     return version
 
 
-def model_version_validate(*, version: ModelVersion) -> ModelVersion:
+def model_version_validate(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
     """Validate a stored version in a separate process and record `ready` or `failed`."""
     try:
         with version.artifact.open("rb") as fh:
@@ -239,6 +276,8 @@ def model_version_validate(*, version: ModelVersion) -> ModelVersion:
     version.validated_at = timezone.now()
     with transaction.atomic():
         version.save(update_fields=["status", "status_error", "validated_at"])
+        _record(version.model, RegistryEvent.Action.VERSION_VALIDATED, actor, version=version.version,
+                detail=version.status if outcome.ok else f"{version.status}: {outcome.error}")
         _announce_change()
     return version
 
@@ -248,6 +287,11 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
     """Point `model@alias` at `version` (promote or roll back) and record the move."""
     if version.model_id != model.pk:
         raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
+    ModelAlias._meta.get_field("name").run_validators(alias)
+    # Lock the model row (alias moves and archiving of one model take turns on it), then judge
+    # the version as it is now, not as the caller read it.
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    version.refresh_from_db(fields=["status", "status_error", "archived"])
     if version.status != ModelVersion.Status.READY:
         raise ValidationError(
             f"{version} is {version.status}, not ready: only a validated version can take an alias.",
@@ -255,8 +299,6 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
         )
     if version.archived:
         raise ValidationError(f"{version} is archived.", code="archived")
-    ModelAlias._meta.get_field("name").run_validators(alias)
-    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
     current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
     if current is not None and current.version_id == version.pk:
         return current
@@ -277,6 +319,7 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
 @transaction.atomic
 def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -> bool:
     """Remove `model@alias`; return whether it existed. The removal is recorded."""
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()  # one alias change at a time
     current = ModelAlias.objects.select_for_update().filter(model=model, name=alias).select_related("version").first()
     if current is None:
         return False
@@ -290,14 +333,19 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
 
 
 @transaction.atomic
-def model_version_archive(*, version: ModelVersion) -> ModelVersion:
-    """Archive a version (it stops serving); refused while an alias points to it."""
-    names = list(version.aliases.values_list("name", flat=True))
+def model_version_archive(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
+    """Archive a version (it stops serving); refused while an alias points to it. Archiving twice is a no-op."""
+    RegisteredModel.objects.select_for_update().filter(pk=version.model_id).first()  # see alias_set
+    names = list(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
     if names:
         raise ValidationError(
-            f"{version} is the target of alias(es) {', '.join(names)}: move them first.", code="alias_target"
+            f"{version} is the target of alias(es) {', '.join(sorted(names))}: move them first.", code="alias_target"
         )
+    version.refresh_from_db(fields=["archived"])
+    if version.archived:
+        return version
     version.archived = True
     version.save(update_fields=["archived"])
+    _record(version.model, RegistryEvent.Action.VERSION_ARCHIVED, actor, version=version.version)
     _announce_change()
     return version

@@ -18,6 +18,9 @@ SERVICES_RUN = bool(os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Clear stale SQLite WAL files; in the services run, unreachable services fail the run."""
+    # Request records wait for an explicit flush in tests: a writer thread of its own would
+    # write outside the test's transaction (and hold a connection to the test database).
+    settings.INFERENCE_RECORDS_FLUSH_THREAD = False
     test_db = settings.DATABASES["default"].get("TEST", {}).get("NAME")
     if test_db and settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         # pytest-django re-creates the test database file but not its -wal/-shm companions;
@@ -40,6 +43,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             psycopg.connect(db_url.replace("postgres://", "postgresql://", 1), connect_timeout=3).close()
         except psycopg.Error as exc:
             pytest.exit(f"DATABASE_URL is set but PostgreSQL is unreachable: {exc}", returncode=3)
+
+
+def _postgres_run() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres", "pgsql"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (never skip) the `services` tests unless DATABASE_URL is PostgreSQL.
+
+    They run several web and worker processes on one PostgreSQL and one Redis: the embedded
+    run has neither and leaves them out; the services run (.ci/run's second run, CI=true
+    with DATABASE_URL and REDIS_URL set) runs them, and an unreachable service fails it
+    (pytest_sessionstart above)."""
+    if _postgres_run():
+        return
+    dropped = [item for item in items if item.get_closest_marker("services")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("services")]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _postgres_run():
+        return "services tests: selected (DATABASE_URL is PostgreSQL)"
+    return "services tests: deselected (DATABASE_URL is not PostgreSQL: the embedded run)"
 
 
 @pytest.fixture(autouse=True)

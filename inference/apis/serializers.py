@@ -120,3 +120,56 @@ class JobResultSerializer(serializers.Serializer):
     model = serializers.CharField()
     version = serializers.IntegerField()
     predictions = serializers.ListField(child=serializers.JSONField())
+
+
+# ---- Registry API (management keys) -------------------------------------------------------------
+
+
+class ModelCreateSerializer(serializers.Serializer):
+    name = serializers.RegexField(r"^[a-z0-9][a-z0-9_-]{0,62}$", max_length=63,
+                                  help_text="1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.")
+    description = serializers.CharField(required=False, allow_blank=True)
+    task = serializers.CharField(required=False, allow_blank=True, max_length=40,
+                                 help_text="e.g. classification, regression.")
+
+
+class VersionUploadSerializer(serializers.Serializer):
+    artifact = serializers.FileField(help_text="The artifact: safetensors or state_dict weights (or, where allowed, "
+                                     "a TorchScript / torch.export archive).")
+    config = serializers.CharField(help_text="The version's config as JSON (a form field or a file part): the fields "
+                                   "of `register_model --config` (format, architecture, architecture_args, inputs, "
+                                   "outputs, preprocess, postprocess, batching, hardware, example).")
+    sha256 = serializers.CharField(required=False, help_text="Expected sha256 of the artifact (hex); a mismatch "
+                                   "is a 400 and nothing is stored.")
+
+
+class ManagedVersionSerializer(VersionSerializer):
+    model = serializers.CharField()
+    sha256 = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    archived = serializers.BooleanField()
+    validated_at = serializers.DateTimeField(allow_null=True)
+    created_by = serializers.CharField(help_text="key:<name> (<prefix>), user:<name> or system.")
+    url = serializers.CharField()
+
+
+class AliasSetSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="A ready, unarchived version of this model.")
+
+
+class AliasEventSerializer(serializers.Serializer):
+    at = serializers.DateTimeField()
+    action = serializers.ChoiceField(choices=["set", "delete"])
+    from_version = serializers.IntegerField(allow_null=True)
+    to_version = serializers.IntegerField(allow_null=True)
+    actor = serializers.CharField()
+
+
+class AliasSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    alias = serializers.CharField()
+    version = serializers.IntegerField()
+    previous_version = serializers.IntegerField(allow_null=True, required=False,
+                                                help_text="PUT only: the version it pointed to before (null: new).")
+    updated_at = serializers.DateTimeField()
+    history = AliasEventSerializer(many=True, required=False, help_text="GET only: the latest moves, newest first.")

@@ -132,10 +132,24 @@ def _callback_allowed(url: str) -> None:
         )
 
 
+def job_queue(job_id: Any) -> str | None:
+    """Return the django-q2 queue of a job's task: its hardware target's (INFERENCE_JOB_QUEUES), or
+    None for the default queue."""
+    queues = settings.INFERENCE_JOB_QUEUES
+    if not queues:
+        return None
+    target = InferenceJob.objects.filter(pk=job_id).values_list("version__hardware__name", flat=True).first()
+    return queues.get(target)
+
+
 def _enqueue(job_id: Any) -> None:
     from django_q.tasks import async_task
 
-    async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options={"ack_failure": True})
+    options: dict[str, Any] = {"ack_failure": True}
+    queue = job_queue(job_id)
+    if queue:
+        options["cluster"] = queue  # django-q2's name for a queue: only workers of that cluster take it
+    async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options=options)
 
 
 def job_submit(
@@ -356,7 +370,8 @@ def job_run(job_id: Any) -> str:
 # ---- reconcile ---------------------------------------------------------------------------------------
 
 def jobs_reconcile() -> dict[str, int]:
-    """Re-queue jobs whose task was lost: running with an expired lease, or queued too long."""
+    """Re-queue jobs whose task was lost: running with an expired lease, or queued too long; and the
+    validation of versions left `registered` too long (the registry API's background validation)."""
     now = timezone.now()
     stale_running = list(
         InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).values_list("pk", flat=True)
@@ -383,7 +398,10 @@ def jobs_reconcile() -> dict[str, int]:
     if stale_running or stale_queued:
         logger.warning("reconciler re-queued %d running job(s) with expired leases and %d queued job(s)",
                        len(stale_running), len(stale_queued))
-    return {"running": len(stale_running), "queued": len(stale_queued)}
+    # Versions uploaded through the registry API whose validation task was lost.
+    from inference.registry_services import versions_requeue_stale
+
+    return {"running": len(stale_running), "queued": len(stale_queued), "versions": versions_requeue_stale()}
 
 
 # ---- results and callbacks -----------------------------------------------------------------------------

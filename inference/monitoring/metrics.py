@@ -41,6 +41,11 @@ MODEL_LOAD_SECONDS = Histogram(
     ["model", "version"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 LOADED_MODELS = Gauge("inference_loaded_models", "Versions loaded in this process.", multiprocess_mode="livesum")
+RECORDS_WRITTEN = Counter("inference_request_records_written", "Request records written to the database.")
+RECORDS_DROPPED = Counter(
+    "inference_request_records_dropped", "Request records dropped: the buffer was full (database slow or down)."
+)
+RECORDS_WRITE_FAILURES = Counter("inference_request_records_write_failures", "Bulk writes of request records that failed.")
 
 
 class VersionMetrics:

@@ -1,15 +1,18 @@
-"""/metrics: Prometheus text format, for a staff session or the metrics token."""
+"""/metrics (Prometheus text format, for a staff session or the metrics token) and /readyz."""
 
 from __future__ import annotations
 
 import os
 
+import orjson
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from ..errors import ErrorCode, _json_response
+from ..errors import ErrorCode, _json_response, error_body
+from .collectors import PLATFORM_REGISTRY
+from .readiness import readiness
 
 
 def _allowed(request: HttpRequest) -> bool:
@@ -21,8 +24,19 @@ def _allowed(request: HttpRequest) -> bool:
     return bool(token) and header.startswith("Bearer ") and constant_time_compare(header[7:].strip(), token)
 
 
+def render_metrics() -> bytes:
+    """Return every metric in the text format: this process's (or, with PROMETHEUS_MULTIPROC_DIR,
+    all web processes' aggregated), then the figures read from the database and broker."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry) + generate_latest(PLATFORM_REGISTRY)
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
-    """Return all metrics; aggregated over processes when PROMETHEUS_MULTIPROC_DIR is set."""
+    """Return all metrics; 401 (JSON) without a staff session or the metrics token."""
     if not _allowed(request):
         response = _json_response(
             ErrorCode.NOT_AUTHENTICATED,
@@ -31,9 +45,28 @@ def metrics(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = "Bearer"
         return response
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)
+
+
+def readyz(request: HttpRequest) -> HttpResponse:
+    """Readiness probe: 200 when database, broker, cache and production models are fine, else 503.
+
+    The body says what is red either way (per model only for a staff session or the metrics
+    token); a 503 carries the platform's error object too.
+    """
+    ready, body = readiness()
+    models = body["checks"]["models"]
+    if "models" in models and not _allowed(request):
+        # Model names only for a staff session or the metrics token (no existence leak).
+        per_model = models.pop("models")
+        models["failing_models"] = sum(1 for m in per_model.values() if not m["ok"])
+        if models.get("error", "").startswith("not servable"):
+            models["error"] = f"{models['failing_models']} production model(s) not servable"
+    if not ready:
+        body.update(error_body(ErrorCode.NOT_READY, f"Not ready: {', '.join(body['failing'])}.",
+                               {"failing": body["failing"]}))
+    response = HttpResponse(orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    if not ready:
+        response["Retry-After"] = "5"
+    return response

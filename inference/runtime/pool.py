@@ -113,7 +113,8 @@ class ServingPool:
         seconds = time.perf_counter() - started
         logger.info("Loaded %s on %s in %.2f s (%d bytes of weights)", version, version.hardware.device,
                     seconds, served.nbytes)
-        metrics = VersionMetrics(version.model.name, version.version)
+        # INFERENCE_MONITORING_ENABLED off (the benchmark's baseline): no per-request metrics at all.
+        metrics = VersionMetrics(version.model.name, version.version) if settings.INFERENCE_MONITORING_ENABLED else None
         metrics_module.MODEL_LOAD_SECONDS.labels(version.model.name, str(version.version)).observe(seconds)
         batcher = Batcher(
             served.runtime.predict,
@@ -121,7 +122,7 @@ class ServingPool:
             max_batch_delay_ms=version.max_batch_delay_ms,
             max_queue_size=version.max_queue_size,
             name=f"{version.model.name}:v{version.version}@{version.hardware.device}",
-            on_batch=metrics.on_batch,
+            on_batch=metrics.on_batch if metrics is not None else None,
         )
         return Loaded(served=served, batcher=batcher, nbytes=served.nbytes, load_seconds=seconds, metrics=metrics)
 
@@ -152,3 +153,11 @@ def reset_pool() -> None:
 def on_registry_changed(**kwargs: Any) -> None:
     if _pool is not None:
         _pool.invalidate()
+
+
+def on_model_saved(**kwargs: Any) -> None:
+    """A model row was saved (e.g. payload capture switched in the admin): once committed, every
+    process drops its memo, which holds the model rows, and sees the change."""
+    from registry.services import _announce_change
+
+    _announce_change()

@@ -34,20 +34,27 @@ class Command(BaseCommand):
         parser.add_argument("--rate", default="", help='requests per period, e.g. "100/s" (default: INFERENCE_DEFAULT_RATE)')
         parser.add_argument("--expires", default="", help="expiry date, YYYY-MM-DD or ISO datetime (default: never)")
         parser.add_argument("--scope", default="infer", choices=[c.value for c in APIKey.Scope])
+        parser.add_argument(
+            "--allow-code", action="store_true",
+            help="manage keys only: may upload TorchScript / torch.export artifacts (they run code when loaded; "
+            "INFERENCE_ALLOW_CODE_ARTIFACTS must be on too)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         models = [m.strip() for m in options["models"].split(",") if m.strip()]
         expires = parse_expiry(options["expires"]) if options["expires"] else None
         try:
             key, plain = api_key_create(
-                name=options["name"], scope=options["scope"], model_names=models, rate=options["rate"], expires=expires
+                name=options["name"], scope=options["scope"], model_names=models, rate=options["rate"], expires=expires,
+                may_upload_code=options["allow_code"],
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
         self.stdout.write(
             f"Created API key {key.name!r} (prefix {key.prefix}, scope {key.scope}, "
             f"models {', '.join(models) or 'all'}, rate {key.rate or 'default'}, "
-            f"expires {key.expiry_date.isoformat() if key.expiry_date else 'never'}). "
+            f"expires {key.expiry_date.isoformat() if key.expiry_date else 'never'}"
+            f"{', may upload code artifacts' if key.may_upload_code else ''}). "
             "Store it now: it cannot be shown again."
         )
         self.stdout.write(plain)

@@ -1,0 +1,83 @@
+"""The admin's monitoring: the dashboard page, request records, and each version's own charts.
+
+* ``/admin/monitoring/`` (``monitoring_view``, staff only): requests/s, p50/p95/p99 latency,
+  error rate, mean batch size and queue depth per model version over the last hour or day
+  (from the per-minute rollups), job counts by status, the django-q2 clusters and their
+  workers. Charts are drawn by uPlot, served from this app's static files; every figure is
+  in a table under its chart, so the page reads without JavaScript.
+* A version's change page shows the same charts for that version alone.
+* Request records are listed read-only (find a request by its id; captured payloads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from registry.admin import ModelVersionAdmin
+from registry.models import ModelVersion
+
+from .dashboard import dashboard, range_choice, version_panels
+from .models import RequestRecord
+
+
+def monitoring_view(request: HttpRequest) -> HttpResponse:
+    """The monitoring page (wrapped by ``admin.site.admin_view``: staff only)."""
+    range_name = range_choice(request.GET.get("range"))
+    context = {
+        **admin.site.each_context(request),
+        "title": "Monitoring",
+        **dashboard(range_name=range_name),
+    }
+    return TemplateResponse(request, "admin/inference/monitoring.html", context)
+
+
+@admin.register(RequestRecord)
+class RequestRecordAdmin(admin.ModelAdmin):
+    """Read-only request history (bulk-written; purged after INFERENCE_RECORDS_RETENTION_DAYS)."""
+
+    list_display = ("at", "request_id", "model", "version", "key_prefix", "status", "error_code", "latency_ms",
+                    "batch_size", "instances")
+    search_fields = ("=request_id", "=model", "=key_prefix")
+    list_filter = ("status",)
+    show_full_result_count = False  # no second COUNT(*) over a large table
+    fields = ("at", "request_id", "model", "version", "key_prefix", "status", "error_code", "latency_ms",
+              "queue_ms", "compute_ms", "instances", "batch_size", "queue_depth", "request_payload",
+              "response_payload")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_superuser
+
+
+class MonitoredModelVersionAdmin(ModelVersionAdmin):
+    """The registry's version admin, with the version's own monitoring charts on its page."""
+
+    change_form_template = "admin/inference/modelversion_change_form.html"
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra_context = dict(extra_context or {})
+        version = self.get_object(request, object_id)
+        if version is not None:
+            range_name = range_choice(request.GET.get("monitoring"))
+            extra_context.update({
+                "monitoring_range": range_name,
+                "monitoring_panels": version_panels(range_name=range_name, model=version.model.name,
+                                                    version=version.version),
+            })
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+if admin.site.is_registered(ModelVersion):
+    admin.site.unregister(ModelVersion)
+admin.site.register(ModelVersion, MonitoredModelVersionAdmin)

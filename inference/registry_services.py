@@ -1,0 +1,241 @@
+"""The registry API's business logic: what a management key may do to the registry, and how.
+
+``registry.services`` owns what a model and a version *are* and writes them; this module
+adds what only the serving side knows: which API key acts (scope, the models it may see,
+whether it may upload code artifacts), and how a new version is validated in the
+background (a django-q2 task, queued once the version's row has committed, and queued
+again by the jobs reconciler when that task was lost). Every function raises the
+platform's API errors (``inference.errors``), so the views only parse and render.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from registry import services as registry
+from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
+
+from .errors import APIError, Conflict, ErrorCode, InvalidInput, NotFound, PayloadTooLarge
+from .keys import APIKey
+
+logger = logging.getLogger("inference.registry")
+
+VALIDATE_TASK = "inference.tasks.validate_version"
+
+
+class Forbidden(APIError):
+    """403: the key may not do this (it lacks the scope, or the permission for code artifacts)."""
+
+    status_code = 403
+    default_code = ErrorCode.PERMISSION_DENIED
+    default_detail = "This API key may not do this."
+
+
+# The registry's ValidationError codes that mean something other than "bad input".
+_CONFLICT_CODES = {"exists", "not_ready", "archived", "alias_target"}
+_FORBIDDEN_CODES = {"code_artifacts_disabled", "code_artifacts_forbidden"}
+_TOO_LARGE_CODES = {"artifact_too_large"}
+# Which request field an upload's refusal is about (the rest are about the config).
+_UPLOAD_FIELDS = {"invalid_artifact": "artifact", "sha256_mismatch": "artifact", "artifact_too_large": "artifact",
+                  "invalid_sha256": "sha256"}
+
+
+def api_error(exc: ValidationError, *, path: str = "") -> APIError:
+    """Return the API error for a registry ValidationError (409, 403, 413, else 400), reason in details."""
+    code = getattr(exc, "code", None)
+    if code is None and hasattr(exc, "error_list") and exc.error_list:
+        code = exc.error_list[0].code
+    message = "; ".join(exc.messages)
+    details: dict[str, Any] = {"reason": code} if code else {}
+    if hasattr(exc, "error_dict"):
+        details["fields"] = exc.message_dict
+    if code in _CONFLICT_CODES:
+        return Conflict(message, details=details)
+    if code in _FORBIDDEN_CODES:
+        return Forbidden(message, details=details)
+    if code in _TOO_LARGE_CODES:
+        return PayloadTooLarge(message, details={**details, "limit": settings.INFERENCE_MAX_ARTIFACT_BYTES})
+    return InvalidInput(message, path=path, details=details)
+
+
+def actor(key: Any) -> str:
+    return registry.actor_for(api_key=key)
+
+
+# ---- lookups (fresh from the database: the serving pool's memo is for the request path) --------
+
+def managed_model(*, name: str, key: Any) -> RegisteredModel:
+    """Return the model if it exists and the key may see it; else NotFound (the same answer for both)."""
+    if key is not None and not key.may_see(name):
+        raise NotFound(f"No model named {name!r}.")
+    model = RegisteredModel.objects.filter(name=name).first()
+    if model is None:
+        raise NotFound(f"No model named {name!r}.")
+    return model
+
+
+def managed_version(*, model: RegisteredModel, number: str | int) -> ModelVersion:
+    """Return version `number` of the model (archived ones included); NotFound otherwise."""
+    if not str(number).isdigit():
+        raise NotFound(f"Versions are numbered: {number!r} is not a version of {model.name!r} "
+                       "(an alias is read at /aliases/{alias}).")
+    version = ModelVersion.objects.select_related("model", "hardware", "created_by").filter(
+        model=model, version=int(number)
+    ).first()
+    if version is None:
+        raise NotFound(f"Model {model.name!r} has no version {number}.")
+    return version
+
+
+def version_aliases(version: ModelVersion) -> list[str]:
+    return sorted(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
+
+
+# ---- models and versions ------------------------------------------------------------------------------
+
+def model_create(*, key: Any, name: str, description: str = "", task: str = "") -> RegisteredModel:
+    """Create a model; a key limited to some models may not (it could never see the new one)."""
+    if key.models is not None:
+        raise Forbidden(
+            "This key is limited to some models and cannot create one; use a manage key for all models.",
+            details={"reason": "key_limited_to_models"},
+        )
+    try:
+        return registry.model_create(name=name, description=description, task=task, actor=actor(key))
+    except ValidationError as exc:
+        raise api_error(exc, path="name") from exc
+
+
+def key_may_upload_code(key: Any) -> bool:
+    """Whether the key holds may_upload_code, read from the database (never from a cached copy)."""
+    return bool(APIKey.objects.filter(pk=key.id).values_list("may_upload_code", flat=True).first())
+
+
+def version_upload(
+    *, key: Any, model: RegisteredModel, artifact: IO[bytes], config: Any, expected_sha256: str = ""
+) -> ModelVersion:
+    """Store the next version of `model` as `registered` and queue its validation; return it.
+
+    Everything that needs no loading is checked first (config, architecture allowlist,
+    code-format rules, size, sha256): a refusal stores nothing. Loading the artifact and
+    running its example happen in the background task.
+    """
+    size = getattr(artifact, "size", None)
+    limit = settings.INFERENCE_MAX_ARTIFACT_BYTES
+    if size is not None and size > limit:
+        raise PayloadTooLarge(
+            f"The artifact is {size} bytes; the limit is {limit} (INFERENCE_MAX_ARTIFACT_BYTES).",
+            details={"reason": "artifact_too_large", "limit": limit},
+        )
+    try:
+        version = registry.model_version_register(
+            model_name=model.name,
+            artifact=artifact,
+            config=config,
+            created_by_key=key,
+            may_upload_code=key_may_upload_code(key),
+            validate=False,
+            expected_sha256=expected_sha256,
+        )
+    except ValidationError as exc:
+        raise api_error(exc, path=_UPLOAD_FIELDS.get(getattr(exc, "code", None) or "", "config")) from exc
+    version_id = version.pk
+    transaction.on_commit(lambda: enqueue_validation(version_id))
+    return version
+
+
+def version_archive(*, key: Any, version: ModelVersion) -> ModelVersion:
+    try:
+        return registry.model_version_archive(version=version, actor=actor(key))
+    except ValidationError as exc:
+        raise api_error(exc) from exc
+
+
+# ---- aliases ---------------------------------------------------------------------------------------------
+
+def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any) -> tuple[ModelAlias, int | None]:
+    """Point `model@alias` at version `number` (promote or roll back); return (alias, the version it
+    pointed to before, or None if it is new)."""
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidInput('The body must be {"version": N} with N a version number.', path="version")
+    try:
+        ModelAlias._meta.get_field("name").run_validators(alias)
+    except ValidationError as exc:
+        raise InvalidInput(f"Alias {alias!r}: " + "; ".join(exc.messages), path="alias") from None
+    try:
+        version = managed_version(model=model, number=number)
+    except NotFound as exc:
+        raise InvalidInput(exc.message, path="version", details={"reason": "unknown_version"}) from None
+    try:
+        with transaction.atomic():
+            # The lock alias_set takes, taken first so that `previous` is the version this move replaced.
+            RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+            previous = ModelAlias.objects.filter(model=model, name=alias).values_list(
+                "version__version", flat=True).first()
+            row = registry.alias_set(model=model, alias=alias, version=version, actor=actor(key))
+    except ValidationError as exc:
+        raise api_error(exc, path="version") from exc
+    return row, previous
+
+
+def alias_get(*, model: RegisteredModel, alias: str) -> ModelAlias:
+    row = ModelAlias.objects.select_related("version").filter(model=model, name=alias).first()
+    if row is None:
+        raise NotFound(f"Model {model.name!r} has no alias {alias!r}.")
+    return row
+
+
+def alias_history(*, model: RegisteredModel, alias: str, limit: int = 20) -> list[AliasEvent]:
+    return list(AliasEvent.objects.filter(model=model, alias=alias)[:limit])
+
+
+def alias_remove(*, key: Any, model: RegisteredModel, alias: str) -> None:
+    if not registry.alias_delete(model=model, alias=alias, actor=actor(key)):
+        raise NotFound(f"Model {model.name!r} has no alias {alias!r}.")
+
+
+# ---- background validation ---------------------------------------------------------------------------------
+
+def enqueue_validation(version_id: int) -> None:
+    """Queue the validation task of a version. A broker that is down is logged, not raised:
+    the version stays `registered` and the reconciler queues it again."""
+    from django_q.tasks import async_task
+
+    try:
+        async_task(VALIDATE_TASK, int(version_id), task_name=f"validate-version-{version_id}",
+                   q_options={"ack_failure": True})
+    except Exception:  # noqa: BLE001 - the reconciler covers a task that was never queued
+        logger.exception("could not queue the validation of version id %s; the reconciler will retry", version_id)
+
+
+def validate_registered(version_id: int) -> str:
+    """Validate a `registered` version (in a worker); a version already decided or archived is left alone."""
+    version = ModelVersion.objects.select_related("model", "hardware").filter(pk=version_id).first()
+    if version is None:
+        return "skipped: no such version"
+    if version.status != ModelVersion.Status.REGISTERED or version.archived:
+        return f"skipped: {version} is {'archived' if version.archived else version.status}"
+    version = registry.model_version_validate(version=version, actor="system (background validation)")
+    return f"{version}: {version.status}"
+
+
+def versions_requeue_stale() -> int:
+    """Queue again the validation of versions left `registered` longer than INFERENCE_JOB_REQUEUE_AFTER
+    (their task was lost); return how many. Called by the jobs reconciler."""
+    cutoff = timezone.now() - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER)
+    stale = list(
+        ModelVersion.objects.filter(status=ModelVersion.Status.REGISTERED, archived=False, created_at__lt=cutoff)
+        .values_list("pk", flat=True)
+    )
+    for pk in stale:
+        enqueue_validation(pk)
+    if stale:
+        logger.warning("reconciler re-queued the validation of %d version(s) left registered", len(stale))
+    return len(stale)

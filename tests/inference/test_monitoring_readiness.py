@@ -1,0 +1,116 @@
+"""/readyz: green when database, broker, cache and production models are fine; 503 (JSON,
+saying what is red) when one is not."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import OperationalError, connection
+from django_q.conf import Conf
+
+from registry.models import ModelVersion
+
+from .support import ROWS
+
+TOKEN = "ready-token"
+
+
+@pytest.fixture
+def ready_client(client, settings):
+    settings.INFERENCE_METRICS_TOKEN = TOKEN
+
+    def get(detail: bool = True):
+        headers = {"Authorization": f"Bearer {TOKEN}"} if detail else {}
+        response = client.get("/readyz", headers=headers)
+        assert response["Content-Type"] == "application/json"
+        assert response["Cache-Control"] == "no-store"
+        return response
+
+    return get
+
+
+def test_ready_when_everything_is_up(ready_client, iris):
+    response = ready_client()
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ready" and body["failing"] == []
+    checks = body["checks"]
+    assert set(checks) == {"database", "broker", "cache", "models"}
+    assert all(c["ok"] for c in checks.values())
+    assert checks["models"]["models"]["iris"] == {"version": 1, "ok": True, "loaded": False}
+    assert "error" not in body
+
+
+def test_anonymous_probes_do_not_learn_model_names(ready_client, iris):
+    body = ready_client(detail=False).json()
+    assert body["checks"]["models"]["ok"] is True
+    assert "models" not in body["checks"]["models"] and "iris" not in str(body)
+
+
+def test_database_down_is_a_503_saying_so(ready_client, iris, monkeypatch):
+    def refuse():
+        raise OperationalError("connection to server at 10.0.0.1 failed: Connection refused")
+
+    with monkeypatch.context() as patch:  # undone before the test database's own teardown
+        patch.setattr(connection, "ensure_connection", refuse)
+        response = ready_client(detail=False)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    body = response.json()
+    assert body["status"] == "not_ready"
+    assert "database" in body["failing"] and "models" in body["failing"]
+    assert "Connection refused" in body["checks"]["database"]["error"]
+    assert body["checks"]["models"]["error"] == "not checked: the database is unreachable"
+    assert body["error"]["code"] == "not_ready" and "database" in body["error"]["message"]
+    assert body["error"]["details"]["failing"] == body["failing"]
+
+
+def test_broker_down_is_a_503(ready_client, iris, monkeypatch):
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", "redis://127.0.0.1:1/0")  # nothing listens there
+    response = ready_client()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["failing"] == ["broker"]
+    assert body["checks"]["broker"]["ok"] is False and "Connect" in body["checks"]["broker"]["error"]
+    assert body["checks"]["database"]["ok"] and body["checks"]["models"]["ok"]
+
+
+def test_cache_down_is_a_503(ready_client, iris, monkeypatch):
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache unreachable")
+
+    monkeypatch.setattr(cache, "set", down)
+    response = ready_client()
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["cache"]
+
+
+def test_a_production_artifact_missing_or_altered_is_red(ready_client, iris):
+    version = ModelVersion.objects.get(model__name="iris", version=1)
+    path = version.artifact.path
+    original = open(path, "rb").read()
+    open(path, "wb").write(original + b"tampered")
+    response = ready_client()
+    assert response.status_code == 503
+    iris_check = response.json()["checks"]["models"]["models"]["iris"]
+    assert iris_check["ok"] is False and "sha256" in iris_check["error"]
+
+    version.artifact.storage.delete(version.artifact.name)
+    iris_check = ready_client().json()["checks"]["models"]["models"]["iris"]
+    assert iris_check["ok"] is False and "missing" in iris_check["error"]
+    anonymous = ready_client(detail=False).json()
+    assert anonymous["checks"]["models"]["failing_models"] == 1 and "iris" not in str(anonymous)
+
+    open(path, "wb").write(original)
+    assert ready_client().status_code == 200
+
+
+def test_a_production_version_not_ready_is_red_and_a_loaded_one_is_green(ready_client, iris, api, key):
+    assert api.post("/api/v1/models/iris/predict", {"instances": ROWS[:1]}, key).status_code == 200
+    assert ready_client().json()["checks"]["models"]["models"]["iris"]["loaded"] is True
+    ModelVersion.objects.filter(model__name="iris", version=1).update(status="failed", status_error="bad weights")
+    body = ready_client().json()
+    assert body["failing"] == ["models"]
+    assert "bad weights" in body["checks"]["models"]["models"]["iris"]["error"]
