@@ -139,7 +139,10 @@ class HasScope(permissions.BasePermission):
         if not isinstance(info, KeyInfo):
             return False
         if info.scope != required:
-            self.message = f"This API key has scope {info.scope!r}; this action needs scope {required!r}."
+            self.message = (
+                f"This API key has scope '{info.scope}'; this action needs scope '{required}'. "
+                "Create a key with that scope (manage.py create_api_key --scope ...)."
+            )
             return False
         return True
 

@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     MODEL_ERROR = "model_error"
     SERVER_ERROR = "server_error"
     NOT_READY = "not_ready"  # /readyz: a dependency (database, broker, cache, a production model) is down
+    DATABASE_UNAVAILABLE = "database_unavailable"  # the database cannot be reached: retry later
 
 
 class APIError(exceptions.APIException):
@@ -97,6 +98,34 @@ class ServiceUnavailable(APIError):
         self.headers["Retry-After"] = str(max(1, int(retry_after)))
 
 
+DATABASE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database is unreachable
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """503 with Retry-After: the database cannot be reached (down, restarting, connections cut).
+
+    Not a bug of the platform, so not a 500: the request can be retried as it is once the
+    database is back, which the process notices by itself (CONN_HEALTH_CHECKS discards a
+    broken persistent connection at the next request)."""
+
+    default_code = ErrorCode.DATABASE_UNAVAILABLE
+    default_detail = "The database is unavailable; retry later."
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, retry_after=DATABASE_RETRY_AFTER)
+
+
+def database_unavailable(exc: BaseException | None) -> DatabaseUnavailable | None:
+    """A DatabaseUnavailable for a lost or refused database connection (Django's OperationalError,
+    InterfaceError), else None. Other database errors (integrity, programming) stay bugs."""
+    from django.db import InterfaceError, OperationalError
+
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return None
+    logger.warning("database unavailable: %s: %s", type(exc).__name__, (str(exc).strip().splitlines() or [""])[0])
+    return DatabaseUnavailable()
+
+
 class RequestTimeout(APIError):
     status_code = 504
     default_code = ErrorCode.TIMEOUT
@@ -149,6 +178,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's EXCEPTION_HANDLER: render every error in the platform's error shape."""
     if isinstance(exc, Http404):
         exc = NotFound(str(exc) or None)
+    exc = database_unavailable(exc) or exc
     if isinstance(exc, APIError):
         response = Response(error_body(exc.error_code, exc.message, exc.details), status=exc.status_code)
         for k, v in exc.headers.items():
@@ -195,7 +225,16 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
+    import sys
+
     if is_api_path(request.path):
+        # Django calls this while handling the uncaught exception: a lost database (raised
+        # outside a DRF view, e.g. in a plain view or middleware) is a 503, not a bug.
+        unavailable = database_unavailable(sys.exc_info()[1])
+        if unavailable is not None:
+            response = _json_response(unavailable.error_code, unavailable.message, 503)
+            response["Retry-After"] = unavailable.headers["Retry-After"]
+            return response
         return _json_response(
             ErrorCode.SERVER_ERROR,
             "Internal error: this is a bug in the platform; it was logged with the request id.",

@@ -251,6 +251,12 @@ if not REDIS_URL:
         "LOCATION": str(DATA_DIR / "cache" / "django_q"),
     }
     Q_CLUSTER["cache"] = "django_q"
+    # The registry generation (registry.signals.generation_cache) must be seen by every
+    # process: a version validated by the qcluster, an alias moved by manage.py.
+    CACHES["registry"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DATA_DIR / "cache" / "registry"),
+    }
 
 # --- Auth, admin, security -------------------------------------------------------------
 
@@ -407,6 +413,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # Version status appears in several components (models, the registry API): one enum name.
     "ENUM_NAME_OVERRIDES": {"VersionStatusEnum": ["registered", "ready", "failed"]},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inference.apis.schema.close_request_bodies",
+    ],
 }
 
 # --- Serving ----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
@@ -28,7 +27,7 @@ from django.utils import timezone
 from .artifacts import ArtifactError, architecture_class, read_fileobj, sha256_of
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
-from .signals import GENERATION_CACHE_KEY, registry_changed
+from .signals import GENERATION_CACHE_KEY, generation_cache, registry_changed
 from .validation import ValidationOutcome, validate_in_subprocess
 
 logger = logging.getLogger("registry")
@@ -43,8 +42,9 @@ def _announce_change() -> None:
 
     def bump() -> None:
         try:
-            if not cache.add(GENERATION_CACHE_KEY, 1, timeout=None):
-                cache.incr(GENERATION_CACHE_KEY)
+            shared = generation_cache()
+            if not shared.add(GENERATION_CACHE_KEY, 1, timeout=None):
+                shared.incr(GENERATION_CACHE_KEY)
         except Exception:  # noqa: BLE001 - serving processes fall back to their poll interval
             logger.warning("could not bump the registry generation in the cache")
         registry_changed.send(sender=RegisteredModel)

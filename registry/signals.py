@@ -7,3 +7,17 @@ from django.dispatch import Signal
 registry_changed = Signal()
 
 GENERATION_CACHE_KEY = "registry:generation"
+
+
+def generation_cache():
+    """The cache that holds the registry generation, shared by every process that serves.
+
+    With REDIS_URL that is the default (Redis) cache. In embedded mode the default cache is
+    in-process, which would hide a change made by another process on this machine (a
+    `qcluster` marking an uploaded version ready, `manage.py` moving an alias) from the web
+    process: settings give a file cache in the data dir for it (``CACHES["registry"]``).
+    """
+    from django.conf import settings
+    from django.core.cache import caches
+
+    return caches["registry" if "registry" in settings.CACHES else "default"]

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import FileResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -17,9 +18,17 @@ from rest_framework.response import Response
 from registry.selectors import version_resolve
 
 from .. import services
-from ..errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
+from ..errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from ..jobs.models import InferenceJob
-from ..jobs.services import JobConflict, JobInputError, job_cancel, job_predictions, job_retry, job_submit
+from ..jobs.services import (
+    JobConflict,
+    JobInputError,
+    JobInputTooLarge,
+    job_cancel,
+    job_predictions,
+    job_retry,
+    job_submit,
+)
 from . import serializers as s
 from .parsing import OrjsonParser
 from .v1 import PlatformAPIView
@@ -61,6 +70,20 @@ def own_job(request: Request, job_id: str) -> InferenceJob:
     return job
 
 
+def _refuse_oversized(request: Request) -> None:
+    """413 before a multipart body is read when its declared length cannot fit the file limit."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    limit = settings.INFERENCE_JOB_MAX_FILE_BYTES
+    if length > limit + settings.INFERENCE_MAX_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"The upload is {length} bytes; job files are limited to {limit} bytes (INFERENCE_JOB_MAX_FILE_BYTES).",
+            details={"path": "file", "limit": limit},
+        )
+
+
 class JobSubmitView(PlatformAPIView):
     parser_classes = [OrjsonParser, MultiPartParser]
 
@@ -82,6 +105,7 @@ class JobSubmitView(PlatformAPIView):
         content_type = (request.content_type or "").split(";")[0].strip().lower()
         upload = None
         if content_type == "multipart/form-data":
+            _refuse_oversized(request)
             fields = request.data
             upload = request.FILES.get("file")
             if upload is None:
@@ -122,6 +146,9 @@ class JobSubmitView(PlatformAPIView):
                 api_key=key, submitted_by=f"key:{key.name} ({key.prefix})",
                 idempotency_key=request.headers.get("Idempotency-Key", "")[:200], callback_url=callback_url,
             )
+        except JobInputTooLarge as exc:
+            raise PayloadTooLarge(str(exc), details={"path": "file",
+                                                     "limit": settings.INFERENCE_JOB_MAX_FILE_BYTES}) from exc
         except JobInputError as exc:
             raise InvalidInput(str(exc), path="file" if upload is not None else "instances") from exc
         except ValidationError as exc:
@@ -136,23 +163,19 @@ class JobListView(PlatformAPIView):
     @extend_schema(
         operation_id="jobs_list",
         summary="This key's jobs, newest first",
-        parameters=[OpenApiParameter("status", str, OpenApiParameter.QUERY, required=False),
-                    OpenApiParameter("limit", int, OpenApiParameter.QUERY, required=False),
-                    OpenApiParameter("offset", int, OpenApiParameter.QUERY, required=False)],
+        parameters=[s.JobListQuerySerializer],
         responses={200: s.JobListSerializer, 400: E, 401: E, 403: E, 429: E},
     )
     def get(self, request: Request) -> Response:
+        query = s.JobListQuerySerializer(data=request.query_params.dict())
+        if not query.is_valid():
+            field, problems = next(iter(query.errors.items()))
+            raise InvalidInput(f"{field}: {' '.join(str(p) for p in problems)}", path=field)
+        status, limit, offset = query.validated_data.get("status"), query.validated_data["limit"], \
+            query.validated_data["offset"]
         qs = InferenceJob.objects.select_related("model", "version").filter(key_prefix=request.auth.prefix)
-        status = request.query_params.get("status")
         if status:
-            if status not in InferenceJob.Status.values:
-                raise InvalidInput(f"status must be one of {', '.join(InferenceJob.Status.values)}.", path="status")
             qs = qs.filter(status=status)
-        try:
-            limit = min(max(int(request.query_params.get("limit", 50)), 1), 500)
-            offset = max(int(request.query_params.get("offset", 0)), 0)
-        except ValueError:
-            raise InvalidInput("limit and offset must be integers.", path="limit") from None
         jobs = list(qs[offset : offset + limit])
         return Response({"jobs": [job_status_body(j) for j in jobs], "limit": limit, "offset": offset})
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]  # InferenceJob.Status
+
 
 class ErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(help_text="Stable error code, e.g. invalid_input, not_found, rate_limited.")
@@ -59,6 +61,8 @@ class PredictRequestSerializer(serializers.Serializer):
         "{input_name: value} for several inputs.",
     )
     parameters = serializers.DictField(required=False, help_text='Options the version allows, e.g. {"top_k": 3}.')
+    id = serializers.JSONField(required=False, help_text="Accepted and ignored (Open Inference Protocol clients "
+                               "send one); the response's id is the request id.")
 
 
 class PredictResponseSerializer(serializers.Serializer):
@@ -96,7 +100,7 @@ class ProgressSerializer(serializers.Serializer):
 
 class JobStatusSerializer(serializers.Serializer):
     id = serializers.UUIDField()
-    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    status = serializers.ChoiceField(choices=JOB_STATUSES)
     model = serializers.CharField()
     version = serializers.IntegerField()
     progress = ProgressSerializer()
@@ -107,6 +111,15 @@ class JobStatusSerializer(serializers.Serializer):
     error = serializers.CharField(allow_null=True)
     url = serializers.CharField()
     result_url = serializers.CharField(allow_null=True)
+
+
+class JobListQuerySerializer(serializers.Serializer):
+    """The query of GET /api/v1/jobs: validated, so that a bad value is a 400 naming it."""
+
+    status = serializers.ChoiceField(choices=JOB_STATUSES, required=False, allow_blank=True,
+                                     help_text="Only the jobs in this status (empty: all).")
+    limit = serializers.IntegerField(required=False, default=50, min_value=1, max_value=500)
+    offset = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
 
 
 class JobListSerializer(serializers.Serializer):

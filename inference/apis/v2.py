@@ -23,7 +23,7 @@ from registry.models import ModelVersion
 
 from .. import services
 from ..auth import APIKeyAuthentication, HasScope, rate_limit
-from ..errors import APIError, NotFound, ServiceUnavailable
+from ..errors import APIError, NotFound, ServiceUnavailable, database_unavailable
 from ..runtime.pool import get_pool
 from .oip import ProtocolError, encode_infer_response, output_tensors, parse_infer_request
 from .parsing import read_body
@@ -45,6 +45,7 @@ def _error(exc: Exception) -> HttpResponse:
     """Render any refusal as the protocol's {"error": message} with its status and headers."""
     if isinstance(exc, ProtocolError):
         return _json({"error": str(exc)}, 400)
+    exc = database_unavailable(exc) or exc  # a lost database: 503 + Retry-After, not a 500
     if isinstance(exc, APIError):
         message = exc.message
         if exc.details.get("path"):

@@ -56,6 +56,10 @@ class JobInputError(ValueError):
     """The submitted instances or file cannot be a job's input."""
 
 
+class JobInputTooLarge(JobInputError):
+    """The submitted file is over INFERENCE_JOB_MAX_FILE_BYTES (a 413 over REST)."""
+
+
 # ---- input files ------------------------------------------------------------------------------
 
 def _jsonl_from_instances(instances: list[Any]) -> bytes:
@@ -152,6 +156,23 @@ def _enqueue(job_id: Any) -> None:
     async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options=options)
 
 
+def _enqueue_committed(job_id: Any) -> None:
+    """Queue the task of a job whose row is committed; a broker that is down loses nothing.
+
+    The row is the source of truth: when the task cannot be queued (the Redis broker is
+    unreachable, say), the job stays ``queued`` and the reconciler queues it once
+    INFERENCE_JOB_REQUEUE_AFTER has passed. The request that submitted it still succeeds
+    (202): failing it would make the client submit a second job."""
+    try:
+        _enqueue(job_id)
+    except Exception as exc:  # noqa: BLE001 - the broker's error, whatever its client raises
+        logger.warning(
+            "job %s is saved but its task could not be queued (%s: %s); the reconciler will queue it "
+            "after INFERENCE_JOB_REQUEUE_AFTER (%d s)", job_id, type(exc).__name__, exc,
+            settings.INFERENCE_JOB_REQUEUE_AFTER,
+        )
+
+
 def job_submit(
     *,
     version: ModelVersion,
@@ -188,7 +209,8 @@ def job_submit(
     else:
         size = upload.size if hasattr(upload, "size") else len(upload.read())
         if size > settings.INFERENCE_JOB_MAX_FILE_BYTES:
-            raise JobInputError(f"The file is {size} bytes; the limit is {settings.INFERENCE_JOB_MAX_FILE_BYTES}.")
+            raise JobInputTooLarge(f"The file is {size} bytes; the limit is {settings.INFERENCE_JOB_MAX_FILE_BYTES} "
+                                   "(INFERENCE_JOB_MAX_FILE_BYTES).")
         if input_format == InferenceJob.InputFormat.CSV:
             if len(version.input_schema) != 1:
                 raise JobInputError("CSV input is for one-input models; send JSONL objects for several inputs.")
@@ -234,7 +256,7 @@ def job_submit(
     try:
         with transaction.atomic():
             job.save()
-            transaction.on_commit(lambda: _enqueue(job.pk))
+            transaction.on_commit(lambda: _enqueue_committed(job.pk))
     except Exception:
         job.input_file.storage.delete(job.input_file.name)
         if idempotency_key:  # lost a race with an identical submission
@@ -275,7 +297,7 @@ def job_retry(*, job: InferenceJob) -> InferenceJob:
         if not updated:
             job.refresh_from_db()
             raise JobConflict(f"The job is {job.status}; only failed or cancelled jobs can be retried.")
-        transaction.on_commit(lambda: _enqueue(job.pk))
+        transaction.on_commit(lambda: _enqueue_committed(job.pk))
     job.refresh_from_db()
     return job
 

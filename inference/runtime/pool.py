@@ -2,6 +2,7 @@
 
 ``resolve(model_name, ref)`` answers from a per-process memo that is trusted until the
 registry changes: every registry change bumps a generation number in the shared cache
+(Redis, or a file cache in the data dir in embedded mode)
 (and signals this process at once). The memo re-reads that number at most every
 ``INFERENCE_REGISTRY_POLL_SECONDS``, so the request path costs no database query, and
 a promotion made by another process is seen within that interval.
@@ -19,11 +20,10 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
 from registry.models import ModelVersion, RegisteredModel
 from registry.selectors import version_resolve
-from registry.signals import GENERATION_CACHE_KEY
+from registry.signals import GENERATION_CACHE_KEY, generation_cache
 
 from ..monitoring import metrics as metrics_module
 from ..monitoring.metrics import VersionMetrics
@@ -61,7 +61,7 @@ class ServingPool:
         if now - self._checked < self.poll_seconds:
             return
         try:
-            generation = cache.get(GENERATION_CACHE_KEY)
+            generation = generation_cache().get(GENERATION_CACHE_KEY)
         except Exception:  # noqa: BLE001 - cache down: fall back to re-reading the database
             generation = object()
         with self._lock:

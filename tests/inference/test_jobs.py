@@ -364,7 +364,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(client,
     assert _wait(client, job_ok, cluster=cluster)["status"] == "succeeded"
 
 
-def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster):
+def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster, media_root):
     ids: list[str] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -393,7 +393,10 @@ def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp
     while InferenceJob.objects.filter(status="succeeded").count() < 200 and time.time() < deadline:
         time.sleep(0.5)
     assert InferenceJob.objects.filter(status="succeeded").count() == 200, cluster.log_tail()
-    assert set(InferenceJob.objects.values_list("attempts", flat=True)) == {1}
+    # Exactly one result each. (Not "attempts == 1": with a 3 s lease on a loaded 2-core
+    # machine a claim can expire and be taken again; the claim protocol keeps the result single.)
+    for job_id in InferenceJob.objects.values_list("id", flat=True):
+        assert len(list((media_root / "jobs" / str(job_id)).glob("result-*"))) == 1, job_id
     for job in InferenceJob.objects.all():
         with job.input_file.open("rb") as fh:
             instance = json.loads(fh.read())

@@ -505,9 +505,9 @@ def test_stored_artifact_loads_back_into_the_same_model(weights, iris_config):
 
 
 def test_registry_changes_are_announced_after_commit(weights, iris_config, django_capture_on_commit_callbacks):
-    from django.core.cache import cache
+    from registry.signals import GENERATION_CACHE_KEY, generation_cache, registry_changed
 
-    from registry.signals import GENERATION_CACHE_KEY, registry_changed
+    cache = generation_cache()
 
     received = []
 
