@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test bench soak lint clean chromium
+.PHONY: run test bench soak lint clean chromium wrk
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,14 @@ chromium:
 	  { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
 	  echo "chromium is not installed and could not be installed: the browser tests will fail (apt-get install chromium)"
 
-bench: $(VENV)/.dev-installed
+bench: $(VENV)/.dev-installed wrk
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The benchmarks' load generator: Debian's wrk.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; }; } || \
+	  { echo "wrk is not installed and could not be installed (apt-get install wrk)"; exit 1; }
 
 # With DATABASE_URL (PostgreSQL) and REDIS_URL set, and as root, this includes the multi-host test
 # (tests/deploy/test_multihost.py: worker hosts in network namespaces, one cut off mid-job).

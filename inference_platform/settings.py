@@ -103,7 +103,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "inference.middleware.MessageMiddleware",  # contrib's, skipped for API paths
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
