@@ -111,7 +111,9 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
                 raise exceptions.AuthenticationFailed('Use "Authorization: Api-Key <key>" or "X-API-Key: <key>".')
             raise exceptions.NotAuthenticated('An API key is required: "Authorization: Api-Key <key>".')
         prefix, dot, _ = key.partition(".")
-        if not dot or not prefix or len(key) > 200:
+        # Prefixes are ASCII letters and digits (get_random_string): anything else (a NUL, which
+        # PostgreSQL refuses in a query) cannot be a key and never reaches the database.
+        if not dot or not prefix or len(key) > 200 or not (prefix.isascii() and prefix.isalnum()):
             raise exceptions.AuthenticationFailed("Invalid API key.")
         info = key_info_for_prefix(prefix)
         if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from registry import services as registry
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
+from registry.selectors import is_registry_name, version_number
 
 from .errors import APIError, Conflict, ErrorCode, InvalidInput, NotFound, PayloadTooLarge
 from .keys import APIKey
@@ -73,7 +74,7 @@ def actor(key: Any) -> str:
 
 def managed_model(*, name: str, key: Any) -> RegisteredModel:
     """Return the model if it exists and the key may see it; else NotFound (the same answer for both)."""
-    if key is not None and not key.may_see(name):
+    if not is_registry_name(name) or (key is not None and not key.may_see(name)):
         raise NotFound(f"No model named {name!r}.")
     model = RegisteredModel.objects.filter(name=name).first()
     if model is None:
@@ -83,11 +84,11 @@ def managed_model(*, name: str, key: Any) -> RegisteredModel:
 
 def managed_version(*, model: RegisteredModel, number: str | int) -> ModelVersion:
     """Return version `number` of the model (archived ones included); NotFound otherwise."""
-    if not str(number).isdigit():
-        raise NotFound(f"Versions are numbered: {number!r} is not a version of {model.name!r} "
+    if version_number(number) is None:
+        raise NotFound(f"Versions are numbered from 1: {number!r} is not a version of {model.name!r} "
                        "(an alias is read at /aliases/{alias}).")
     version = ModelVersion.objects.select_related("model", "hardware", "created_by").filter(
-        model=model, version=int(number)
+        model=model, version=version_number(number)
     ).first()
     if version is None:
         raise NotFound(f"Model {model.name!r} has no version {number}.")
@@ -167,6 +168,8 @@ def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any) ->
         raise InvalidInput('The body must be {"version": N} with N a version number.', path="version")
     try:
         ModelAlias._meta.get_field("name").run_validators(alias)
+        if not is_registry_name(alias):  # the validator's `$` lets "name\n" through
+            raise ValidationError("Use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.")
     except ValidationError as exc:
         raise InvalidInput(f"Alias {alias!r}: " + "; ".join(exc.messages), path="alias") from None
     try:
@@ -186,6 +189,8 @@ def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any) ->
 
 
 def alias_get(*, model: RegisteredModel, alias: str) -> ModelAlias:
+    if not is_registry_name(alias):
+        raise NotFound(f"Model {model.name!r} has no alias {alias!r}.")
     row = ModelAlias.objects.select_related("version").filter(model=model, name=alias).first()
     if row is None:
         raise NotFound(f"Model {model.name!r} has no alias {alias!r}.")
@@ -197,7 +202,7 @@ def alias_history(*, model: RegisteredModel, alias: str, limit: int = 20) -> lis
 
 
 def alias_remove(*, key: Any, model: RegisteredModel, alias: str) -> None:
-    if not registry.alias_delete(model=model, alias=alias, actor=actor(key)):
+    if not is_registry_name(alias) or not registry.alias_delete(model=model, alias=alias, actor=actor(key)):
         raise NotFound(f"Model {model.name!r} has no alias {alias!r}.")
 
 

@@ -18,6 +18,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from registry.models import ModelVersion
+from registry.selectors import is_registry_name
 
 from .errors import ErrorCode, InvalidInput, ModelFailed, NotFound, ServiceUnavailable
 from .monitoring.observe import observe
@@ -84,7 +85,7 @@ def run_hooks(outcome: PredictOutcome) -> None:
 
 def visible_model(*, model_name: str, key: Any) -> Any:
     """Return the model if it exists and the key may see it; else NotFound (same answer for both)."""
-    if key is not None and not key.may_see(model_name):
+    if not is_registry_name(model_name) or (key is not None and not key.may_see(model_name)):
         raise NotFound(f"No model named {model_name!r}.")
     model = get_pool().model(model_name)
     if model is None:

@@ -177,15 +177,15 @@ else:
     # Embedded mode runs exactly one web process (deploy/gunicorn.conf.py refuses more
     # without REDIS_URL), so an in-process cache *is* the shared cache: every request
     # that counts against a rate limit is served by that process. django-ratelimit's
-    # E003 cannot know that, so it is silenced here and only here; with REDIS_URL set
-    # the check runs and passes.
+    # E003 (and W001, "locmem is not officially supported") cannot know that, so they are
+    # silenced here and only here; with REDIS_URL set the checks run and pass.
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
             "LOCATION": "inference-platform",
         }
     }
-    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003"]
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # --- Background jobs (django-q2) -------------------------------------------------------
 

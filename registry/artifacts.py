@@ -67,6 +67,21 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
+# What the first bytes of each format's file look like (sniff()).
+CONTAINERS = {"safetensors": ("safetensors",), "state_dict": ("zip", "pickle"), "torchscript": ("zip",),
+              "torch_export": ("zip",)}
+
+
+def check_container(data: bytes, format: str) -> None:
+    """Raise ArtifactError unless the bytes look like a file of `format` (no loading: the first bytes)."""
+    kind = sniff(data)
+    if kind not in CONTAINERS.get(format, ()):
+        raise ArtifactError(
+            f"The artifact is not a {format} file (its first bytes look like {kind} data): a damaged or "
+            "truncated file, or the wrong format in the config."
+        )
+
+
 def architecture_class(path: str) -> type:
     """Return the nn.Module class at a dotted path, if the allowlist holds it."""
     allowed = list(getattr(settings, "INFERENCE_ARCHITECTURES", []))

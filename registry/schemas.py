@@ -138,7 +138,7 @@ def parse_tensor_schema(value: Any, *, where: str) -> list[TensorSpec]:
             raise ValidationError(f"{path}.name {name!r} is used twice.", code="invalid_schema")
         seen.add(name)
         datatype = item.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise ValidationError(
                 f"{path}.datatype {datatype!r} is not one of {', '.join(DATATYPES)}.", code="invalid_schema"
             )

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from django.db.models import Prefetch, QuerySet
 
 from .models import ModelAlias, ModelVersion, RegisteredModel
 
 DEFAULT_ALIAS = "production"
+# Model and alias names (models.slug_validator); version numbers fit a PositiveIntegerField everywhere.
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+MAX_VERSION = 2**31 - 1
+
+
+def is_registry_name(value: Any) -> bool:
+    """Whether `value` can be the name of a model or an alias (else no row can match it: a lookup
+    is skipped, so that a name with a NUL or 10 kB of text never reaches the database)."""
+    return isinstance(value, str) and _NAME_RE.fullmatch(value) is not None
+
+
+def version_number(ref: Any) -> int | None:
+    """Return the version number `ref` means (an int, or a string of ASCII digits), or None when it is
+    not one that can exist (a bool, out of range, "²")."""
+    if isinstance(ref, bool):
+        return None
+    if isinstance(ref, str):
+        if not (ref.isascii() and ref.isdigit()) or len(ref) > 10:
+            return None
+        ref = int(ref)
+    if isinstance(ref, int) and 1 <= ref <= MAX_VERSION:
+        return ref
+    return None
 
 
 def model_list(*, names: list[str] | None = None) -> QuerySet[RegisteredModel]:
@@ -32,6 +58,9 @@ def version_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> 
             return live.filter(pk=alias).first()
         return live.filter(status=ModelVersion.Status.READY).order_by("-version").first()
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-        return live.filter(version=int(ref)).first()
+        number = version_number(ref)
+        return live.filter(version=number).first() if number is not None else None
+    if not is_registry_name(ref):
+        return None
     alias = ModelAlias.objects.filter(model=model, name=ref).values_list("version_id", flat=True).first()
     return live.filter(pk=alias).first() if alias is not None else None

@@ -24,9 +24,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .artifacts import ArtifactError, architecture_class, read_fileobj, sha256_of
+from .artifacts import ArtifactError, architecture_class, check_container, read_fileobj, sha256_of
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
+from .selectors import is_registry_name
 from .signals import GENERATION_CACHE_KEY, generation_cache, registry_changed
 from .validation import ValidationOutcome, validate_in_subprocess
 
@@ -83,8 +84,19 @@ def model_get_or_create(
         return RegisteredModel.objects.get(name=name)  # created concurrently
 
 
+def _check_name(value: str, what: str) -> None:
+    """The field's RegexValidator ends in `$`, which also matches before a final newline: refuse
+    "name\n" here (the same rule, matched in full)."""
+    if not is_registry_name(value):
+        raise ValidationError(
+            f"{what} name {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
+            code="invalid",
+        )
+
+
 def model_create(*, name: str, description: str = "", task: str = "", actor: str = "system") -> RegisteredModel:
     """Create a model and record who did; raise ValidationError (code "exists" if the name is taken)."""
+    _check_name(name, "model")
     if RegisteredModel.objects.filter(name=name).exists():
         raise ValidationError(f"A model named {name!r} already exists.", code="exists")
     model = RegisteredModel(name=name, description=description, task=task)
@@ -181,6 +193,7 @@ def model_version_register(
     for any bad artifact or config; nothing is stored then.
     """
     RegisteredModel._meta.get_field("name").run_validators(model_name)
+    _check_name(model_name, "model")
     expected_sha256 = (expected_sha256 or "").strip().lower()
     if expected_sha256 and not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
         raise ValidationError("sha256 must be 64 hexadecimal digits.", code="invalid_sha256")
@@ -196,6 +209,13 @@ def model_version_register(
         raise ValidationError(str(exc), code="artifact_too_large") from exc
     if not data:
         raise ValidationError("The artifact file is empty.", code="invalid_artifact")
+    if not validate:
+        # Stored before it is loaded (validated in the background): refuse now what is plainly not
+        # a file of the declared format, rather than store it to fail later.
+        try:
+            check_container(data, cfg.format)
+        except ArtifactError as exc:
+            raise ValidationError(str(exc), code="invalid_artifact") from exc
     digest = sha256_of([data])
     if expected_sha256 and digest != expected_sha256:
         raise ValidationError(
@@ -288,6 +308,7 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
     if version.model_id != model.pk:
         raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
     ModelAlias._meta.get_field("name").run_validators(alias)
+    _check_name(alias, "alias")
     # Lock the model row (alias moves and archiving of one model take turns on it), then judge
     # the version as it is now, not as the caller read it.
     RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()

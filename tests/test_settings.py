@@ -119,7 +119,7 @@ def test_unknown_broker_refused(tmp_path):
 
 def test_embedded_mode_silences_only_the_ratelimit_cache_check(tmp_path):
     embedded = show(tmp_path)
-    assert embedded["silenced"] == ["django_ratelimit.E003"]
+    assert embedded["silenced"] == ["django_ratelimit.E003", "django_ratelimit.W001"]
     assert embedded["cache"] == "django.core.cache.backends.locmem.LocMemCache"
     assert embedded["broker"] == "orm"
 

@@ -70,6 +70,20 @@ def own_job(request: Request, job_id: str) -> InferenceJob:
     return job
 
 
+def _check_parameters(version: Any, parameters: Any) -> None:
+    """400 now for request parameters the version's pipeline does not take (not a failed job later)."""
+    from ..pipeline.base import Pipeline, StepConfigError, StepInputError, clean_parameters
+
+    try:
+        pre, post = Pipeline(version.preprocess, stage="preprocess"), Pipeline(version.postprocess, stage="postprocess")
+    except (StepConfigError, ImportError):
+        return  # the job fails with the pipeline's own error
+    try:
+        clean_parameters(parameters, {**pre.request_parameters, **post.request_parameters})
+    except StepInputError as exc:
+        raise InvalidInput(str(exc), path=exc.path) from None
+
+
 def _refuse_oversized(request: Request) -> None:
     """413 before a multipart body is read when its declared length cannot fit the file limit."""
     try:
@@ -134,17 +148,27 @@ class JobSubmitView(PlatformAPIView):
             raise exceptions.UnsupportedMediaType(content_type or "(none)",
                                                   detail="Send JSON instances or a multipart file upload.")
         ref = ref or request.query_params.get("version")
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int))):
+            raise InvalidInput("version must be a version number or an alias name.", path="version")
+        if not isinstance(callback_url, str):
+            raise InvalidInput("callback_url must be a URL (a string).", path="callback_url")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidInput("parameters must be a JSON object.", path="parameters")
         version = version_resolve(model=model, ref=ref)
         if version is None:
             if ref:
                 raise NotFound(f"Model {name!r} has no version or alias {str(ref)!r}.")
             raise ServiceUnavailable(f"Model {name!r} has no ready version yet.", retry_after=30)
+        _check_parameters(version, parameters)
+        idempotency_key = request.headers.get("Idempotency-Key", "")[:200]
+        if not idempotency_key.isprintable():
+            raise InvalidInput("Idempotency-Key must be printable text.", path="Idempotency-Key")
         key = request.auth
         try:
             job, created = job_submit(
                 version=version, instances=instances, upload=upload, input_format=fmt, parameters=parameters,
                 api_key=key, submitted_by=f"key:{key.name} ({key.prefix})",
-                idempotency_key=request.headers.get("Idempotency-Key", "")[:200], callback_url=callback_url,
+                idempotency_key=idempotency_key, callback_url=callback_url,
             )
         except JobInputTooLarge as exc:
             raise PayloadTooLarge(str(exc), details={"path": "file",
@@ -167,6 +191,9 @@ class JobListView(PlatformAPIView):
         responses={200: s.JobListSerializer, 400: E, 401: E, 403: E, 429: E},
     )
     def get(self, request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - set(s.JobListQuerySerializer().fields))
+        if unknown:
+            raise InvalidInput(f"Unknown query parameter(s) {unknown}; expected status, limit, offset.", path=unknown[0])
         query = s.JobListQuerySerializer(data=request.query_params.dict())
         if not query.is_valid():
             field, problems = next(iter(query.errors.items()))

@@ -24,6 +24,7 @@ from registry.schemas import DATATYPES
 NUMPY = {name: np.dtype(np_name) for name, np_name in DATATYPES.items() if name != "BYTES"}
 FROM_NUMPY = {v.str: k for k, v in NUMPY.items()}
 MAX_RANK = 16
+MAX_SPAN = 2**40  # elements a shape may describe, counting its non-zero dimensions
 
 
 class ProtocolError(ValueError):
@@ -49,6 +50,9 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     for d in value:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
             raise ProtocolError(f"{where}: shape dimensions must be non-negative integers, got {value}")
+    # No data can fill more; and numpy refuses even an empty array whose other dims overflow it.
+    if math.prod(d for d in value if d) > MAX_SPAN:
+        raise ProtocolError(f"{where}: shape {value} is larger than any tensor this server takes")
     return tuple(value)
 
 
@@ -71,7 +75,20 @@ def _decode_bytes_elements(raw: bytes, count: int, where: str) -> np.ndarray:
     return out
 
 
-def _json_data(data: Any, datatype: str, shape: tuple[int, ...], count: int, where: str) -> np.ndarray:
+def _contains_bool(value: Any) -> bool:
+    """Whether a nested list holds a true/false (numpy would quietly read it as 1/0); iterative."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _json_data(data: Any, datatype: str, shape: tuple[int, ...], count: int, where: str,
+               maybe_bools: bool = True) -> np.ndarray:
     if not isinstance(data, list):
         raise ProtocolError(f"{where}: data must be a list (flat or nested row-major)")
     if datatype == "BYTES":
@@ -93,6 +110,8 @@ def _json_data(data: Any, datatype: str, shape: tuple[int, ...], count: int, whe
             raise ProtocolError(f"{where}: BOOL data must be true/false")
     elif kind not in "iuf" and arr.size:
         raise ProtocolError(f"{where}: {datatype} data must be numbers")
+    elif maybe_bools and _contains_bool(data):
+        raise ProtocolError(f"{where}: {datatype} data must be numbers, not true/false")
     elif target.kind in "iu":
         if kind == "f":
             raise ProtocolError(f"{where}: {datatype} data must be integers")
@@ -127,6 +146,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError('"parameters" must be an object')
     decoded: dict[str, np.ndarray] = {}
     input_params: dict[str, dict] = {}
+    maybe_bools = b"true" in header or b"false" in header  # else no data can hold a bool: skip the scan
     offset = 0
     for i, tensor in enumerate(inputs):
         where = f"inputs[{i}]"
@@ -138,7 +158,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         where = f"input {name!r}"
         if name in decoded:
             raise ProtocolError(f"{where} is given twice")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise ProtocolError(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
         shape = _shape(tensor.get("shape"), where)
         count = math.prod(shape)
@@ -169,7 +189,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         else:
             if "data" not in tensor:
                 raise ProtocolError(f"{where} has no data (and no binary_data_size)")
-            arr = _json_data(tensor["data"], datatype, shape, count, where)
+            arr = _json_data(tensor["data"], datatype, shape, count, where, maybe_bools)
         decoded[name] = arr
     if offset != len(binary):
         raise ProtocolError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")

@@ -85,16 +85,27 @@ def _csv_rows(fileobj: IO[bytes]) -> Iterator[list[float]]:
     """Yield the numeric rows of a CSV file (a header row of names is skipped)."""
     fileobj.seek(0)
     # Decode line by line: a TextIOWrapper would close the caller's file when collected.
-    reader = csv.reader(line.decode("utf-8-sig") for line in fileobj)
-    for number, row in enumerate(reader, start=1):
-        if not row or all(not c.strip() for c in row):
-            continue
+    reader = csv.reader(_text_lines(fileobj))
+    try:
+        for number, row in enumerate(reader, start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            try:
+                yield [float(c) for c in row]
+            except ValueError:
+                if number == 1:
+                    continue  # header
+                raise JobInputError(f"CSV line {number} has a value that is not a number: {row[:8]}") from None
+    except csv.Error as exc:
+        raise JobInputError(f"CSV line {reader.line_num} cannot be read: {exc}") from None
+
+
+def _text_lines(fileobj: IO[bytes]) -> Iterator[str]:
+    for number, line in enumerate(fileobj, start=1):
         try:
-            yield [float(c) for c in row]
-        except ValueError:
-            if number == 1:
-                continue  # header
-            raise JobInputError(f"CSV line {number} has a value that is not a number: {row[:8]}") from None
+            yield line.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise JobInputError(f"CSV line {number} is not UTF-8 text.") from None
 
 
 def _instances_in(job: InferenceJob) -> Iterator[Any]:
