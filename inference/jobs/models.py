@@ -61,6 +61,10 @@ class InferenceJob(models.Model):
         null=True, blank=True, db_index=True,
         help_text="A running job whose worker stops renewing this is taken over by the reconciler.",
     )
+    requeued_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When the reconciler last queued its task again (it waits before doing so twice).",
+    )
 
     class Meta:
         ordering = ["-created_at"]

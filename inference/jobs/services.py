@@ -404,10 +404,19 @@ def job_run(job_id: Any) -> str:
 
 def jobs_reconcile() -> dict[str, int]:
     """Re-queue jobs whose task was lost: running with an expired lease, or queued too long; and the
-    validation of versions left `registered` too long (the registry API's background validation)."""
+    validation of versions left `registered` too long (the registry API's background validation).
+
+    A job's task is queued again once, then not before INFERENCE_JOB_REQUEUE_AFTER has passed
+    (``requeued_at``): behind a long backlog the re-queued task may simply not have run yet, and
+    queueing it at every run would grow the backlog with copies (each would find the job taken
+    and do nothing, but only after waiting their turn)."""
     now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER)
+    not_requeued_lately = Q(requeued_at__isnull=True) | Q(requeued_at__lt=cutoff)
     stale_running = list(
-        InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).values_list("pk", flat=True)
+        InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now)
+        .filter(not_requeued_lately | Q(requeued_at__lt=F("lease_expires_at")))
+        .values_list("pk", flat=True)
     )
     for pk in stale_running:
         # A cancel that the dead worker never saw ends the job here.
@@ -417,17 +426,18 @@ def jobs_reconcile() -> dict[str, int]:
         ):
             _after_finish(InferenceJob.objects.get(pk=pk))
             continue
-        InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).update(
-            error="a worker stopped while running it (its lease expired)",
-        )
-        _enqueue(pk)
-    cutoff = now - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER)
+        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).update(
+            error="a worker stopped while running it (its lease expired)", requeued_at=now,
+        ):
+            _enqueue_committed(pk)
     stale_queued = list(
         InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, created_at__lt=cutoff)
-        .filter(Q(started_at__isnull=True) | Q(started_at__lt=cutoff)).values_list("pk", flat=True)
+        .filter(Q(started_at__isnull=True) | Q(started_at__lt=cutoff)).filter(not_requeued_lately)
+        .values_list("pk", flat=True)
     )
     for pk in stale_queued:
-        _enqueue(pk)
+        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.QUEUED).update(requeued_at=now):
+            _enqueue_committed(pk)
     if stale_running or stale_queued:
         logger.warning("reconciler re-queued %d running job(s) with expired leases and %d queued job(s)",
                        len(stale_running), len(stale_queued))
