@@ -9,6 +9,15 @@ from .apis import registry as registry_api
 from .monitoring import views as monitoring_views
 
 urlpatterns = [
+    # The inference routes first: Django tries patterns in order, and these take the traffic.
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
+    re_path(
+        r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/predict/?$",
+        v1.PredictVersionView.as_view(),
+        name="v1-predict-version",
+    ),
+    re_path(r"^v2/models/(?P<name>[^/]+)/infer/?$", v2.infer, name="v2-infer"),
+    re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/infer/?$", v2.infer, name="v2-infer-version"),
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
@@ -16,12 +25,6 @@ urlpatterns = [
     path("readyz", monitoring_views.readyz, name="readyz"),
     re_path(r"^api/v1/models/?$", registry_api.ModelCollectionView.as_view(), name="v1-models"),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/?$", v1.ModelDetailView.as_view(), name="v1-model"),
-    re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
-    re_path(
-        r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/predict/?$",
-        v1.PredictVersionView.as_view(),
-        name="v1-predict-version",
-    ),
     re_path(r"^api/v1/models/(?P<name>[^/]+)/jobs/?$", jobs.JobSubmitView.as_view(), name="v1-job-submit"),
     # Registry API (management keys)
     re_path(r"^api/v1/models/(?P<name>[^/]+)/versions/?$", registry_api.VersionCollectionView.as_view(),
@@ -45,8 +48,6 @@ urlpatterns = [
     re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/?$", v2.model_metadata, name="v2-model-version"),
     re_path(r"^v2/models/(?P<name>[^/]+)/ready/?$", v2.model_ready, name="v2-model-ready"),
     re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/ready/?$", v2.model_ready),
-    re_path(r"^v2/models/(?P<name>[^/]+)/infer/?$", v2.infer, name="v2-infer"),
-    re_path(r"^v2/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/infer/?$", v2.infer, name="v2-infer-version"),
     path("api/schema/", SpectacularAPIView.as_view(), name="openapi-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
 ]

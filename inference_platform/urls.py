@@ -11,9 +11,9 @@ admin.site.index_title = "Models, keys and jobs"
 
 urlpatterns = [
     # Before the admin's own URLs (its catch-all would answer 404); staff only, like the admin.
+    path("", include("inference.urls")),  # first: the predict and infer routes take the traffic
     path("admin/monitoring/", admin.site.admin_view(monitoring_view), name="admin-monitoring"),
     path("admin/", admin.site.urls),
-    path("", include("inference.urls")),
 ]
 
 handler400 = "inference.errors.handler400"
