@@ -112,6 +112,10 @@ class BackgroundStreamHandler(logging.StreamHandler):
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
+    def _at_fork_reinit(self) -> None:
+        """logging re-creates every handler's lock in a forked child (a qcluster worker); this
+        handler has none — _after_fork, registered above, gives the child its own queue."""
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)

@@ -287,6 +287,40 @@ def test_the_background_handler_writes_lines_in_order_without_blocking_the_calle
         logger.propagate = True
 
 
+def test_a_forked_child_logs_through_the_background_handler(tmp_path):
+    """qcluster forks its workers: logging re-inits every handler's lock in the child (this one
+    has none, which used to print an AttributeError per fork) and the child writes its lines."""
+    from inference.monitoring.logs import BackgroundStreamHandler
+
+    path = tmp_path / "log.txt"
+    with open(path, "a", buffering=1) as stream:
+        handler = BackgroundStreamHandler(stream)
+        handler.setFormatter(JsonFormatter())
+        logger = logging.getLogger("tests.fork")
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        try:
+            logger.info("parent")
+            handler.flush()
+            err_r, err_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: what a qcluster worker does
+                os.dup2(err_w, 2)
+                logger.warning("child")
+                handler.flush()
+                os._exit(0)
+            os.close(err_w)
+            os.waitpid(pid, 0)
+            with os.fdopen(err_r) as err:
+                stderr = err.read()
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = True
+    assert "_at_fork_reinit" not in stderr and "Traceback" not in stderr, stderr
+    assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == ["parent", "child"]
+
+
 # ---- request records -------------------------------------------------------------------------------------
 
 def test_requests_are_buffered_then_written_in_bulk_never_on_the_request_path(
