@@ -72,6 +72,10 @@ class TcpProxy:
             return
         upstream.settimeout(None)
         with self._lock:
+            if self._closed.is_set():  # closed while this connection was being set up: cut it too
+                client.close()
+                upstream.close()
+                return
             self._sockets.update((client, upstream))
         other = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
         other.start()
@@ -100,9 +104,17 @@ class TcpProxy:
     def close(self) -> None:
         self._closed.set()
         try:
+            # shutdown() first: on Linux, close() alone leaves a thread blocked in accept()
+            # holding the socket, which goes on accepting new connections.
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self._listener.close()
         except OSError:
             pass
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
         with self._lock:
             sockets, self._sockets = list(self._sockets), set()
         for sock in sockets:
