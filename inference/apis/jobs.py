@@ -30,7 +30,7 @@ from ..jobs.services import (
     job_submit,
 )
 from . import serializers as s
-from .parsing import OrjsonParser
+from .parsing import OrjsonParser, refuse_oversized_upload
 from .v1 import PlatformAPIView
 
 E = s.ErrorSerializer
@@ -84,20 +84,6 @@ def _check_parameters(version: Any, parameters: Any) -> None:
         raise InvalidInput(str(exc), path=exc.path) from None
 
 
-def _refuse_oversized(request: Request) -> None:
-    """413 before a multipart body is read when its declared length cannot fit the file limit."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    limit = settings.INFERENCE_JOB_MAX_FILE_BYTES
-    if length > limit + settings.INFERENCE_MAX_BODY_BYTES:
-        raise PayloadTooLarge(
-            f"The upload is {length} bytes; job files are limited to {limit} bytes (INFERENCE_JOB_MAX_FILE_BYTES).",
-            details={"path": "file", "limit": limit},
-        )
-
-
 class JobSubmitView(PlatformAPIView):
     parser_classes = [OrjsonParser, MultiPartParser]
 
@@ -119,7 +105,8 @@ class JobSubmitView(PlatformAPIView):
         content_type = (request.content_type or "").split(";")[0].strip().lower()
         upload = None
         if content_type == "multipart/form-data":
-            _refuse_oversized(request)
+            refuse_oversized_upload(request, limit=settings.INFERENCE_JOB_MAX_FILE_BYTES, what="job files",
+                                    setting="INFERENCE_JOB_MAX_FILE_BYTES", details={"path": "file"})
             fields = request.data
             upload = request.FILES.get("file")
             if upload is None:

@@ -18,13 +18,27 @@ from rest_framework import parsers, renderers
 from ..errors import ErrorCode, InvalidInput, PayloadTooLarge
 
 
+def declared_length(request: Any) -> int:
+    """The request's Content-Length (0 when absent or not a number)."""
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def refuse_oversized_upload(request: Any, *, limit: int, what: str, setting: str, details: dict[str, Any]) -> None:
+    """413 before a multipart body is read when its declared length cannot fit a file of `limit`
+    bytes (plus the form's other fields, at most INFERENCE_MAX_BODY_BYTES)."""
+    length = declared_length(request)
+    if length > limit + settings.INFERENCE_MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The upload is {length} bytes; {what} are limited to {limit} bytes ({setting}).",
+                              details={**details, "limit": limit})
+
+
 def read_body(request: Any, limit: int | None = None) -> bytes:
     """Return the raw body of a Django request, refusing more than `limit` bytes with a 413."""
     limit = limit or settings.INFERENCE_MAX_BODY_BYTES
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
+    length = declared_length(request)
     if length > limit:
         raise PayloadTooLarge(
             f"The body is {length} bytes; the limit is {limit} (INFERENCE_MAX_BODY_BYTES). "

@@ -24,6 +24,7 @@ from .. import registry_services as svc
 from ..errors import InvalidInput, PayloadTooLarge
 from ..keys import APIKey
 from . import serializers as s
+from .parsing import refuse_oversized_upload
 from .v1 import ModelListView, PlatformAPIView, model_summary, version_summary
 
 E = s.ErrorSerializer
@@ -116,7 +117,8 @@ class VersionCollectionView(ManageAPIView):
     )
     def post(self, request: Request, name: str) -> Response:
         model = svc.managed_model(name=name, key=request.auth)
-        self._refuse_oversized(request)
+        refuse_oversized_upload(request, limit=settings.INFERENCE_MAX_ARTIFACT_BYTES, what="artifacts",
+                                setting="INFERENCE_MAX_ARTIFACT_BYTES", details={"reason": "artifact_too_large"})
         data, files = request.data, request.FILES
         unknown = (set(data) | set(files)) - UPLOAD_FIELDS
         if unknown:
@@ -128,20 +130,6 @@ class VersionCollectionView(ManageAPIView):
         version = svc.version_upload(key=request.auth, model=model, artifact=artifact,
                                      config=self._config(data, files), expected_sha256=data.get("sha256", ""))
         return Response(version_body(version), status=202, headers={"Location": version_url(version)})
-
-    @staticmethod
-    def _refuse_oversized(request: Request) -> None:
-        """413 before the body is read when its declared length cannot fit the artifact limit."""
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        limit = settings.INFERENCE_MAX_ARTIFACT_BYTES
-        if length > limit + settings.INFERENCE_MAX_BODY_BYTES:
-            raise PayloadTooLarge(
-                f"The upload is {length} bytes; artifacts are limited to {limit} bytes (INFERENCE_MAX_ARTIFACT_BYTES).",
-                details={"reason": "artifact_too_large", "limit": limit},
-            )
 
     @staticmethod
     def _config(data: Any, files: Any) -> Any:

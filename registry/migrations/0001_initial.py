@@ -2,9 +2,10 @@
 
 import django.core.validators
 import django.db.models.deletion
-import registry.models
 from django.conf import settings
 from django.db import migrations, models
+
+import registry.models
 
 
 class Migration(migrations.Migration):

@@ -11,8 +11,11 @@ namespaces reach them through a proxy on the host's bridge address).
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -124,3 +127,17 @@ class TcpProxy:
                 pass
             sock.close()
         self._thread.join(5)
+
+
+def call_json(base: str, path: str, key: str | None = None, body=None, method: str | None = None):
+    """One request on a fresh connection: (status, headers, JSON body)."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Api-Key {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")

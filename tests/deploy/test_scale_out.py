@@ -45,7 +45,7 @@ from tests.helpers import JOB_ARCHS, SlowMLP
 from tests.inference.processes import Cluster, Gunicorn
 from tests.inference.support import config, forward, ready
 
-from .support import TcpProxy, group_pids
+from .support import TcpProxy, call_json, group_pids
 
 pytestmark = [
     pytest.mark.services,
@@ -133,20 +133,6 @@ def _key(rate: str = "100000/s") -> tuple[str, str]:
     return obj.prefix, plain
 
 
-def _call(base: str, path: str, key: str | None = None, body=None, method: str | None = None):
-    """One request on a fresh connection: (status, headers, JSON body)."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Api-Key {key}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
-
-
 def _metrics(base: str) -> dict[tuple[str, tuple], float]:
     request = urllib.request.Request(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     text = urllib.request.urlopen(request, timeout=30).read().decode()
@@ -180,7 +166,7 @@ def test_the_balancer_spreads_predictions_over_both_web_servers_and_each_answers
     _, key = _key()
     before = dict(stack.proxy.connections)
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: _call(stack.proxy.url, f"/api/v1/models/{model}/predict", key,
+        answers = list(pool.map(lambda _: call_json(stack.proxy.url, f"/api/v1/models/{model}/predict", key,
                                                 {"instances": ROWS}), range(40)))
     assert [status for status, _, _ in answers] == [200] * 40, answers[:3]
     for _, _, body in answers:
@@ -201,7 +187,7 @@ def test_metrics_of_one_server_add_up_its_processes(stack):
     loads = 0.0
     with ThreadPoolExecutor(6) as pool:
         for _ in range(30):  # until both processes have served (each loaded the model once)
-            statuses = list(pool.map(lambda _: _call(stack.web_a.url, f"/api/v1/models/{model}/predict", key,
+            statuses = list(pool.map(lambda _: call_json(stack.web_a.url, f"/api/v1/models/{model}/predict", key,
                                                      {"instances": ROWS})[0], range(12)))
             assert statuses == [200] * 12
             sent += 12
@@ -224,14 +210,14 @@ def test_a_rate_limit_is_one_count_across_web_processes(stack):
     _model(model)
     path = f"/api/v1/models/{model}/predict"
     servers = [stack.web_a.url, stack.web_b.url]
-    statuses = [_call(servers[i % 2], path, key, {"instances": ROWS})[0] for i in range(5)]
+    statuses = [call_json(servers[i % 2], path, key, {"instances": ROWS})[0] for i in range(5)]
     assert statuses == [200] * 5  # 3 on A, 2 on B: the key is at its limit
     for server in servers:
-        status, headers, body = _call(server, path, key, {"instances": ROWS})
+        status, headers, body = call_json(server, path, key, {"instances": ROWS})
         assert status == 429, (server, body)
         assert body["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) >= 1
     _, other = _key(rate="5/m")  # another key is not affected
-    assert _call(stack.web_b.url, path, other, {"instances": ROWS})[0] == 200
+    assert call_json(stack.web_b.url, path, other, {"instances": ROWS})[0] == 200
 
 
 def test_an_alias_moved_in_one_process_is_served_by_every_web_process(stack):
@@ -240,13 +226,13 @@ def test_an_alias_moved_in_one_process_is_served_by_every_web_process(stack):
     v2 = ready(small_mlp(1), config(), model_name=model)
     _, key = _key()
     servers = [stack.web_a.url, stack.web_b.url]
-    assert {_call(s, f"/api/v1/models/{model}/predict", key, {"instances": ROWS})[2]["version"]
+    assert {call_json(s, f"/api/v1/models/{model}/predict", key, {"instances": ROWS})[2]["version"]
             for s in servers} == {v1.version}
     alias_set(model=v2.model, alias="production", version=v2)  # e.g. from the admin, in another process
     deadline = time.time() + 10
     seen: set[int] = set()
     while time.time() < deadline:
-        seen = {_call(stack.proxy.url, f"/api/v1/models/{model}/predict", key, {"instances": ROWS})[2]["version"]
+        seen = {call_json(stack.proxy.url, f"/api/v1/models/{model}/predict", key, {"instances": ROWS})[2]["version"]
                 for _ in range(6)}  # 6 connections: A and B, both of A's processes likely among them
         if seen == {v2.version}:
             break
@@ -276,7 +262,7 @@ def test_jobs_spread_over_two_clusters_and_each_completes_once_when_one_is_kille
 
     def submit(i: int) -> str:
         rows = np.random.default_rng(i).uniform(-2, 2, (100, 4)).round(3).tolist()  # 10 chunks
-        status, _, body = _call(stack.proxy.url, f"/api/v1/models/{model}/jobs", key, {"instances": rows})
+        status, _, body = call_json(stack.proxy.url, f"/api/v1/models/{model}/jobs", key, {"instances": rows})
         assert status == 202, body
         inputs[body["id"]] = rows
         return body["id"]

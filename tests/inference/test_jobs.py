@@ -30,6 +30,7 @@ from inference.keys import api_key_create
 from registry.models import ModelVersion
 from tests.conftest import IRIS_CONFIG, safetensors_bytes, small_mlp
 from tests.helpers import JOB_ARCHS, register
+from tests.inference.processes import database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True), pytest.mark.slow]
 
@@ -60,15 +61,6 @@ def _job_settings(settings, media_root):
     settings.INFERENCE_JOB_REQUEUE_AFTER = 600
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or ""
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
 class Cluster:
     """A `manage.py qcluster` process on the test database."""
 
@@ -79,7 +71,7 @@ class Cluster:
     def start(self) -> None:
         env = dict(os.environ, **JOB_ENV)
         env.update(
-            DATABASE_URL=_database_url(),
+            DATABASE_URL=database_url(),
             INFERENCE_DATA_DIR=str(self.media_root.parent),
             DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
             DJANGO_DEBUG="false",

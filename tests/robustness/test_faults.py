@@ -44,7 +44,7 @@ from inference.jobs.models import InferenceJob
 from inference.jobs.services import job_submit, jobs_reconcile
 from inference.keys import api_key_create
 from tests.conftest import small_mlp
-from tests.deploy.support import TcpProxy, group_pids
+from tests.deploy.support import TcpProxy, call_json, group_pids
 from tests.helpers import JOB_ARCHS, SlowMLP
 from tests.inference.processes import Cluster, Gunicorn, free_port
 from tests.inference.support import config, forward, ready
@@ -120,19 +120,6 @@ def _metric(url: str, name: str) -> float:
     text = urllib.request.urlopen(request, timeout=30).read().decode()
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name)
-
-
-def _call(url: str, path: str, key: str | None, body=None, method: str | None = None):
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Api-Key {key}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
 
 
 # --- 1. SIGKILL a worker mid-job, N times ------------------------------------------------------------------
@@ -420,18 +407,18 @@ def test_redis_killed_under_load_rate_limits_fail_open_and_jobs_go_on_once_it_is
         stack.redis.kill()
         time.sleep(1)
         # Fail open: a key limited to 3 a minute gets more while the counters are unreachable.
-        during_limited = [_call(stack.web.url, path, limited, body)[0] for _ in range(6)]
+        during_limited = [call_json(stack.web.url, path, limited, body)[0] for _ in range(6)]
         time.sleep(3)
         up_at = load.now()
         stack.redis.start()  # empty: what it held (counters, queued tasks) is gone
         time.sleep(4)
         load.stop()
-        after_limited = [_call(stack.web.url, path, limited, body)[0] for _ in range(5)]
+        after_limited = [call_json(stack.web.url, path, limited, body)[0] for _ in range(5)]
         fail_open_after = _metric(stack.web.url, "inference_ratelimit_fail_open_total")
         assert stack.cluster.proc.poll() is None and stack.web.proc.poll() is None, stack.logs()
         rows = _wait_jobs(load.job_ids, timeout=90, reconcile_every=2, logs=stack.logs)
         # New work runs on the same cluster, queued on the restarted broker.
-        new_job = _call(stack.web.url, "/api/v1/models/redis-fault/jobs", key, {"instances": _rows(5, 1)})
+        new_job = call_json(stack.web.url, "/api/v1/models/redis-fault/jobs", key, {"instances": _rows(5, 1)})
         assert new_job[0] == 202, new_job
         new_rows = _wait_jobs([new_job[2]["id"]], timeout=60, reconcile_every=5, logs=stack.logs)
     finally:
@@ -461,7 +448,7 @@ def test_postgresql_cut_under_load_answers_503_and_the_same_processes_recover(on
         down_at = load.now()
         stack.link.cut()
         time.sleep(1)
-        during_job = _call(stack.web.url, "/api/v1/models/pg-fault/jobs", key, {"instances": [[1, 2, 3, 4]]})
+        during_job = call_json(stack.web.url, "/api/v1/models/pg-fault/jobs", key, {"instances": [[1, 2, 3, 4]]})
         time.sleep(4)
         up_at = load.now()
         stack.link.restore()
@@ -470,7 +457,7 @@ def test_postgresql_cut_under_load_answers_503_and_the_same_processes_recover(on
         assert stack.cluster.proc.poll() is None and stack.web.proc.poll() is None, stack.logs()
         accepted = load.job_ids
         rows = _wait_jobs(accepted, timeout=90, reconcile_every=2, logs=stack.logs)
-        new_job = _call(stack.web.url, "/api/v1/models/pg-fault/jobs", key, {"instances": _rows(5, 2)})
+        new_job = call_json(stack.web.url, "/api/v1/models/pg-fault/jobs", key, {"instances": _rows(5, 2)})
         assert new_job[0] == 202, new_job
         new_rows = _wait_jobs([new_job[2]["id"]], timeout=60, reconcile_every=5, logs=stack.logs)
     finally:
