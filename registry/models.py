@@ -15,8 +15,11 @@ from django.db.models import Q
 
 from .schemas import FORMATS
 
+# Model and alias names. (The validator's `$` also matches before a final newline, so code
+# that must refuse "name\n" matches NAME_PATTERN whole: selectors.is_registry_name.)
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 slug_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9_-]{0,62}$",
+    rf"^{NAME_PATTERN}$",
     "Use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
 )
 

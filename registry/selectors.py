@@ -7,11 +7,11 @@ from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
-from .models import ModelAlias, ModelVersion, RegisteredModel
+from .models import NAME_PATTERN, ModelAlias, ModelVersion, RegisteredModel
 
 DEFAULT_ALIAS = "production"
-# Model and alias names (models.slug_validator); version numbers fit a PositiveIntegerField everywhere.
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_NAME_RE = re.compile(NAME_PATTERN)
+# Version numbers fit a PositiveIntegerField everywhere.
 MAX_VERSION = 2**31 - 1
 
 
