@@ -25,6 +25,7 @@ from .common import MLP_ARGS, ROOT, mlp_config, run_wrk, write_mlp_safetensors
 from .references import MLServerServer, PlatformServer, SingleLockServer, TorchServeServer
 
 MARK_BEGIN = "<!-- BENCH:BEGIN -->"
+PER_PROCESS = "platform, largest web process"
 MARK_END = "<!-- BENCH:END -->"
 
 SCENARIOS = [
@@ -163,8 +164,8 @@ def main() -> None:
             key = (model, conns, n)
             results[key] = {}
             rows = rows_for(model, n)
-            for _, s in targets_for(model):  # warm-up
-                run_wrk(s.url(model), s.body(model, rows), s.headers(), connections=min(conns, 8), seconds=2)
+            for _, s in targets_for(model):  # warm-up: 16 connections reach every web process of the platform
+                run_wrk(s.url(model), s.body(model, rows), s.headers(), connections=16, seconds=2)
             plat = servers.get("platform")
             before = plat.platform.batch_counts(model) if plat else (0, 0)
             for _ in range(args.rounds):
@@ -178,6 +179,8 @@ def main() -> None:
                 after = plat.platform.batch_counts(model)
                 batch_sizes[key] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
         rss = {name: s.rss() for name, s in servers.items()}
+        if "platform" in servers:  # the target is per web process (each holds its own models)
+            rss[PER_PROCESS] = max(servers["platform"].platform.worker_rss(), default=0)
     finally:
         for s in servers.values():
             try:
@@ -218,7 +221,7 @@ def render(args, results, batch_sizes, rss, raw, capacity, notes, artifacts) -> 
             mb = f"{batch_sizes.get((model, conns, n), 0):.1f}" if name == "platform" else ""
             lines.append(f"| {model} | {conns} | {n} | {name} | {rps:.1f} | {ratio} | {med(rs, 'p50_ms'):.2f} | "
                          f"{med(rs, 'p99_ms'):.2f} | {sum(r.non_2xx for r in rs)} | {mb} |")
-    lines += ["", "RSS after the run: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items()) + "."]
+    lines += ["", "RSS after the run: " + ", ".join(f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in rss.items()) + "."]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(results, rss, artifacts)]
     if notes:
@@ -264,10 +267,11 @@ def targets(results, rss, artifacts) -> list[str]:
             timeouts = any("timeout" in r.errors and not r.errors.endswith("timeout 0") for r in p)
             out.append(f"{'PASS' if frac >= 0.9 and not timeouts else 'FAIL'}: {model} c=256: {frac:.0%} of peak "
                        f"throughput, {errs} non-2xx (503 backpressure), {'timeouts!' if timeouts else 'no timeouts'}")
-    if "platform" in rss:
+    if PER_PROCESS in rss:
         weights = sum(p.stat().st_size for p, _ in artifacts.values())
         limit = torch_baseline_rss() + weights + 120 * 2**20
-        out.append(f"{'PASS' if rss['platform'] <= limit else 'FAIL'}: web RSS {rss['platform'] / 2**20:.0f} MiB <= "
+        out.append(f"{'PASS' if rss[PER_PROCESS] <= limit else 'FAIL'}: web RSS {rss[PER_PROCESS] / 2**20:.0f} MiB "
+                   "(largest web process) <= "
                    f"import torch + weights + 120 MiB = {limit / 2**20:.0f} MiB")
     return out
 

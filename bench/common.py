@@ -150,12 +150,13 @@ class Platform:
         exe = sum(v for (n, lab), v in m.items() if n == "inference_exec_count_total" and dict(lab).get("model") == model)
         return inf, exe
 
+    def worker_rss(self) -> list[int]:
+        """RSS of each gunicorn worker (the children of the master)."""
+        return [rss_of(pid) for pid in (child_pids(self.proc.pid) if self.proc else [])]
+
     def rss_bytes(self) -> int:
-        """RSS of the gunicorn worker(s) (children of the master), summed."""
-        total = 0
-        for pid in child_pids(self.proc.pid) if self.proc else []:
-            total += rss_of(pid)
-        return total
+        """RSS of the gunicorn worker(s), summed."""
+        return sum(self.worker_rss())
 
 
 def child_pids(pid: int) -> list[int]:

@@ -1,6 +1,7 @@
 """gunicorn settings for the web process (threads; models load lazily per process).
 
-Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 1), GUNICORN_THREADS
+Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 2 on a machine with 2 or
+more usable cores, else 1), GUNICORN_THREADS
 (threads per worker, default 32), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT (seconds a
 stopping worker gets to finish its requests, default 20), GUNICORN_WORKER_TMP_DIR;
 gunicorn itself reads FORWARDED_ALLOW_IPS (the proxies trusted for X-Forwarded-*).
@@ -12,7 +13,23 @@ from pathlib import Path
 host = os.environ.get("HOST", "127.0.0.1")
 port = os.environ.get("PORT", "8000")
 bind = [f"{host}:{port}"]
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+
+def default_workers() -> int:
+    """Two worker processes where there are two cores to run them, else one.
+
+    One process's Python (HTTP parsing, auth, JSON, pipelines) runs under one GIL, so a
+    second process puts a second core to work: on the 2-core development machine 1.5-1.8x
+    the requests/s of one process (docs/benchmarks.md). Not more by default: each process
+    holds its own copy of every model it serves (set WEB_CONCURRENCY to choose)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
+workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 worker_class = "gthread"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
@@ -28,14 +45,6 @@ keepalive = 5
 preload_app = False
 accesslog = None
 errorlog = "-"
-
-if workers > 1 and not os.environ.get("REDIS_URL"):
-    # Without Redis the cache (rate-limit counters, key lookups) lives in the process:
-    # several web processes would each count separately.
-    raise SystemExit(
-        "WEB_CONCURRENCY > 1 needs REDIS_URL: rate limits and key caches must be shared between "
-        "web processes. Set REDIS_URL, or run one worker process with more threads."
-    )
 
 # Several worker processes: each keeps its Prometheus metrics in files under
 # PROMETHEUS_MULTIPROC_DIR (set here, before the workers fork and import prometheus_client)

@@ -3,8 +3,9 @@
 Two shapes of deployment come out of the same file:
 
 * embedded (the default): SQLite in WAL mode under ``INFERENCE_DATA_DIR``, django-q2's
-  ORM broker on that database, an in-process cache, a secret key generated once and kept
-  in the data dir. One web process; ``make run`` starts it.
+  ORM broker on that database, a cache in the data dir shared by the machine's web
+  processes (diskcache), a secret key generated once and kept in the data dir. One
+  machine; ``make run`` starts it.
 * production (``DJANGO_DEBUG=false`` and ``DATABASE_URL`` set): PostgreSQL, Redis as the
   shared cache when ``REDIS_URL`` is set (and as the broker with
   ``INFERENCE_BROKER=redis``), ``DJANGO_SECRET_KEY`` required, HTTPS-only cookies and
@@ -96,6 +97,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "inference.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Predict and infer requests go from here straight to their views (the rest is for the
+    # admin and browser pages); every other request takes the whole chain.
+    "inference.middleware.InferenceRouteMiddleware",
     # Serves the admin's and the API docs' static files from the app server itself:
     # nothing to configure in front of it, and nothing fetched from a CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -174,18 +178,22 @@ if REDIS_URL:
     }
     SILENCED_SYSTEM_CHECKS: list[str] = []
 else:
-    # Embedded mode runs exactly one web process (deploy/gunicorn.conf.py refuses more
-    # without REDIS_URL), so an in-process cache *is* the shared cache: every request
-    # that counts against a rate limit is served by that process. django-ratelimit's
-    # E003 (and W001, "locmem is not officially supported") cannot know that, so they are
-    # silenced here and only here; with REDIS_URL set the checks run and pass.
+    # Embedded mode: the web processes of this one machine share a cache in the data dir
+    # (diskcache, SQLite files; inference_platform/cache.py), so rate-limit counters and
+    # key lookups are shared by every process that `WEB_CONCURRENCY` starts, as with Redis.
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": "inference-platform",
+            "BACKEND": "inference_platform.cache.SharedDiskCache",
+            "LOCATION": str(DATA_DIR / "cache" / "default"),
+            "SHARDS": 4,
+            # Seconds a writer waits for another process's write before retrying.
+            "DATABASE_TIMEOUT": 1.0,
+            "OPTIONS": {"size_limit": 256 * 1024**2},
         }
     }
-    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+    # django-ratelimit's W001 knows only its list of backends; what it needs is an atomic
+    # incr shared by every process, which diskcache's is (a SQLite transaction).
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
 
 # --- Background jobs (django-q2) -------------------------------------------------------
 

@@ -24,6 +24,7 @@ REDIS = "redis://127.0.0.1:6379/15"
 SHOW_SETTINGS = (
     "import json, django; django.setup(); from django.conf import settings as s; "
     "print(json.dumps({'silenced': s.SILENCED_SYSTEM_CHECKS, 'cache': s.CACHES['default']['BACKEND'], "
+    "'cache_location': s.CACHES['default'].get('LOCATION'), "
     "'engine': s.DATABASES['default']['ENGINE'], 'secret': s.SECRET_KEY, 'debug': s.DEBUG, "
     "'broker': 'redis' if 'redis' in s.Q_CLUSTER else 'orm'}))"
 )
@@ -117,10 +118,11 @@ def test_unknown_broker_refused(tmp_path):
     assert "INFERENCE_BROKER must be 'orm' or 'redis'" in proc.stderr
 
 
-def test_embedded_mode_silences_only_the_ratelimit_cache_check(tmp_path):
+def test_embedded_mode_shares_a_disk_cache_and_silences_only_the_ratelimit_backend_list(tmp_path):
     embedded = show(tmp_path)
-    assert embedded["silenced"] == ["django_ratelimit.E003", "django_ratelimit.W001"]
-    assert embedded["cache"] == "django.core.cache.backends.locmem.LocMemCache"
+    assert embedded["silenced"] == ["django_ratelimit.W001"]  # not E003: the cache is shared
+    assert embedded["cache"] == "inference_platform.cache.SharedDiskCache"
+    assert embedded["cache_location"] == str(tmp_path / "cache" / "default")
     assert embedded["broker"] == "orm"
 
 

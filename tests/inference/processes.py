@@ -115,7 +115,9 @@ class Gunicorn(Process):
         self.url = f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {**super().env(), "HOST": "127.0.0.1", "PORT": str(self.port)}
+        # One worker process unless a test asks for more (the default, deploy/gunicorn.conf.py's
+        # default_workers, is tested on its own): fewer processes to start and stop per test.
+        return {"WEB_CONCURRENCY": "1", **super().env(), "HOST": "127.0.0.1", "PORT": str(self.port)}
 
     def command(self) -> list[str]:
         return [str(Path(sys.executable).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",

@@ -698,12 +698,11 @@ def test_a_running_server_serves_the_new_production_version_on_the_next_request(
     m1, m2 = small_mlp(21), small_mlp(22)
     ready(m1, model_name="churn", aliases=["production"])
     v2 = ready(m2, model_name="churn")
-    shared_cache = bool(settings.CACHES["default"]["BACKEND"].endswith("RedisCache"))
     if "registry" in settings.CACHES:  # embedded: the generation lives in the server's data dir
         settings.CACHES = {**settings.CACHES, "registry": {**settings.CACHES["registry"],
                                                            "LOCATION": str(media_root.parent / "cache" / "registry")}}
-    # With Redis two web processes (a promotion lands in one of them); without, one (gunicorn.conf.py).
-    server = Gunicorn(media_root, {"WEB_CONCURRENCY": "2" if shared_cache else "1", "GUNICORN_THREADS": "4"})
+    # Two web processes: a promotion lands in one of them, the other must see it too.
+    server = Gunicorn(media_root, {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
     server.start()
     try:
         def served() -> int:
@@ -715,16 +714,14 @@ def test_a_running_server_serves_the_new_production_version_on_the_next_request(
         status, body = _http("PUT", f"{server.url}/api/v1/models/churn/aliases/production", manage_key,
                              {"version": 2})
         assert status == 200 and body["previous_version"] == 1, body
-        if shared_cache:
-            time.sleep(settings.INFERENCE_REGISTRY_POLL_SECONDS)  # the other process re-checks within this
+        time.sleep(settings.INFERENCE_REGISTRY_POLL_SECONDS)  # the other process re-checks within this
         answers = [served() for _ in range(6)]
         assert answers == [2] * 6, answers
 
         status, body = _http("PUT", f"{server.url}/api/v1/models/churn/aliases/production", manage_key,
                              {"version": 1})
         assert status == 200
-        if shared_cache:
-            time.sleep(settings.INFERENCE_REGISTRY_POLL_SECONDS)
+        time.sleep(settings.INFERENCE_REGISTRY_POLL_SECONDS)
         assert [served() for _ in range(6)] == [1] * 6
 
         # A promotion made by another process (here: this test's) reaches the server through the shared

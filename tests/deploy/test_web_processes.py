@@ -1,0 +1,108 @@
+"""Several web processes on one machine (gunicorn's WEB_CONCURRENCY), with or without Redis.
+
+`deploy/gunicorn.conf.py` starts two worker processes on a machine with two or more cores.
+Without REDIS_URL they share the embedded cache in the data dir (diskcache,
+inference_platform/cache.py), so a key's rate limit counts every request once, whichever
+process serves it — as with Redis in the services run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import threading
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from tests.conftest import small_mlp
+from tests.inference.processes import Gunicorn
+from tests.inference.support import ROWS, make_key, ready
+
+CONF = Path(django_settings.BASE_DIR) / "deploy" / "gunicorn.conf.py"
+
+
+def _workers(monkeypatch, cores: int, web_concurrency: str | None) -> int:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    if web_concurrency is None:
+        monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    else:
+        monkeypatch.setenv("WEB_CONCURRENCY", web_concurrency)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")  # the conf must not create dirs here
+    return runpy.run_path(str(CONF))["workers"]
+
+
+@pytest.mark.parametrize(("cores", "web_concurrency", "expected"), [
+    (1, None, 1), (2, None, 2), (16, None, 2), (16, "", 2), (2, "1", 1), (2, "4", 4),
+])
+def test_default_worker_processes_follow_the_cores(monkeypatch, cores, web_concurrency, expected):
+    assert _workers(monkeypatch, cores, web_concurrency) == expected
+
+
+def _served_by_process(metrics_dir: Path, model: str) -> dict[int, float]:
+    """Requests each worker process answered for `model` (200 and 429), from its own metrics file."""
+    served: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.split("_")[1])
+        total = 0.0
+        for family in MultiProcessCollector.merge([str(path)], accumulate=True):
+            for sample in family.samples:
+                if sample.name in ("inference_request_total", "inference_ratelimit_rejected_total") \
+                        and sample.labels.get("model") == model:
+                    total += sample.value
+        if total:
+            served[pid] = total
+    return served
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    ready(small_mlp(3), model_name="shared", aliases=["production"])
+    limit = 12
+    key = make_key("two-processes", rate=f"{limit}/d")  # a day's window: no reset during the test
+    web = Gunicorn(settings.MEDIA_ROOT, env={"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def call() -> None:
+        request = urllib.request.Request(
+            f"{web.url}/api/v1/models/shared/predict", data=json.dumps({"instances": ROWS}).encode(),
+            headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            if status == 429:
+                assert int(exc.headers["Retry-After"]) >= 1
+        with lock:
+            statuses[status] += 1
+
+    metrics_dir = settings.MEDIA_ROOT.parent / "prometheus"  # gunicorn.conf.py's, for several workers
+    try:
+        web.start()
+        served: dict[int, float] = {}
+        for _wave in range(10):  # new connections, 8 at a time, until both processes have answered some
+            threads = [threading.Thread(target=call) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            served = _served_by_process(metrics_dir, "shared")
+            if len(served) == 2 and sum(statuses.values()) > 2 * limit:
+                break
+    finally:
+        web.stop()
+    assert len(served) == 2, f"both worker processes should have answered: {served}"
+    assert sum(served.values()) == sum(statuses.values())
+    # Counted once between the two processes: exactly `limit` answered, every other one a 429.
+    assert statuses[200] == limit, statuses
+    assert statuses[429] == sum(statuses.values()) - limit, statuses
