@@ -70,3 +70,48 @@ def test_close_after_a_request_keeps_the_cache_usable(tmp_path):
     assert cache.get("a") == {"b": 1}
     cache.set("a", {"b": 2})
     assert cache.get("a") == {"b": 2}
+
+
+def test_incr_of_a_missing_or_expired_counter_raises_as_django_documents(tmp_path):
+    cache = _cache(tmp_path)
+    try:
+        cache.incr("never-set")
+        raise AssertionError("incr of a missing key must raise ValueError")
+    except ValueError:
+        pass
+    cache.set("short", 3, timeout=0.2)
+    assert cache.incr("short") == 4
+    time.sleep(0.3)
+    try:
+        cache.incr("short")
+        raise AssertionError("incr of an expired key must raise ValueError")
+    except ValueError:
+        pass
+    assert cache.get("short") is None
+
+
+def test_incr_keeps_the_expiry_and_handles_other_values(tmp_path):
+    cache = _cache(tmp_path)
+    cache.set("window", 1, timeout=0.4)
+    assert [cache.incr("window") for _ in range(3)] == [2, 3, 4]
+    assert cache.incr("window", 10) == 14
+    time.sleep(0.5)
+    assert cache.get("window") is None  # counting did not extend the window
+    cache.set("f", 1.5, timeout=60)  # not an integer: the library's own incr
+    assert cache.incr("f") == 2.5
+    cache.set("big", 2**40, timeout=60)
+    assert cache.incr("big") == 2**40 + 1
+    cache.set("n", 5, timeout=60, version=2)  # versions are separate keys
+    assert cache.incr("n", version=2) == 6
+    assert cache.get("n") is None
+
+
+def test_counting_a_live_counter_is_one_statement(tmp_path):
+    cache = _cache(tmp_path)
+    cache.set("c", 1, timeout=60)
+    statements: list[str] = []
+    for shard in cache._cache._shards:
+        shard._con.set_trace_callback(statements.append)
+    assert cache.incr("c") == 2
+    # No BEGIN / SELECT / COMMIT: one UPDATE (SQLite's trace may report it more than once).
+    assert statements and len(set(statements)) == 1 and statements[0].startswith("UPDATE Cache SET"), statements
