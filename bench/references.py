@@ -133,6 +133,44 @@ class PlatformServer(Server):
         self.proc = None
 
 
+class AsyncFrontServer(PlatformServer):
+    """EXPERIMENT (bench/asgi_front.py): the platform's predict path behind an async front.
+
+    Same data dir layout, models, key and settings as ``platform``; served by granian's ASGI
+    interface (2 processes) instead of gunicorn. Not what `make run` serves; not in the
+    default server list (``--servers ...,async-front``; needs ``pip install granian==2.8.7``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = "async-front"
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        from .asgi_front import _wait_any_answer
+
+        granian = Path(PY).parent / "granian"
+        if not granian.exists():
+            raise RuntimeError("granian is not installed: pip install granian==2.8.7")
+        p = self.platform
+        p.setup()
+        for model, (path, config) in artifacts.items():
+            p.register(model, path, config)
+        self.key = p.create_key(rate="10000000/s")
+        metrics_dir = p.data_dir / "prometheus"
+        metrics_dir.mkdir(exist_ok=True)
+        env = dict(p.env, BENCH_ASGI_FRONT="1", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+        self._spawn([str(granian), "--interface", "asgi", "--workers", "2", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--no-ws", "--log-level", "warning", "bench.asgi_front:app"], env)
+        _wait_any_answer(f"{self.base}/", self.proc, 120)
+
+    def rss(self) -> int:
+        return tree_rss(self.proc.pid) if self.proc else 0
+
+    def stop(self) -> None:
+        Server.stop(self)
+        self.platform.cleanup()
+
+
 class SingleLockServer(Server):
     def __init__(self, model: str) -> None:
         super().__init__(f"single-lock:{model}")
