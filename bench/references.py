@@ -116,14 +116,18 @@ class PlatformServer(Server):
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Api-Key {self.key}"}
 
-    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+    def prepare(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        """Migrate the data dir, register the models, create the key."""
         p = self.platform
         p.setup()
         for model, (path, config) in artifacts.items():
             p.register(model, path, config)
         self.key = p.create_key(rate="10000000/s")
-        p.start()
-        self.proc = p.proc
+
+    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
+        self.prepare(artifacts)
+        self.platform.start()
+        self.proc = self.platform.proc
 
     def rss(self) -> int:
         return self.platform.rss_bytes()
@@ -146,25 +150,36 @@ class AsyncFrontServer(PlatformServer):
         self.name = "async-front"
 
     def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
-        from .asgi_front import _wait_any_answer
-
         granian = Path(PY).parent / "granian"
         if not granian.exists():
             raise RuntimeError("granian is not installed: pip install granian==2.8.7")
-        p = self.platform
-        p.setup()
-        for model, (path, config) in artifacts.items():
-            p.register(model, path, config)
-        self.key = p.create_key(rate="10000000/s")
-        metrics_dir = p.data_dir / "prometheus"
+        self.prepare(artifacts)
+        metrics_dir = self.platform.data_dir / "prometheus"
         metrics_dir.mkdir(exist_ok=True)
-        env = dict(p.env, BENCH_ASGI_FRONT="1", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+        env = dict(self.platform.env, BENCH_ASGI_FRONT="1", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
         self._spawn([str(granian), "--interface", "asgi", "--workers", "2", "--host", "127.0.0.1",
                      "--port", str(self.port), "--no-ws", "--log-level", "warning", "bench.asgi_front:app"], env)
-        _wait_any_answer(f"{self.base}/", self.proc, 120)
+        self._wait_any_answer(120)
 
-    def rss(self) -> int:
-        return tree_rss(self.proc.pid) if self.proc else 0
+    def _wait_any_answer(self, timeout: float) -> None:
+        """Wait until the server answers at all (the prototype answers 404 to anything but predict)."""
+        import urllib.error
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the async front exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{self.base}/", timeout=1).read()
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.base} did not answer within {timeout} s:\n{self.log_tail()}")
+
+    rss = Server.rss  # the granian process tree, not the platform's gunicorn
 
     def stop(self) -> None:
         Server.stop(self)

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from inference_platform.cache import SharedDiskCache
 
 
@@ -74,19 +76,13 @@ def test_close_after_a_request_keeps_the_cache_usable(tmp_path):
 
 def test_incr_of_a_missing_or_expired_counter_raises_as_django_documents(tmp_path):
     cache = _cache(tmp_path)
-    try:
+    with pytest.raises(ValueError):
         cache.incr("never-set")
-        raise AssertionError("incr of a missing key must raise ValueError")
-    except ValueError:
-        pass
     cache.set("short", 3, timeout=0.2)
     assert cache.incr("short") == 4
     time.sleep(0.3)
-    try:
+    with pytest.raises(ValueError):
         cache.incr("short")
-        raise AssertionError("incr of an expired key must raise ValueError")
-    except ValueError:
-        pass
     assert cache.get("short") is None
 
 
