@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .common import MLP_ARGS, ROOT, mlp_config, run_wrk, write_mlp_safetensors
-from .references import AsyncFrontServer, MLServerServer, PlatformServer, SingleLockServer, TorchServeServer
+from .references import MLServerServer, PlatformServer, PlatformWSGIServer, SingleLockServer, TorchServeServer
 
 MARK_BEGIN = "<!-- BENCH:BEGIN -->"
 PER_PROCESS = "platform, largest web process"
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--servers", default="platform,single-lock,torchserve,mlserver",
-                    help="comma list; async-front adds the prototype of bench/asgi_front.py (needs granian)")
+                    help="comma list; platform-wsgi adds the platform under gunicorn (its WSGI deployment)")
     ap.add_argument("--scenarios", default="", help="comma list like mlp:32:1 (default: all)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
@@ -140,7 +140,7 @@ def main() -> None:
             "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in artifacts],
             "torchserve": lambda: [("torchserve", TorchServeServer())],
             "mlserver": lambda: [("mlserver", MLServerServer())],
-            "async-front": lambda: [("async-front", AsyncFrontServer())],  # a prototype: bench/asgi_front.py
+            "platform-wsgi": lambda: [("platform-wsgi", PlatformWSGIServer())],
         }
         for name in wanted:
             for key, s in factories[name]():

@@ -62,11 +62,13 @@ def mlp_body(instances: int = 1, seed: int = 1) -> str:
 
 @dataclass
 class Platform:
-    """A platform instance in its own data dir, started with gunicorn as `make run` does."""
+    """A platform instance in its own data dir, started as `make run` does (``server="front"``:
+    `python -m inference_platform.serve`), or under gunicorn (``server="gunicorn"``: the WSGI deployment)."""
 
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-platform-")))
     port: int = field(default_factory=free_port)
-    threads: int = 32
+    threads: int = 32  # gunicorn's request threads (the WSGI deployment only)
+    server: str = "front"
     metrics_token: str = "bench-metrics-token"
     proc: subprocess.Popen | None = None
     extra_env: dict = field(default_factory=dict)
@@ -109,14 +111,20 @@ class Platform:
     def create_key(self, rate: str = "1000000/s") -> str:
         return self.manage("create_api_key", "--name", "bench", "--rate", rate).strip().splitlines()[-1]
 
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "web.log"
+
     def start(self) -> None:
-        gunicorn = str(Path(PY).parent / "gunicorn")
+        if self.server == "gunicorn":
+            command = [str(Path(PY).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
+                       "inference_platform.wsgi:application"]
+        else:
+            command = [PY, "-m", "inference_platform.serve"]
         # The server's log goes to a file: an unread pipe fills up and blocks the server.
-        self.log = open(self.data_dir / "gunicorn.log", "ab")
-        self.proc = subprocess.Popen(
-            [gunicorn, "-c", "deploy/gunicorn.conf.py", "inference_platform.wsgi:application"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         wait_http(f"{self.url}/healthz")
 
     def stop(self) -> None:
@@ -151,11 +159,11 @@ class Platform:
         return inf, exe
 
     def worker_rss(self) -> list[int]:
-        """RSS of each gunicorn worker (the children of the master)."""
+        """RSS of each web process (the children of the server's main process)."""
         return [rss_of(pid) for pid in (child_pids(self.proc.pid) if self.proc else [])]
 
     def rss_bytes(self) -> int:
-        """RSS of the gunicorn worker(s), summed."""
+        """RSS of the web process(es), summed."""
         return sum(self.worker_rss())
 
 

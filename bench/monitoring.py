@@ -104,7 +104,7 @@ def main() -> None:
             served = sum(r.requests for (n, _), rs in results.items() if n == "on" for r in rs)
             with sqlite3.connect(on.data_dir / "db.sqlite3") as db:
                 rows = db.execute("SELECT count(*) FROM inference_requestrecord").fetchone()[0]
-            log = (on.data_dir / "gunicorn.log").read_text()
+            log = on.log_path.read_text()
             access_lines = sum(1 for line in log.splitlines() if '"logger":"inference.access"' in line)
             checks = (f"monitored instance: {rows} request records in its database ({written:.0f} written, "
                       f"{dropped:.0f} dropped) and {access_lines} access log lines, for {served} requests in the "

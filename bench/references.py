@@ -3,8 +3,10 @@
 Every server offers the same two models (the 512-4096-4096-10 MLP and the iris MLP, same
 safetensors weights, 1 torch thread) and is driven by wrk with its native request body:
 
-* ``platform``: gunicorn as `make run` starts it, API key auth, rate limit (a high rate),
-  validation, metrics and request path all on; iris with its demo pipeline.
+* ``platform``: the web server as `make run` starts it (granian + the ASGI front, 2 processes),
+  API key auth, rate limit (a high rate), validation, metrics and request records all on;
+  iris with its demo pipeline. ``platform-wsgi`` (not in the default list): the same platform
+  under gunicorn's threads.
 * ``single-lock``: a Flask app with one global lock around ``model(x)``, under gunicorn.
 * ``torchserve``: its own venv; batch_size 32, max_batch_delay 5 ms, 1 worker, token auth
   off for the benchmark only.
@@ -137,53 +139,14 @@ class PlatformServer(Server):
         self.proc = None
 
 
-class AsyncFrontServer(PlatformServer):
-    """EXPERIMENT (bench/asgi_front.py): the platform's predict path behind an async front.
-
-    Same data dir layout, models, key and settings as ``platform``; served by granian's ASGI
-    interface (2 processes) instead of gunicorn. Not what `make run` serves; not in the
-    default server list (``--servers ...,async-front``; needs ``pip install granian==2.8.7``).
-    """
+class PlatformWSGIServer(PlatformServer):
+    """The platform's WSGI deployment (gunicorn, threads: `inference_platform.wsgi:application`),
+    beside ``platform`` in one run: what the async front changes (``--servers ...,platform-wsgi``)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.name = "async-front"
-
-    def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
-        granian = Path(PY).parent / "granian"
-        if not granian.exists():
-            raise RuntimeError("granian is not installed: pip install granian==2.8.7")
-        self.prepare(artifacts)
-        metrics_dir = self.platform.data_dir / "prometheus"
-        metrics_dir.mkdir(exist_ok=True)
-        env = dict(self.platform.env, BENCH_ASGI_FRONT="1", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
-        self._spawn([str(granian), "--interface", "asgi", "--workers", "2", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--no-ws", "--log-level", "warning", "bench.asgi_front:app"], env)
-        self._wait_any_answer(120)
-
-    def _wait_any_answer(self, timeout: float) -> None:
-        """Wait until the server answers at all (the prototype answers 404 to anything but predict)."""
-        import urllib.error
-        import urllib.request
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the async front exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                urllib.request.urlopen(f"{self.base}/", timeout=1).read()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.base} did not answer within {timeout} s:\n{self.log_tail()}")
-
-    rss = Server.rss  # the granian process tree, not the platform's gunicorn
-
-    def stop(self) -> None:
-        Server.stop(self)
-        self.platform.cleanup()
+        self.name = "platform-wsgi"
+        self.platform.server = "gunicorn"
 
 
 class SingleLockServer(Server):

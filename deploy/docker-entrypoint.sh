@@ -1,11 +1,11 @@
 #!/bin/sh
-# The container's entrypoint: `web` (the default: gunicorn), `worker` (a django-q2
+# The container's entrypoint: `web` (the default: the web server, granian + the ASGI front), `worker` (a django-q2
 # cluster), `migrate` (the release step); anything else runs as given.
 set -eu
 case "${1:-web}" in
   web)
     shift || true
-    exec gunicorn -c deploy/gunicorn.conf.py inference_platform.wsgi:application "$@"
+    exec python -m inference_platform.serve "$@"
     ;;
   worker)
     exec python manage.py qcluster

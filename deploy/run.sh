@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the web server (gunicorn, threads) and a django-q2 cluster; Ctrl-C stops both.
+# Start the web server (granian + the ASGI front: inference_platform.serve) and a django-q2
+# cluster; Ctrl-C stops both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,7 +24,7 @@ stop() {
 }
 trap stop INT TERM
 
-"$(dirname "$PY")/gunicorn" -c deploy/gunicorn.conf.py inference_platform.wsgi:application &
+"$PY" -m inference_platform.serve &
 pids+=($!)
 "$PY" manage.py qcluster &
 pids+=($!)

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     SERVER_ERROR = "server_error"
     NOT_READY = "not_ready"  # /readyz: a dependency (database, broker, cache, a production model) is down
     DATABASE_UNAVAILABLE = "database_unavailable"  # the database cannot be reached: retry later
+    CANCELLED = "cancelled"  # the client closed the connection before the answer (status 499, in records only)
 
 
 class APIError(exceptions.APIException):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
 from django.http import HttpRequest, HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
-from django.urls import Resolver404, get_resolver
+from django.urls import Resolver404, ResolverMatch, get_resolver
 
 from .errors import is_api_path
 from .monitoring.logs import key_prefix_var, request_id_var
@@ -24,20 +25,26 @@ def request_id_of(request: HttpRequest) -> str:
     return given if _SAFE_ID.match(given) else f"{random.getrandbits(128):032x}"
 
 
+@contextmanager
+def request_context(request: HttpRequest) -> Iterator[None]:
+    """Give the request its id; every log line written meanwhile carries it (monitoring.logs.JsonFormatter)."""
+    request.request_id = request_id_of(request)
+    token = request_id_var.set(request.request_id)
+    key_token = key_prefix_var.set("")
+    try:
+        yield
+    finally:
+        key_prefix_var.reset(key_token)
+        request_id_var.reset(token)
+
+
 class RequestIdMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request.request_id = request_id_of(request)
-        # Every log line written while serving it carries the id (monitoring.logs.JsonFormatter).
-        token = request_id_var.set(request.request_id)
-        key_token = key_prefix_var.set("")
-        try:
+        with request_context(request):
             response = self.get_response(request)
-        finally:
-            key_prefix_var.reset(key_token)
-            request_id_var.reset(token)
         response["X-Request-ID"] = request.request_id
         return response
 
@@ -78,17 +85,29 @@ class InferenceRouteMiddleware:
         self.xframe = XFrameOptionsMiddleware(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "POST" or not is_api_path(request.path_info):
+        match = inference_route(request.method, request.path_info)
+        if match is None:
             return self.get_response(request)
-        try:
-            match = get_resolver().resolve(request.path_info)
-        except Resolver404:
-            return self.get_response(request)
-        if match.url_name not in INFERENCE_ROUTES:
-            return self.get_response(request)
+        self.enter(request, match)
+        return self.finish(request, match.func(request, *match.args, **match.kwargs))
+
+    @staticmethod
+    def enter(request: HttpRequest, match: ResolverMatch) -> None:
         request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it: DisallowedHost is a 400
         request.resolver_match = match
-        response = match.func(request, *match.args, **match.kwargs)
+
+    def finish(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if not response.streaming and not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))
         return self.xframe.process_response(request, response)
+
+
+def inference_route(method: str | None, path: str) -> ResolverMatch | None:
+    """The predict or infer route a request is for, or None (every other request)."""
+    if method != "POST" or not is_api_path(path):
+        return None
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return None
+    return match if match.url_name in INFERENCE_ROUTES else None

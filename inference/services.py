@@ -26,6 +26,7 @@ from .runtime.base import ModelNotReady
 from .runtime.batcher import BatcherStopped, Overloaded
 from .runtime.cache import Loaded
 from .runtime.pool import get_pool
+from .steps import Batch, Blocking, Steps, run
 from .tensors import InputError
 
 logger = logging.getLogger("inference.predict")
@@ -95,6 +96,11 @@ def visible_model(*, model_name: str, key: Any) -> Any:
 
 def served_version(*, model_name: str, ref: str | int | None, key: Any) -> tuple[ModelVersion, Loaded]:
     """Return the version a request means and its loaded form, or the right API error."""
+    return run(served_version_steps(model_name=model_name, ref=ref, key=key))
+
+
+def served_version_steps(*, model_name: str, ref: str | int | None, key: Any) -> Steps[tuple[ModelVersion, Loaded]]:
+    """``served_version`` as steps: loading a model this process has not loaded yet is a Blocking wait."""
     pool = get_pool()
     model = visible_model(model_name=model_name, key=key)
     version = pool.resolve(model, ref)
@@ -105,7 +111,10 @@ def served_version(*, model_name: str, ref: str | int | None, key: Any) -> tuple
             )
         raise NotFound(f"Model {model_name!r} has no version or alias {str(ref)!r}.")
     try:
-        return version, pool.loaded(version)
+        loaded = pool.loaded_now(version)
+        if loaded is None:
+            loaded = yield Blocking(lambda: pool.loaded(version))
+        return version, loaded
     except ModelNotReady as exc:
         raise ServiceUnavailable(f"model not ready: {exc}", retry_after=30,
                                  details={"model": model_name, "version": version.version}) from exc
@@ -124,6 +133,9 @@ def parse_predict_body(body: Any) -> tuple[Any, Any]:
     return body["instances"], body.get("parameters")
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection first
+
+
 @contextmanager
 def observed(model_name: str) -> Iterator[PredictOutcome]:
     """Time one inference request and report it (metrics, hooks) however it ends.
@@ -135,6 +147,9 @@ def observed(model_name: str) -> Iterator[PredictOutcome]:
     outcome = PredictOutcome(model=model_name, version=None, status=200)
     try:
         yield outcome
+    except GeneratorExit:  # the async front's client went away while the request waited
+        outcome.status, outcome.error_code = CLIENT_CLOSED, ErrorCode.CANCELLED
+        raise
     except Exception as exc:
         outcome.status = getattr(exc, "status_code", 500)
         outcome.error_code = getattr(exc, "error_code", ErrorCode.SERVER_ERROR)
@@ -155,15 +170,33 @@ def predict(
     maybe_bools: bool = True,
 ) -> dict[str, Any]:
     """Run one predict request through pipeline and batcher; return the response body."""
+    return run(predict_steps(model_name=model_name, ref=ref, body=body, key=key, request_id=request_id,
+                             maybe_bools=maybe_bools))
+
+
+def predict_steps(
+    *,
+    model_name: str,
+    ref: str | int | None,
+    body: Any,
+    key: Any = None,
+    request_id: str = "",
+    maybe_bools: bool = True,
+) -> Steps[dict[str, Any]]:
+    """``predict`` as steps (inference.steps): the WSGI view runs them blocking, the async front awaiting."""
     with observed(model_name) as outcome:
         instances, parameters = parse_predict_body(body)
-        version, loaded = served_version(model_name=model_name, ref=ref, key=key)
+        version, loaded = yield from served_version_steps(model_name=model_name, ref=ref, key=key)
         outcome.version, outcome.loaded = version.version, loaded
         outcome.request_id = request_id
         capture = version.model.capture_payloads  # RegisteredModel.capture_payloads, from the pool's memo
         if capture:
             outcome.payload = (body, None)  # a failed request keeps its input
-        predictions = run_instances(loaded, instances, parameters, outcome=outcome, maybe_bools=maybe_bools)
+        served = loaded.served
+        predictions = yield from run_prepared_steps(
+            loaded, lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools), served.finish,
+            outcome=outcome,
+        )
         response = {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
         if capture:
             outcome.payload = (body, response)
@@ -199,8 +232,20 @@ def run_tensors(
     timeout: float | None = None,
 ) -> Any:
     """Run already-decoded input tensors (the Open Inference Protocol's); return the postprocessed outputs."""
+    return run(run_tensors_steps(loaded, arrays, parameters, outcome=outcome, timeout=timeout))
+
+
+def run_tensors_steps(
+    loaded: Loaded,
+    arrays: dict[str, Any],
+    parameters: Any = None,
+    *,
+    outcome: PredictOutcome | None = None,
+    timeout: float | None = None,
+) -> Steps[Any]:
+    """``run_tensors`` as steps."""
     served = loaded.served
-    return run_prepared(
+    return run_prepared_steps(
         loaded,
         lambda: served.prepare_arrays(arrays, parameters),
         served.postprocess,
@@ -218,6 +263,18 @@ def run_prepared(
     timeout: float | None = None,
 ) -> Any:
     """Prepare (decode + preprocess), batch and compute, then finish (postprocess); map errors to API errors."""
+    return run(run_prepared_steps(loaded, prepare, finish, outcome=outcome, timeout=timeout))
+
+
+def run_prepared_steps(
+    loaded: Loaded,
+    prepare: Callable[[], Any],
+    finish: Callable[[Any, Any], Any],
+    *,
+    outcome: PredictOutcome | None = None,
+    timeout: float | None = None,
+) -> Steps[Any]:
+    """``run_prepared`` as steps: waiting for the batch is the one wait."""
     timings = outcome.timings if outcome is not None else {}
     t0 = time.perf_counter()
     try:
@@ -233,7 +290,7 @@ def run_prepared(
             outcome.queue_depth = depth
         if loaded.metrics is not None:
             loaded.metrics.queue_depth.set(depth)
-        pending = loaded.batcher.run(prepared.arrays, timeout)
+        pending = yield Batch(loaded.batcher, prepared.arrays, timeout)
         outputs = pending.future.result(0)
     except Overloaded as exc:
         raise ServiceUnavailable(str(exc), retry_after=exc.retry_after, code=ErrorCode.OVERLOADED) from exc

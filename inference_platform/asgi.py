@@ -1,9 +1,16 @@
-"""ASGI entry point."""
+"""ASGI entry point: the web process's front (`inference_platform.front`), served by granian.
+
+`python -m inference_platform.serve` (what `make run`, the Procfile and the container run)
+starts it; `inference_platform.wsgi:application` is the same platform for a WSGI server.
+"""
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
+django.setup(set_prefix=False)
 
-application = get_asgi_application()
+from inference_platform.front import get_application  # noqa: E402 - after django.setup()
+
+application = get_application()

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from registry.models import ModelVersion
 
-from .. import services
+from .. import services, steps
 from ..auth import APIKeyAuthentication, HasScope, rate_limit
 from ..errors import NotFound, exception_handler
 from ..keys import APIKey
@@ -59,11 +59,17 @@ class HotPathAPIView(PlatformAPIView):
     a few hundred microseconds per request); it runs the same authentication class,
     scope check, per-key rate limit and error handler directly, and answers orjson bytes.
     Other methods (and the OpenAPI description) go through DRF as usual.
+
+    The POST is written as steps (inference.steps): ``dispatch`` runs them blocking (WSGI),
+    the async front (inference_platform.front) runs ``post_steps`` awaiting.
     """
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.method != "POST":
             return super().dispatch(request, *args, **kwargs)
+        return steps.run(self.post_steps(request, *args, **kwargs))
+
+    def post_steps(self, request: HttpRequest, *args: Any, **kwargs: Any) -> steps.Steps[HttpResponse]:
         self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
         try:
             info = APIKeyAuthentication().authenticate(request)[0]
@@ -72,8 +78,8 @@ class HotPathAPIView(PlatformAPIView):
             if not permission.has_permission(request, self):
                 raise exceptions.PermissionDenied(permission.message)
             rate_limit(request, model=kwargs.get("name", ""))
-            return HttpResponse(orjson.dumps(self.hot_post(request, *args, **kwargs), option=orjson.OPT_SERIALIZE_NUMPY),
-                                content_type="application/json")
+            result = yield from self.hot_post_steps(request, *args, **kwargs)
+            return HttpResponse(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
         except Exception as exc:  # noqa: BLE001 - rendered like DRF would, or re-raised as a bug
             if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
                 exc.auth_header = APIKeyAuthentication.keyword
@@ -87,7 +93,10 @@ class HotPathAPIView(PlatformAPIView):
             return out
 
     def hot_post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("subclasses of HotPathAPIView must provide a hot_post() method")
+        return steps.run(self.hot_post_steps(request, *args, **kwargs))
+
+    def hot_post_steps(self, request: HttpRequest, *args: Any, **kwargs: Any) -> steps.Steps[Any]:
+        raise NotImplementedError("subclasses of HotPathAPIView must provide a hot_post_steps() method")
 
 
 def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
@@ -180,11 +189,11 @@ class PredictView(HotPathAPIView):
     def post(self, request: Request, name: str) -> Response:  # documents the operation; POST runs hot_post
         return Response(self.hot_post(request, name))
 
-    def hot_post(self, request: Any, name: str, ref: str | None = None) -> dict[str, Any]:
+    def hot_post_steps(self, request: Any, name: str, ref: str | None = None) -> steps.Steps[dict[str, Any]]:
         # Resolve visibility before reading the body: an unknown model is a 404 whatever is sent.
         services.visible_model(model_name=name, key=request.auth)
         body, raw = self.json_body(request)
-        result = services.predict(
+        result = yield from services.predict_steps(
             model_name=name,
             ref=ref,
             body=body,

@@ -21,7 +21,7 @@ from rest_framework import exceptions
 
 from registry.models import ModelVersion
 
-from .. import services
+from .. import services, steps
 from ..auth import APIKeyAuthentication, HasScope, rate_limit
 from ..errors import APIError, NotFound, ServiceUnavailable, database_unavailable
 from ..runtime.pool import get_pool
@@ -193,6 +193,11 @@ def _body(request: HttpRequest) -> bytes:
 
 @csrf_exempt
 def infer(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+    return steps.run(infer_steps(request, name, ref))
+
+
+def infer_steps(request: HttpRequest, name: str, ref: str | None = None) -> steps.Steps[HttpResponse]:
+    """``infer`` as steps (inference.steps): run blocking under WSGI, awaiting by the async front."""
     if (refused := _method(request, "POST")) is not None:
         return refused
     try:
@@ -203,11 +208,11 @@ def infer(request: HttpRequest, name: str, ref: str | None = None) -> HttpRespon
         except ValueError:
             raise ProtocolError("Inference-Header-Content-Length must be an integer") from None
         with services.observed(name) as outcome:
-            version, loaded = services.served_version(model_name=name, ref=ref, key=request.auth)
+            version, loaded = yield from services.served_version_steps(model_name=name, ref=ref, key=request.auth)
             outcome.version, outcome.loaded = version.version, loaded
             parsed = parse_infer_request(_body(request), header_length)
             params = {k: v for k, v in parsed.parameters.items() if k != "binary_data_output"}
-            result = services.run_tensors(loaded, parsed.inputs, params or None, outcome=outcome)
+            result = yield from services.run_tensors_steps(loaded, parsed.inputs, params or None, outcome=outcome)
             tensors = output_tensors(result, [o["name"] for o in version.output_schema])
             body, header_length = encode_infer_response(
                 model_name=name, model_version=str(version.version), request_id=parsed.id, tensors=tensors,
@@ -220,3 +225,6 @@ def infer(request: HttpRequest, name: str, ref: str | None = None) -> HttpRespon
     response = HttpResponse(body, content_type="application/octet-stream")
     response["Inference-Header-Content-Length"] = str(header_length)
     return response
+
+
+infer.steps = infer_steps  # what the async front runs for this view (inference_platform.front)

@@ -143,6 +143,17 @@ class Batcher:
         pending.result(timeout)
         return pending
 
+    def begin(self, arrays: Arrays, *, inline_below_s: float) -> Pending:
+        """Start a request without waiting for it (the async front's call).
+
+        When the batcher is idle and its forward pass takes under `inline_below_s` on
+        average (measured: 0 until the first batch), the request is computed now, in the
+        caller's thread, and the returned Pending is done; otherwise it is queued for the
+        batcher thread and the caller waits on ``pending.future`` as it likes.
+        """
+        fast = 0.0 < self._compute_ewma < inline_below_s
+        return self._enqueue(arrays, allow_inline=self.inline_when_idle and fast)
+
     def _enqueue(self, arrays: Arrays, *, allow_inline: bool) -> Pending:
         n = len(next(iter(arrays.values()))) if arrays else 0
         with self._cond:

@@ -97,12 +97,22 @@ class ServingPool:
     # ---- loading -------------------------------------------------------------------------------
     def loaded(self, version: ModelVersion) -> Loaded:
         """Return the loaded form of a ready version; raise ModelNotReady with the reason."""
+        key = self._key(version)
+        return self.cache.get(key, lambda: self._load(version))
+
+    def loaded_now(self, version: ModelVersion) -> Loaded | None:
+        """Return the loaded form of a ready version if this process holds it (None: loading
+        it would block); raise ModelNotReady with the reason."""
+        key = self._key(version)
+        return self.cache.get(key, lambda: self._load(version)) if self.cache.peek(key) is not None else None
+
+    @staticmethod
+    def _key(version: ModelVersion) -> tuple[int, str]:
         if version.status != ModelVersion.Status.READY:
             if version.status == ModelVersion.Status.FAILED:
                 raise ModelNotReady(f"{version} failed validation: {version.status_error}")
             raise ModelNotReady(f"{version} is still being validated")
-        key = (version.pk, version.hardware.device)
-        return self.cache.get(key, lambda: self._load(version))
+        return (version.pk, version.hardware.device)
 
     def _load(self, version: ModelVersion) -> Loaded:
         from .served import ServedVersion

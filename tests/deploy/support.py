@@ -138,6 +138,6 @@ def call_json(base: str, path: str, key: str | None = None, body=None, method: s
     request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+            return response.status, response.headers, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+        return exc.code, exc.headers, json.loads(exc.read() or b"null")

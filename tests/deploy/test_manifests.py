@@ -91,9 +91,9 @@ def test_web_has_liveness_on_healthz_readiness_on_readyz_and_a_service_and_autos
     hpa = _by_kind("HorizontalPodAutoscaler", "inference-web")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "inference-web"}
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
-    # gunicorn's graceful timeout fits in the pod's grace period.
+    # The web server's graceful timeout fits in the pod's grace period.
     config = _by_kind("ConfigMap", "inference-config")["data"]
-    assert int(config["GUNICORN_GRACEFUL_TIMEOUT"]) < web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert int(config["WEB_GRACEFUL_TIMEOUT"]) < web["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
 def test_probes_and_scrapes_by_pod_ip_are_allowed_hosts():
@@ -238,7 +238,7 @@ def test_the_healthcheck_probes_healthz_and_static_files_are_collected_at_build(
     assert ("EXPOSE", "8000") in instructions
 
 
-def test_the_entrypoint_runs_gunicorn_by_default_and_qcluster_for_worker():
+def test_the_entrypoint_runs_the_web_server_by_default_and_qcluster_for_worker():
     instructions = _dockerfile()
     (entrypoint,) = [json.loads(a) for i, a in instructions if i == "ENTRYPOINT"]
     (cmd,) = [json.loads(a) for i, a in instructions if i == "CMD"]
@@ -247,7 +247,7 @@ def test_the_entrypoint_runs_gunicorn_by_default_and_qcluster_for_worker():
     assert script.is_file() and script.stat().st_mode & 0o111
     # The script's branches, run with `exec` replaced by `echo`: what each would start.
     text = script.read_text().replace("exec ", "echo ")
-    for arg, expected in [("web", "gunicorn -c deploy/gunicorn.conf.py inference_platform.wsgi:application"),
+    for arg, expected in [("web", "python -m inference_platform.serve"),
                           ("worker", "python manage.py qcluster"),
                           ("migrate", "python manage.py migrate --noinput"),
                           ("true", "true")]:
@@ -305,7 +305,7 @@ def test_compose_web_and_workers_share_database_redis_and_the_artifact_volume():
     assert web["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
     media = web["environment"]["INFERENCE_MEDIA_ROOT"]
     assert f"media:{media}" in web["volumes"] and f"media:{media}" in worker["volumes"]
-    # Several web processes need Redis (deploy/gunicorn.conf.py refuses them without it).
+    # Several web processes need Redis (each process's rate limits must count in one shared cache).
     assert int(web["environment"]["WEB_CONCURRENCY"]) > 1
     # Secrets have no default: compose refuses to start without them.
     assert ":?" in web["environment"]["DJANGO_SECRET_KEY"]
@@ -332,6 +332,6 @@ def test_prometheus_scrapes_the_web_service_with_the_metrics_token_as_bearer():
 def test_the_procfile_declares_web_worker_and_release():
     entries = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert set(entries) == {"web", "worker", "release"}
-    assert "gunicorn -c deploy/gunicorn.conf.py" in entries["web"] and "$" + "{PORT" in entries["web"]
+    assert "python -m inference_platform.serve" in entries["web"] and "$" + "{PORT" in entries["web"]
     assert entries["worker"].strip() == "python manage.py qcluster"
     assert entries["release"].strip() == "python manage.py migrate --noinput"

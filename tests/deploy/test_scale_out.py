@@ -42,7 +42,7 @@ from inference.keys import api_key_create
 from registry.services import alias_set
 from tests.conftest import small_mlp
 from tests.helpers import JOB_ARCHS, SlowMLP
-from tests.inference.processes import Cluster, Gunicorn
+from tests.inference.processes import Cluster, WebServer
 from tests.inference.support import config, forward, ready
 
 from .support import TcpProxy, call_json, group_pids
@@ -66,7 +66,7 @@ COMMON_ENV = {
     "INFERENCE_EXTRA_ARCHITECTURES": ",".join(JOB_ARCHS),
     "INFERENCE_METRICS_TOKEN": TOKEN,
     "INFERENCE_REGISTRY_POLL_SECONDS": "0.2",
-    "GUNICORN_THREADS": "4",
+    "WEB_THREADS": "4",
 }
 
 
@@ -74,8 +74,8 @@ class Stack:
     def __init__(self, root: Path):
         self.media_root = root / "media"
         self.media_root.mkdir(parents=True)
-        self.web_a = Gunicorn(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "2"})
-        self.web_b = Gunicorn(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "1"})
+        self.web_a = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "2"})
+        self.web_b = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "1"})
         self.cluster_a = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV})
         self.cluster_b = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV})
         for name, process in [("web-a", self.web_a), ("web-b", self.web_b), ("qcluster-a", self.cluster_a),

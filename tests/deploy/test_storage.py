@@ -28,7 +28,7 @@ from inference.jobs.models import InferenceJob
 from inference.jobs.services import job_predictions, job_run, job_submit
 from inference.runtime.pool import reset_pool
 from tests.conftest import small_mlp
-from tests.inference.processes import Gunicorn
+from tests.inference.processes import WebServer
 from tests.inference.support import ROWS, error_of, forward, make_key, ready
 
 ROOT = Path(django_settings.BASE_DIR)
@@ -174,7 +174,7 @@ def test_a_serving_process_refuses_an_artifact_tampered_on_shared_storage_with_a
     data[-1] ^= 0x01  # one bit of one weight
     path.write_bytes(bytes(data))
     key = make_key("nfs", rate="10000/s")
-    web = Gunicorn(settings.MEDIA_ROOT, env={"GUNICORN_THREADS": "4"})
+    web = WebServer(settings.MEDIA_ROOT, env={"WEB_THREADS": "4"})
     try:
         web.start()
 
@@ -184,9 +184,9 @@ def test_a_serving_process_refuses_an_artifact_tampered_on_shared_storage_with_a
                 headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
-                    return response.status, dict(response.headers), json.loads(response.read())
+                    return response.status, response.headers, json.loads(response.read())
             except urllib.error.HTTPError as exc:
-                return exc.code, dict(exc.headers), json.loads(exc.read())
+                return exc.code, exc.headers, json.loads(exc.read())
 
         status, headers, body = predict("tampered")
         assert status == 503, body

@@ -1,6 +1,7 @@
-"""Several web processes on one machine (gunicorn's WEB_CONCURRENCY), with or without Redis.
+"""Several web processes on one machine (WEB_CONCURRENCY), with or without Redis.
 
-`deploy/gunicorn.conf.py` starts two worker processes on a machine with two or more cores.
+`python -m inference_platform.serve` (and `deploy/gunicorn.conf.py`, for a WSGI deployment)
+starts two web processes on a machine with two or more cores.
 Without REDIS_URL they share the embedded cache in the data dir (diskcache,
 inference_platform/cache.py), so a key's rate limit counts every request once, whichever
 process serves it — as with Redis in the services run.
@@ -22,27 +23,48 @@ from django.conf import settings as django_settings
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import small_mlp
-from tests.inference.processes import Gunicorn
+from tests.inference.processes import WebServer
 from tests.inference.support import ROWS, make_key, ready
 
 CONF = Path(django_settings.BASE_DIR) / "deploy" / "gunicorn.conf.py"
 
 
-def _workers(monkeypatch, cores: int, web_concurrency: str | None) -> int:
+def _workers(monkeypatch, tmp_path, server: str, cores: int, web_concurrency: str | None) -> int:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     if web_concurrency is None:
         monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     else:
         monkeypatch.setenv("WEB_CONCURRENCY", web_concurrency)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")  # the conf must not create dirs here
-    return runpy.run_path(str(CONF))["workers"]
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("INFERENCE_DATA_DIR", str(tmp_path))
+    if server == "gunicorn":
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-not-used")  # the conf must not create dirs here
+        return runpy.run_path(str(CONF))["workers"]
+    from inference_platform import serve
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # serve.server() sets PROMETHEUS_MULTIPROC_DIR
+    return serve.server().workers
 
 
+@pytest.mark.parametrize("server", ["serve", "gunicorn"])
 @pytest.mark.parametrize(("cores", "web_concurrency", "expected"), [
     (1, None, 1), (2, None, 2), (16, None, 2), (16, "", 2), (2, "1", 1), (2, "4", 4),
 ])
-def test_default_worker_processes_follow_the_cores(monkeypatch, cores, web_concurrency, expected):
-    assert _workers(monkeypatch, cores, web_concurrency) == expected
+def test_default_worker_processes_follow_the_cores(monkeypatch, tmp_path, server, cores, web_concurrency, expected):
+    assert _workers(monkeypatch, tmp_path, server, cores, web_concurrency) == expected
+
+
+def test_several_processes_start_with_an_empty_metrics_directory(monkeypatch, tmp_path):
+    from inference_platform import serve
+
+    monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path)})
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "counter_123.db").write_bytes(b"a previous run's")
+    assert serve.metrics_dir(2) == tmp_path / "prometheus"
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "prometheus")
+    assert list((tmp_path / "prometheus").iterdir()) == []
+    monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path)})
+    assert serve.metrics_dir(1) is None and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def _served_by_process(metrics_dir: Path, model: str) -> dict[int, float]:
@@ -68,7 +90,7 @@ def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path)
     ready(small_mlp(3), model_name="shared", aliases=["production"])
     limit = 12
     key = make_key("two-processes", rate=f"{limit}/d")  # a day's window: no reset during the test
-    web = Gunicorn(settings.MEDIA_ROOT, env={"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
+    web = WebServer(settings.MEDIA_ROOT, env={"WEB_CONCURRENCY": "2", "WEB_THREADS": "4"})
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
 
@@ -86,7 +108,7 @@ def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path)
         with lock:
             statuses[status] += 1
 
-    metrics_dir = settings.MEDIA_ROOT.parent / "prometheus"  # gunicorn.conf.py's, for several workers
+    metrics_dir = settings.MEDIA_ROOT.parent / "prometheus"  # inference_platform.serve's, for several processes
     try:
         web.start()
         served: dict[int, float] = {}

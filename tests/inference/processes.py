@@ -1,4 +1,4 @@
-"""Real platform processes on the test database: a `manage.py qcluster` and a gunicorn web server.
+"""Real platform processes on the test database: a `manage.py qcluster` and the web server.
 
 Both run with the test process's database (SQLite file or PostgreSQL) and a data dir whose
 ``media`` folder the test shares (settings.MEDIA_ROOT), so that they see the rows and
@@ -104,10 +104,11 @@ class Cluster(Process):
         return [sys.executable, "manage.py", "qcluster"]
 
 
-class Gunicorn(Process):
-    """The web server as `make run` starts it (deploy/gunicorn.conf.py), on a free port."""
+class WebServer(Process):
+    """The web server as `make run` starts it (`python -m inference_platform.serve`: granian + the front), on a free port."""
 
-    log_name = "gunicorn.log"
+    log_name = "web.log"
+    name = "the web server"
 
     def __init__(self, media_root: Path, env: dict[str, str] | None = None):
         super().__init__(media_root, env)
@@ -115,23 +116,38 @@ class Gunicorn(Process):
         self.url = f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        # One worker process unless a test asks for more (the default, deploy/gunicorn.conf.py's
+        # One web process unless a test asks for more (the default, inference_platform.serve's
         # default_workers, is tested on its own): fewer processes to start and stop per test.
         return {"WEB_CONCURRENCY": "1", **super().env(), "HOST": "127.0.0.1", "PORT": str(self.port)}
 
     def command(self) -> list[str]:
-        return [str(Path(sys.executable).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
-                "inference_platform.wsgi:application"]
+        return [sys.executable, "-m", "inference_platform.serve"]
 
     def start(self, timeout: float = 60) -> None:
         super().start()
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 urllib.request.urlopen(f"{self.url}/healthz", timeout=1).read()
                 return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name} did not answer within {timeout} s:\n{self.log_tail()}")
+
+    def workers(self) -> list[int]:
+        """The pids of the web processes (the server's children)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+
+class Gunicorn(WebServer):
+    """The platform under a WSGI server instead (deploy/gunicorn.conf.py, `inference_platform.wsgi:application`)."""
+
+    log_name = "gunicorn.log"
+    name = "gunicorn"
+
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
+                "inference_platform.wsgi:application"]

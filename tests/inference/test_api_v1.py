@@ -513,7 +513,7 @@ def test_a_bug_is_a_json_500(api, iris, key, monkeypatch):
     def bug(**kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(services, "predict", bug)
+    monkeypatch.setattr(services, "predict_steps", bug)
     api.client.raise_request_exception = False
     r = api.post(PREDICT, {"instances": ROWS}, key)
     assert r.status_code == 500

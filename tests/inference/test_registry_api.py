@@ -33,7 +33,7 @@ from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredMode
 from tests.conftest import safetensors_bytes, small_mlp, torchscript_bytes
 from tests.helpers import stored_files
 
-from .processes import Cluster, Gunicorn
+from .processes import Cluster, WebServer
 from .support import ROWS, config, error_of, forward, make_key, ready
 
 
@@ -702,7 +702,7 @@ def test_a_running_server_serves_the_new_production_version_on_the_next_request(
         settings.CACHES = {**settings.CACHES, "registry": {**settings.CACHES["registry"],
                                                            "LOCATION": str(media_root.parent / "cache" / "registry")}}
     # Two web processes: a promotion lands in one of them, the other must see it too.
-    server = Gunicorn(media_root, {"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"})
+    server = WebServer(media_root, {"WEB_CONCURRENCY": "2", "WEB_THREADS": "4"})
     server.start()
     try:
         def served() -> int:

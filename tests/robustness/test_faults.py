@@ -46,7 +46,7 @@ from inference.keys import api_key_create
 from tests.conftest import small_mlp
 from tests.deploy.support import TcpProxy, call_json, group_pids
 from tests.helpers import JOB_ARCHS, SlowMLP
-from tests.inference.processes import Cluster, Gunicorn, free_port
+from tests.inference.processes import Cluster, WebServer, free_port
 from tests.inference.support import config, forward, ready
 
 from .loadgen import Load
@@ -194,8 +194,8 @@ def test_concurrent_job_submissions_and_workers_never_answer_database_is_locked(
     qcluster workers write progress and results and the reconciler runs: on SQLite, writers
     queue on the busy timeout (IMMEDIATE transactions, WAL) instead of failing."""
     settings.MEDIA_ROOT = tmp_path / "media"
-    env = {**JOB_ENV, "GUNICORN_THREADS": "16", "INFERENCE_JOB_LEASE_SECONDS": "30", "GUNICORN_GRACEFUL_TIMEOUT": "2"}
-    web, cluster = Gunicorn(settings.MEDIA_ROOT, env=env), Cluster(settings.MEDIA_ROOT, env=env)
+    env = {**JOB_ENV, "WEB_THREADS": "16", "INFERENCE_JOB_LEASE_SECONDS": "30", "WEB_GRACEFUL_TIMEOUT": "2"}
+    web, cluster = WebServer(settings.MEDIA_ROOT, env=env), Cluster(settings.MEDIA_ROOT, env=env)
     module = small_mlp(0)
     ready(module, config(), model_name="busy", aliases=["production"])
     key = _key()
@@ -312,7 +312,7 @@ class PostgresLink:
             self.up = True
 
 
-class LinkedGunicorn(Gunicorn):
+class LinkedWebServer(WebServer):
     database_url = ""
 
     def env(self) -> dict[str, str]:
@@ -338,10 +338,10 @@ class FaultyStack:
         user = db.get("USER") or ""
         password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
         database_url = f"postgres://{user}{password}@127.0.0.1:{self.link.port}/{db['NAME']}"
-        env = {**JOB_ENV, "REDIS_URL": self.redis.url, "INFERENCE_BROKER": "redis", "GUNICORN_THREADS": "8",
-               "INFERENCE_JOB_LEASE_SECONDS": "10", "DJANGO_CONN_MAX_AGE": "60", "GUNICORN_GRACEFUL_TIMEOUT": "2"}
+        env = {**JOB_ENV, "REDIS_URL": self.redis.url, "INFERENCE_BROKER": "redis", "WEB_THREADS": "8",
+               "INFERENCE_JOB_LEASE_SECONDS": "10", "DJANGO_CONN_MAX_AGE": "60", "WEB_GRACEFUL_TIMEOUT": "2"}
 
-        self.web = LinkedGunicorn(self.media_root, env=env)
+        self.web = LinkedWebServer(self.media_root, env=env)
         self.cluster = LinkedCluster(self.media_root, env=env)
         self.web.database_url = self.cluster.database_url = database_url
 

@@ -33,7 +33,7 @@ from django.conf import settings as django_settings
 from inference.demo import train_iris
 from inference.jobs.models import InferenceJob
 from inference.keys import api_key_create
-from tests.inference.processes import Cluster, Gunicorn
+from tests.inference.processes import Cluster, WebServer
 from tests.inference.support import register_demo
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
@@ -82,7 +82,7 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     register_demo(train_iris())
     _, key = api_key_create(name="soak", rate="1000000/s")
-    web = Gunicorn(settings.MEDIA_ROOT, env={"GUNICORN_GRACEFUL_TIMEOUT": "5"})
+    web = WebServer(settings.MEDIA_ROOT, env={"WEB_GRACEFUL_TIMEOUT": "5"})
     cluster = Cluster(settings.MEDIA_ROOT)
     cluster.start()
     web.start(timeout=120)

@@ -1,0 +1,95 @@
+"""Start the web server: granian serving the front (`inference_platform.asgi:application`).
+
+    python -m inference_platform.serve        # what `make run`, the Procfile and the container run
+
+Environment:
+  HOST, PORT              where to listen (127.0.0.1:8000)
+  WEB_CONCURRENCY         web processes (default 2 on a machine with 2 or more usable cores, else 1)
+  WEB_THREADS             threads per process for the routes other than predict/infer (8)
+  WEB_GRACEFUL_TIMEOUT    seconds a stopping process gets to finish its requests (20)
+  WEB_BACKLOG             connections waiting to be accepted (1024)
+  WEB_LOG_LEVEL           the server's own log level (warning; the platform logs through Django)
+
+Each process loads the models it serves lazily (after start: CUDA cannot be initialised
+before a fork). This module imports neither Django nor torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_workers() -> int:
+    """Two web processes where there are two cores to run them, else one.
+
+    One process's Python (HTTP parsing, auth, JSON, pipelines) runs under one GIL, so a
+    second process puts a second core to work (docs/benchmarks.md). Not more by default:
+    each process holds its own copy of every model it serves (set WEB_CONCURRENCY to choose).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
+def metrics_dir(workers: int) -> Path | None:
+    """Several processes keep their Prometheus metrics in files that /metrics adds up.
+
+    The directory (PROMETHEUS_MULTIPROC_DIR, else <data dir>/prometheus) is emptied at
+    start: files of a previous run would be counted again. Set before the processes start
+    and import prometheus_client.
+    """
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if workers <= 1 and not configured:
+        return None
+    if configured:
+        path = Path(configured)
+    else:
+        data_dir = Path(os.environ.get("INFERENCE_DATA_DIR", "var"))
+        path = (data_dir if data_dir.is_absolute() else ROOT / data_dir) / "prometheus"
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink(missing_ok=True)
+    return path
+
+
+def server(**overrides):
+    """The granian server as configured by the environment (``overrides`` win)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
+    metrics_dir(workers)
+    # glibc gives each thread that allocates concurrently its own malloc arena; 2 keep the
+    # heap compact (docs/benchmarks.md). Inherited by the worker processes.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    options = dict(
+        target="inference_platform.asgi:application",
+        address=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8000")),
+        interface=Interfaces.ASGI,
+        workers=workers,
+        websockets=False,
+        backlog=int(os.environ.get("WEB_BACKLOG", "1024")),
+        log_level=os.environ.get("WEB_LOG_LEVEL", "warning"),
+        # On SIGTERM (a deploy, a pod being stopped) processes finish the requests in flight
+        # for up to this long; keep it below the orchestrator's grace period (deploy/k8s: 30 s).
+        workers_kill_timeout=int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20")),
+        respawn_failed_workers=True,
+        working_dir=ROOT,
+    )
+    options.update(overrides)
+    return Granian(**options)
+
+
+def main() -> None:
+    server().serve()
+
+
+if __name__ == "__main__":
+    main()

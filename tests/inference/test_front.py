@@ -1,0 +1,224 @@
+"""The web server as `make run` starts it (granian + inference_platform.front), as clients meet it.
+
+Predict and infer are served on the process's event loop (inference.steps); everything else
+is Django's WSGI application on a thread pool. These tests start the real server process on
+the test database and check that a client cannot tell the two paths from the in-process WSGI
+answers: same bodies, statuses, error format and headers; that waiting requests are batched
+without a thread each; and that a stopping server writes what it buffered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as triton
+from django.test import Client
+
+from registry.architectures import MLP
+from tests.conftest import small_mlp
+
+from .processes import WebServer
+from .support import ROWS, config, forward, make_key, ready
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+LIMIT = 4096  # INFERENCE_MAX_BODY_BYTES for both the server and this process
+PREDICT = "/api/v1/models/mlp/predict"
+
+
+def call(base: str, path: str, *, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+    """(status, headers, body bytes) over HTTP."""
+    request = urllib.request.Request(base + path, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def in_process(path: str, *, data: bytes | None = None, headers: dict | None = None):
+    """The same request through Django's WSGI handler in this process (the sync path)."""
+    extra = {"HTTP_" + k.upper().replace("-", "_"): v for k, v in (headers or {}).items() if k.lower() != "content-type"}
+    response = Client().generic("POST", path, data or b"", content_type=(headers or {}).get("Content-Type", ""), **extra)
+    return response.status_code, response.headers, response.content
+
+
+@pytest.fixture
+def served(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.INFERENCE_MAX_BODY_BYTES = LIMIT
+    module = small_mlp(0)
+    ready(module, model_name="mlp", aliases=["production"])
+    key = make_key("front", rate="100000/s")
+    web = WebServer(settings.MEDIA_ROOT, env={"INFERENCE_MAX_BODY_BYTES": str(LIMIT)})
+    web.start()
+    try:
+        yield web, module, key
+    finally:
+        web.stop()
+
+
+def test_predict_and_infer_answer_as_the_wsgi_path_does(served):
+    web, module, key = served
+    auth = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
+    body = json.dumps({"instances": ROWS}).encode()
+
+    status, headers, raw = call(web.url, PREDICT, data=body, headers={**auth, "X-Request-ID": "client-id-1"})
+    assert status == 200, raw
+    answer = json.loads(raw)
+    np.testing.assert_allclose(answer["predictions"], forward(module, ROWS), rtol=1e-5, atol=1e-6)
+    assert answer["id"] == "client-id-1" and headers["X-Request-ID"] == "client-id-1"
+    assert int(headers["Content-Length"]) == len(raw) and headers["Content-Type"] == "application/json"
+    assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+    status, _, raw = call(web.url, "/api/v1/models/mlp/versions/1/predict", data=body, headers=auth)
+    assert status == 200 and json.loads(raw)["version"] == 1
+
+    # Refusals: the same status, JSON body and headers as Django's own handler gives.
+    cases = [
+        ("no key", PREDICT, body, {"Content-Type": "application/json"}),
+        ("a wrong key", PREDICT, body, {**auth, "Authorization": "Api-Key nope.nope"}),
+        ("broken JSON", PREDICT, b'{"instances": [', auth),
+        ("not JSON", PREDICT, body, {**auth, "Content-Type": "text/plain"}),
+        ("an unknown field", PREDICT, json.dumps({"instancez": ROWS}).encode(), auth),
+        ("a wrong shape", PREDICT, json.dumps({"instances": [[1.0]]}).encode(), auth),
+        ("an unknown model", "/api/v1/models/nope/predict", body, auth),
+        ("an unknown version", "/api/v1/models/mlp/versions/9/predict", body, auth),
+        ("a body over the limit", PREDICT, json.dumps({"instances": [[0.5] * 4] * 400}).encode(), auth),
+        ("v2 without a key", "/v2/models/mlp/infer", b"{}", {"Content-Type": "application/json"}),
+        ("v2 with a bad body", "/v2/models/mlp/infer", b'{"inputs": 3}', auth),
+    ]
+    for what, path, data, headers in cases:
+        got, expected = call(web.url, path, data=data, headers=headers), in_process(path, data=data, headers=headers)
+        assert got[0] == expected[0] and got[0] >= 400, (what, got, expected)
+        assert json.loads(got[2]) == json.loads(expected[2]), what
+        for header in ("WWW-Authenticate", "Retry-After", "Content-Type"):
+            assert got[1].get(header) == expected[1].get(header), (what, header)
+
+    # A chunked body (no Content-Length) past the limit is a 413 too, read no further than the limit.
+    with socket.create_connection(("127.0.0.1", web.port), timeout=30) as sock:
+        chunk = b"[" + b"0.5," * 2000
+        sock.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Api-Key " + key.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b'"payload_too_large"' in reply
+
+    # The Host check (ALLOWED_HOSTS) applies as in the middleware chain: a 400.
+    status, _, _ = call(web.url, PREDICT, data=body, headers={**auth, "Host": "evil.example"})
+    assert status == 400
+
+    # The Open Inference Protocol through tritonclient, JSON and binary tensors.
+    client = triton.InferenceServerClient(url=web.url.removeprefix("http://"), network_timeout=30)
+    x = np.array(ROWS, dtype=np.float32)
+    for binary in (False, True):
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer("mlp", [tensor], headers={"Authorization": f"Api-Key {key}"},
+                              outputs=[triton.InferRequestedOutput("output", binary_data=binary)])
+        np.testing.assert_allclose(result.as_numpy("output"), forward(module, ROWS), rtol=1e-5, atol=1e-6)
+
+    # Every other route is Django's WSGI application: API, health, admin pages.
+    status, _, raw = call(web.url, "/api/v1/models", headers=auth)
+    assert status == 200 and [m["name"] for m in json.loads(raw)["models"]] == ["mlp"]
+    assert call(web.url, "/healthz")[0] == 200
+    status, headers, raw = call(web.url, "/admin/login/")
+    assert status == 200 and b"csrfmiddlewaretoken" in raw and "csrftoken" in headers.get("Set-Cookie", "")
+    status, _, _ = call(web.url, "/api/v1/models/mlp/predict", headers=auth)  # GET: not the loop's route
+    assert status == 405
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_waiting_requests_are_batched_without_a_thread_each(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    # Wide enough that a forward pass takes milliseconds: a fast model is computed inline on
+    # the loop, one request at a time, and forms no batches to count.
+    torch.manual_seed(0)
+    wide = MLP(4, [4096, 4096], 3).eval()
+    hidden = {"in_features": 4, "hidden": [4096, 4096], "out_features": 3}
+    ready(wide, config(architecture_args=hidden, batching={"max_batch_size": 32, "max_batch_delay_ms": 2}),
+          model_name="mlp", aliases=["production"])
+    key = make_key("front", rate="100000/s")
+    web = WebServer(settings.MEDIA_ROOT, env={"INFERENCE_RECORDS_FLUSH_SECONDS": "3600",
+                                                      "INFERENCE_METRICS_TOKEN": "metrics-token"})
+    clients, per_client = 48, 10
+    statuses: list[int] = []
+    peak_threads = 0
+    try:
+        web.start()
+        (worker,) = web.workers()
+        body = json.dumps({"instances": ROWS[:1]}).encode()
+        headers = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
+        assert call(web.url, PREDICT, data=body, headers=headers)[0] == 200  # loaded
+
+        def client() -> None:
+            for _ in range(per_client):
+                statuses.append(call(web.url, PREDICT, data=body, headers=headers)[0])
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            peak_threads = max(peak_threads, _threads(worker))
+            time.sleep(0.01)
+        status, _, raw = call(web.url, "/metrics", headers={"Authorization": "Bearer metrics-token"})
+        metrics = raw.decode()
+
+        # Stopping writes the request records still buffered (the flush interval is an hour).
+        os.killpg(web.proc.pid, signal.SIGTERM)
+        web.proc.wait(30)
+    finally:
+        web.stop()
+    assert statuses.count(200) == clients * per_client, sorted(set(statuses))
+    # 48 requests in flight at once did not take 48 threads: the loop, granian's runtime, the
+    # batcher, torch's and the WSGI pool's threads.
+    assert peak_threads < clients, peak_threads
+    requests = _sample(metrics, 'inference_exec_count_total{model="mlp",version="1"}')
+    served = _sample(metrics, 'inference_count_total{model="mlp",version="1"}')
+    assert served == clients * per_client + 1 and requests < served, (requests, served)  # batches of several
+    from inference.monitoring.models import RequestRecord
+
+    assert RequestRecord.objects.filter(model="mlp").count() == clients * per_client + 1
+
+
+def _sample(metrics: str, name: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics:\n{metrics[:2000]}")
+
+
+def test_a_wsgi_server_still_serves_the_platform(settings, tmp_path):
+    """`inference_platform.wsgi:application` under gunicorn (deploy/gunicorn.conf.py): the same
+    request path, run blocking on a thread per request."""
+    from .processes import Gunicorn
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    module = small_mlp(0)
+    ready(module, model_name="mlp", aliases=["production"])
+    key = make_key("wsgi", rate="100000/s")
+    web = Gunicorn(settings.MEDIA_ROOT, env={"GUNICORN_THREADS": "4"})
+    try:
+        web.start()
+        status, headers, raw = call(web.url, PREDICT, data=json.dumps({"instances": ROWS}).encode(),
+                                    headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+    finally:
+        web.stop()
+    assert status == 200, raw
+    np.testing.assert_allclose(json.loads(raw)["predictions"], forward(module, ROWS), rtol=1e-5, atol=1e-6)
+    assert headers["X-Request-ID"] == json.loads(raw)["id"]
