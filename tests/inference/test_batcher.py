@@ -307,3 +307,32 @@ def test_callers_computing_inline_never_strand_a_queued_request():
     assert errors == []
     assert done[0] == b.stats.request_count > 1000
     assert max(calls) > 1  # batches did form
+
+
+def test_with_concurrent_clients_a_batch_waits_for_the_requests_a_forward_frees():
+    """Closed-loop clients (each sends its next request when answered) would otherwise split into
+    two half-full batches that alternate: after a forward, the batcher waits (up to
+    min(max_batch_delay, half a forward)) for the requests its answers free up."""
+    import time
+
+    import numpy as np
+
+    from inference.runtime.batcher import Batcher
+
+    def sizes(gather: bool) -> list[int]:
+        seen: list[int] = []
+        b = Batcher(lambda a: (seen.append(len(a["x"])), {"y": a["x"]})[1], max_batch_size=8,
+                    max_batch_delay_ms=200, gather_after_forward=gather)
+        try:
+            b._requests_ewma, b._compute_ewma = 4.0, 0.4  # as after batches of 4 requests, 400 ms each
+            b._free_since = time.perf_counter()  # a forward just ended
+            first = b.submit({"x": np.zeros((1, 2))})  # to an idle batcher
+            time.sleep(0.02)
+            second = b.submit({"x": np.zeros((1, 2))})  # a client whose answer just came back
+            first.result(5), second.result(5)
+        finally:
+            b.stop()
+        return seen
+
+    assert sizes(gather=True) == [2]
+    assert sizes(gather=False) == [1, 1]
