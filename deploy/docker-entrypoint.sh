@@ -4,8 +4,7 @@
 set -eu
 case "${1:-web}" in
   web)
-    shift || true
-    exec python -m inference_platform.serve "$@"
+    exec python -m inference_platform.serve
     ;;
   worker)
     exec python manage.py qcluster

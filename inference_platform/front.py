@@ -85,7 +85,9 @@ def prepare_heap() -> None:
 
 
 def at_exit() -> None:
-    """As the process stops: write the request records still buffered; drop this process's live gauges."""
+    """As the process stops: write the request records still buffered, drop this process's live
+    gauges, write the log lines still queued. (granian forks its processes, and a forked process
+    ends without running `atexit` handlers: this is their only chance.)"""
     from inference.monitoring.records import flush_at_exit
 
     flush_at_exit()
@@ -93,6 +95,8 @@ def at_exit() -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(os.getpid())
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 def view_steps(match: ResolverMatch):

@@ -90,10 +90,12 @@ class BackgroundStreamHandler(logging.StreamHandler):
     ``emit`` formats the record in the caller's thread and appends the line to a deque (one
     atomic operation: no handler lock); one background thread per process writes what has
     queued, many lines per ``write``, every ``FLUSH_SECONDS`` — at once for a WARNING or
-    worse — and ``flush()`` (called by ``logging.shutdown`` at exit and by gunicorn's
-    ``worker_exit``) writes the rest. A plain StreamHandler takes its lock and makes a
-    ``write`` system call for every line: with dozens of request threads each logging an
-    access line, they queue on that lock, and each write hands the GIL to another thread.
+    worse — and ``flush()`` (called by ``logging.shutdown`` at interpreter exit) writes the
+    rest. granian's web processes end without ``atexit`` (forked by multiprocessing): their
+    lifespan shutdown (``at_exit`` in ``inference_platform.front``) calls ``flush()``.
+    A plain StreamHandler takes its lock and makes a ``write`` system call for every line:
+    with dozens of request threads each logging an access line, they queue on that lock,
+    and each write hands the GIL to another thread.
     """
 
     FLUSH_SECONDS = 0.2

@@ -2,8 +2,10 @@
 
 The effective batch size of a version is ``inference_count / exec_count``
 (``inference_count_total`` counts instances, ``inference_exec_count_total`` forward
-passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several gunicorn workers), the client
-library writes per-process files and ``/metrics`` aggregates them.
+passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several web processes:
+``inference_platform.serve`` sets it), the client library writes per-process files and
+``/metrics`` aggregates them; a stopping process marks its live gauges dead
+(``at_exit`` in ``inference_platform.front``).
 """
 
 from __future__ import annotations

@@ -4,9 +4,12 @@ The request path calls ``add(entry)``: one ``deque.append`` (atomic under the GI
 lock), nothing else. A daemon thread, started on first use in each process (so after a
 fork), wakes every ``INFERENCE_RECORDS_FLUSH_SECONDS`` or as soon as
 ``INFERENCE_RECORDS_FLUSH_SIZE`` records wait, and inserts them with multi-row
-``INSERT`` statements. What is buffered at interpreter exit is flushed then (and by
-gunicorn's ``worker_exit`` hook). The buffer is bounded (``INFERENCE_RECORDS_BUFFER_MAX``):
-when the database cannot keep up or is down, new records are dropped and counted
+``INSERT`` statements. What is still buffered when a process stops is flushed then: in a
+web process by the ASGI lifespan shutdown (``at_exit`` in ``inference_platform.front``;
+granian's processes are forked by multiprocessing and end without running ``atexit``
+handlers), under gunicorn by its ``worker_exit`` hook, elsewhere by the ``atexit`` handler
+below. The buffer is bounded (``INFERENCE_RECORDS_BUFFER_MAX``): when the database cannot
+keep up or is down, new records are dropped and counted
 (``inference_request_records_dropped_total``) rather than growing memory; a failed write
 is retried on the next flush while the buffer has room.
 

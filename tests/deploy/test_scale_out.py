@@ -2,13 +2,13 @@
 
 Topology, all on loopback:
 
-    client --> round-robin TCP proxy --+--> gunicorn A (WEB_CONCURRENCY=2, threads)
-                                       +--> gunicorn B (1 process, threads)
+    client --> round-robin TCP proxy --+--> web server A (WEB_CONCURRENCY=2)
+                                       +--> web server B (1 process)
     Redis (cache, rate limits, broker) <--- both --- qcluster A, qcluster B (2 workers each)
     PostgreSQL (the test database)     <--- all
 
 What must hold: requests and jobs spread over the processes; rate limits are one count
-across web processes; /metrics adds up a gunicorn's processes; a registry change made
+across web processes; /metrics adds up a web server's processes; a registry change made
 anywhere reaches every web process; a worker cluster killed mid-load (SIGKILL of its
 process group) loses no job and no job completes twice (the test runs the reconciler as
 its one-minute schedule would, every second).
@@ -179,7 +179,7 @@ def test_the_balancer_spreads_predictions_over_both_web_servers_and_each_answers
 
 
 def test_metrics_of_one_server_add_up_its_processes(stack):
-    """gunicorn A runs 2 processes: its /metrics (answered by either) counts both processes' requests."""
+    """Web server A runs 2 processes: its /metrics (answered by either) counts both processes' requests."""
     model = f"metrics-{uuid.uuid4().hex[:6]}"
     _model(model)
     _, key = _key()
@@ -194,7 +194,7 @@ def test_metrics_of_one_server_add_up_its_processes(stack):
             loads = _sample(_metrics(stack.web_a.url), "inference_model_load_duration_seconds_count", model=model)
             if loads >= 2:
                 break
-    assert loads == 2, f"after {sent} requests only {loads} process(es) of gunicorn A served:\n{stack.logs()}"
+    assert loads == 2, f"after {sent} requests only {loads} process(es) of web server A served:\n{stack.logs()}"
     for _ in range(4):  # whichever process answers /metrics, it reports the sum
         assert _sample(_metrics(stack.web_a.url), "inference_request_total", model=model, status="200") == sent
 

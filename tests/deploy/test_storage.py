@@ -3,7 +3,7 @@ network filesystem or an S3 bucket works by settings alone; and every process th
 an artifact checks its sha256, so a file changed on the shared storage is refused.
 
 The S3 tests use moto's in-process S3 (boto3 talks to it as to AWS); the filesystem
-test starts a real gunicorn on the test database, a serving process of its own.
+test starts a real web server on the test database, a serving process of its own.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_an_artifact_changed_in_the_bucket_is_refused_with_a_503(s3, settings):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_serving_process_refuses_an_artifact_tampered_on_shared_storage_with_a_clear_503(settings, tmp_path):
-    """The web process is a gunicorn of its own; the artifact directory is shared with it (as over
+    """The web process is a web server of its own; the artifact directory is shared with it (as over
     NFS). A file changed after registration is refused when that process loads it; the other
     models it serves are unaffected."""
     settings.MEDIA_ROOT = tmp_path / "media"

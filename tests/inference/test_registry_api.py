@@ -1,5 +1,5 @@
 """The registry API: management keys create models, upload versions (validated in the background
-by a real qcluster), promote and roll back with aliases, archive; a real gunicorn serves the new
+by a real qcluster), promote and roll back with aliases, archive; a real web server serves the new
 production version on the next request.
 
 Real small MLPs throughout, loaded by the real loader (in the validation subprocess, the worker
@@ -537,7 +537,7 @@ def test_the_openapi_schema_documents_the_registry_api_and_its_errors(client):
     assert "get" in paths["/api/v1/models"]  # listing models is unchanged
 
 
-# --- live: a real qcluster validates, a real gunicorn serves ----------------------------------------------------
+# --- live: a real qcluster validates, a real web server serves ----------------------------------------------------
 
 
 CLUSTER_ENV = {"INFERENCE_WORKERS": "2", "INFERENCE_VALIDATION_TIMEOUT": "60"}

@@ -2,7 +2,7 @@
 
 * SIGKILL of a qcluster worker mid-job, again and again: 0 jobs lost, 0 results twice
   (3 kills in the default run, 20 in ``make soak``).
-* SQLite busy: many threads of a real gunicorn and two qcluster workers writing at once:
+* SQLite busy: many threads of a real web server and two qcluster workers writing at once:
   no "database is locked", no 5xx.
 * The broker down when a job is submitted: 202 all the same, the row waits, the reconciler
   queues it (in-process, both runs).
@@ -190,7 +190,7 @@ def test_workers_killed_mid_job_lose_no_job_and_no_job_completes_twice(kills, tm
 
 
 def test_concurrent_job_submissions_and_workers_never_answer_database_is_locked(tmp_path, settings):
-    """16 client threads submit jobs and predict through one gunicorn (16 threads) while two
+    """16 client threads submit jobs and predict through one web server while two
     qcluster workers write progress and results and the reconciler runs: on SQLite, writers
     queue on the busy timeout (IMMEDIATE transactions, WAL) instead of failing."""
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -327,7 +327,7 @@ class LinkedCluster(Cluster):
 
 
 class FaultyStack:
-    """One gunicorn and one qcluster on a private Redis (cache, rate limits, broker) and on
+    """One web server and one qcluster on a private Redis (cache, rate limits, broker) and on
     PostgreSQL through a PostgresLink."""
 
     def __init__(self, root: Path):
@@ -358,7 +358,7 @@ class FaultyStack:
                 logging.getLogger(__name__).exception("stopping the faulty stack")
 
     def logs(self) -> str:
-        return f"--- gunicorn\n{self.web.log_tail()}\n--- qcluster\n{self.cluster.log_tail()}"
+        return f"--- web\n{self.web.log_tail()}\n--- qcluster\n{self.cluster.log_tail()}"
 
 
 @pytest.fixture(scope="module")

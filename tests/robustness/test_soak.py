@@ -1,6 +1,6 @@
 """Load and soak (issue 9, item 5; `make soak`, not in the default run).
 
-The platform as `make run` starts it (gunicorn with deploy/gunicorn.conf.py, one worker
+The platform as `make run` starts it (`python -m inference_platform.serve`, one web process
 process and its default threads; one `manage.py qcluster`), serving the demo iris model,
 held at saturation for SOAK_SECONDS (default 180) by two load-generator processes
 (tests/robustness/loadgen.py, 8 persistent connections each) sending a mixed workload:
@@ -9,7 +9,7 @@ predictions, a job submission every 250th request of a connection, a bad request
 content type).
 
 What must hold: no 5xx but 503 backpressure (``overloaded``); every bad request gets its
-4xx; RSS of the gunicorn worker grows less than 5% from minute 1 to the end; its thread
+4xx; RSS of the web process grows less than 5% from minute 1 to the end; its thread
 and file-descriptor counts do not grow; every job submitted finishes. The figures go to
 var/soak-results.json (and docs/reliability.md).
 """
@@ -52,7 +52,7 @@ def _worker_pid(master: int, timeout: float = 30) -> int:
         if children:
             return int(children[0])
         time.sleep(0.1)
-    raise AssertionError("gunicorn has no worker process")
+    raise AssertionError("the web server has no worker process")
 
 
 def _proc(pid: int) -> dict:
@@ -88,7 +88,7 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
     web.start(timeout=120)
     try:
         worker = _worker_pid(web.proc.pid)
-        # Warm up, then let it go idle: the model loads; more connections than gunicorn has
+        # Warm up, then let it go idle: the model loads; more connections than the server has
         # threads grow its (lazily started) thread pool to its size, and job listings give each
         # thread its persistent database connection (SQLite: 3 fds each), so that what is
         # compared later is a steady state, not a pool still growing.
@@ -98,7 +98,7 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
         for proc, out in warm:
             assert proc.wait(60) == 0
             warm_jobs += json.loads(out.read_text())["job_ids"]
-        time.sleep(7)  # past gunicorn's keep-alive: the load's connections are closed
+        time.sleep(7)  # past the keep-alive: the load's connections are closed
         idle_before = _proc(worker)
 
         sampler = Sampler(worker)
@@ -113,7 +113,7 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
         time.sleep(7)
         idle_after = _proc(worker)
         assert web.proc.poll() is None and cluster.proc.poll() is None
-        assert _worker_pid(web.proc.pid) == worker, "the gunicorn worker was replaced during the soak"
+        assert _worker_pid(web.proc.pid) == worker, "the web process was replaced during the soak"
 
         summaries = [json.loads(out.read_text()) for _, out in loads]
         job_ids = [j for s in summaries for j in s["job_ids"]] + warm_jobs
@@ -145,7 +145,7 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "stack": {"database": django_settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[1],
                   "broker": django_settings.INFERENCE_BROKER, "cache": "redis" if os.environ.get("REDIS_URL") else
-                  "in-process", "gunicorn": "1 worker, default threads (deploy/gunicorn.conf.py)",
+                  "in-process", "web": "1 process (python -m inference_platform.serve)",
                   "qcluster_workers": django_settings.Q_CLUSTER["workers"]},
         "load": {"seconds": SOAK_SECONDS, "elapsed": round(elapsed, 1), "generators": LOADGENS,
                  "connections": LOADGENS * CONNECTIONS, "job_every": JOB_EVERY, "bad_every": BAD_EVERY},
