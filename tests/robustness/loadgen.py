@@ -94,7 +94,7 @@ class Load:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
-        return response.status, response.getheader("Connection", ""), data, dict(response.getheaders())
+        return response.status, response.getheader("Connection", ""), data, response.headers  # case-insensitive: HTTP header names are (granian sends them lower-case)
 
     def _run(self, index: int) -> None:
         conn = None
