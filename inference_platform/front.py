@@ -6,7 +6,7 @@ request waiting for its batch is a suspended coroutine, not a blocked thread. On
 runs the Python of every request; the batcher thread computes. Under WSGI a request holds
 a thread until it is answered, so batching needs tens of threads per process, and they
 contend for the GIL; on the 2-core benchmark machine this front serves the MLP at
-concurrency 32 with ~1.3x the requests/s of gunicorn's threads, iris at 16 with ~2.2x
+concurrency 32 with 1.28x the requests/s of gunicorn's threads, iris at 16 with 1.73x
 (docs/benchmarks.md).
 
 These requests get what Django's middleware gives them under WSGI, in the same order:
