@@ -196,6 +196,46 @@ def test_waiting_requests_are_batched_without_a_thread_each(settings, tmp_path):
     assert RequestRecord.objects.filter(model="mlp").count() == clients * per_client + 1
 
 
+def test_overload_is_a_fast_503_with_retry_after(settings, tmp_path):
+    """More requests in flight than the batcher's queue holds: the rest are refused at once
+    (503 overloaded + Retry-After), none waits out a timeout, and the server keeps serving."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    torch.manual_seed(0)
+    wide = MLP(4, [4096, 4096], 3).eval()
+    hidden = {"in_features": 4, "hidden": [4096, 4096], "out_features": 3}
+    ready(wide, config(architecture_args=hidden,
+                       batching={"max_batch_size": 2, "max_batch_delay_ms": 2, "max_queue_size": 2}),
+          model_name="mlp", aliases=["production"])
+    key = make_key("front", rate="100000/s")
+    web = WebServer(settings.MEDIA_ROOT)
+    body = json.dumps({"instances": ROWS[:1]}).encode()
+    headers = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
+    answers: list[tuple[int, float, str | None, bytes]] = []
+    try:
+        web.start()
+        assert call(web.url, PREDICT, data=body, headers=headers)[0] == 200  # loaded
+
+        def client() -> None:
+            t0 = time.perf_counter()
+            status, got, raw = call(web.url, PREDICT, data=body, headers=headers)
+            answers.append((status, time.perf_counter() - t0, got.get("Retry-After"), raw))
+
+        threads = [threading.Thread(target=client) for _ in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = call(web.url, PREDICT, data=body, headers=headers)[0]
+    finally:
+        web.stop()
+    refused = [a for a in answers if a[0] == 503]
+    assert refused and {a[0] for a in answers} == {200, 503}, sorted({a[0] for a in answers})
+    for _status, seconds, retry_after, raw in refused:
+        assert json.loads(raw)["error"]["code"] == "overloaded" and int(retry_after) >= 1
+        assert seconds < 5, seconds  # refused at once, not after INFERENCE_PREDICT_TIMEOUT
+    assert after == 200
+
+
 def _sample(metrics: str, name: str) -> float:
     for line in metrics.splitlines():
         if line.startswith(name + " "):
