@@ -70,6 +70,29 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "services tests: deselected (DATABASE_URL is not PostgreSQL: the embedded run)"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_background_writers(django_db_setup, django_db_blocker):
+    """Torn down before the test database is dropped. Threads of this process that used the
+    database (the request-records writer, tests' client threads) keep connections of their own;
+    PostgreSQL then refuses to drop the test database ("being accessed by other users") and a
+    test_test_<pid> database was left behind per services run. Stop the writer, then end what
+    sessions are left (the servers and workers the tests started are stopped by then)."""
+    yield
+    import gc
+
+    from django.db import connection
+
+    from inference.monitoring.records import BUFFER
+
+    with django_db_blocker.unblock():
+        BUFFER.stop()
+        gc.collect()  # connections of finished threads close when collected
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_media(settings, tmp_path: Path) -> None:
     """Each test stores artifacts under its own directory."""
