@@ -2,11 +2,13 @@
 
 * ``APIKeyAuthentication`` (a DRF authentication class): reads ``Authorization: Api-Key
   <key>`` or ``X-API-Key: <key>``, looks the key up by its prefix (cached briefly in the
-  shared cache), verifies the hash in constant time, and refuses revoked and expired
-  keys. No key or a bad one is 401 with ``WWW-Authenticate: Api-Key``.
+  shared cache), verifies the hash in constant time, and refuses revoked and expired keys;
+  a key this process verified in the last ``INFERENCE_KEY_MEMO_SECONDS`` is not looked up
+  again (``inference.keys.VerifiedKeys``). No key or a bad one is 401 with ``WWW-Authenticate: Api-Key``.
 * ``HasScope``: 403 when the key lacks the scope for the action.
-* ``rate_limit``: django-ratelimit keyed on the key, at the key's own rate; over the
-  limit raises ``RateLimited`` (429 + Retry-After). An unreachable cache never fails a
+* ``rate_limit``: django-ratelimit's window and counter, keyed on the key, at the key's own
+  rate, counted in leases for fast keys (``inference.ratelimit``); over the limit raises
+  ``RateLimited`` (429 + Retry-After). An unreachable cache never fails a
   request: the check is skipped, logged and counted (documented fail-open).
 """
 
@@ -20,13 +22,13 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
-from django_ratelimit.core import get_usage
 from rest_framework import authentication, exceptions, permissions
 
 from .errors import RateLimited
-from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name
+from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name, verified_keys
 from .monitoring import metrics
 from .monitoring.logs import key_prefix_var
+from .ratelimit import CacheUnavailable, limiter
 
 logger = logging.getLogger("inference.auth")
 
@@ -115,9 +117,13 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         # PostgreSQL refuses in a query) cannot be a key and never reaches the database.
         if not dot or not prefix or len(key) > 200 or not (prefix.isascii() and prefix.isalnum()):
             raise exceptions.AuthenticationFailed("Invalid API key.")
-        info = key_info_for_prefix(prefix)
-        if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):
-            raise exceptions.AuthenticationFailed("Invalid API key.")
+        digest = verified_keys.digest(key)
+        info = verified_keys.get(prefix, digest)
+        if info is None:
+            info = key_info_for_prefix(prefix)
+            if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):
+                raise exceptions.AuthenticationFailed("Invalid API key.")
+            verified_keys.put(prefix, digest, info, settings.INFERENCE_KEY_MEMO_SECONDS)
         if info.revoked:
             raise exceptions.AuthenticationFailed("This API key has been revoked.")
         if info.expired:
@@ -149,27 +155,17 @@ class HasScope(permissions.BasePermission):
         return True
 
 
-def _rate_for(group: str, request: Any) -> str:
-    return request.auth.rate or settings.INFERENCE_DEFAULT_RATE
-
-
-def _key_for(group: str, request: Any) -> str:
-    return request.auth.prefix
-
-
 def rate_limit(request: Any, *, model: str = "") -> None:
     """Count this request against its key's rate; raise RateLimited over the limit."""
-    try:
-        usage = get_usage(request, group="api", key=_key_for, rate=_rate_for, increment=True)
-    except Exception as exc:  # noqa: BLE001 - documented fail-open
-        usage = {"limit": 0, "time_left": -1, "should_limit": True, "error": exc}
-    if usage is None:
+    if not getattr(settings, "RATELIMIT_ENABLE", True):
         return
-    if usage["limit"] == 0 and usage["time_left"] == -1:
-        # django-ratelimit's signal that the cache could not count: fail open.
-        logger.warning("rate limit not enforced: the cache is unreachable (%s)", usage.get("error", "no count"))
+    info = request.auth
+    try:
+        usage = limiter.hit("api", info.prefix, info.rate or settings.INFERENCE_DEFAULT_RATE)
+    except CacheUnavailable as exc:  # documented fail-open
+        logger.warning("rate limit not enforced: the cache is unreachable (%s)", exc)
         metrics.RATELIMIT_FAIL_OPEN.inc()
         return
-    if usage["should_limit"]:
+    if not usage.allowed:
         metrics.RATELIMIT_REJECTED.labels(model).inc()
-        raise RateLimited(wait=max(1, usage["time_left"]))
+        raise RateLimited(wait=max(1, usage.time_left))

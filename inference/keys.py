@@ -8,7 +8,11 @@ see (empty = all), and its own rate limit.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -29,8 +33,54 @@ def key_cache_name(prefix: str) -> str:
     return f"apikey:{prefix}"
 
 
+class VerifiedKeys:
+    """This process's memo of keys it verified lately: prefix -> (until, SHA-256 of the key, info).
+
+    A request whose key was verified less than ``INFERENCE_KEY_MEMO_SECONDS`` ago in this process
+    skips the shared cache's read and the SHA-512 check (a third of the authentication's cost on
+    the hot path). A change to a key drops its entry here at once (``key_info_forget``); the other
+    web processes see the change when their entry ends, within those seconds. Only keys that passed
+    the hash check are kept (a wrong key never enters), and never the key itself, only its digest.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, bytes, Any]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode()).digest()
+
+    def get(self, prefix: str, digest: bytes) -> Any | None:
+        entry = self._entries.get(prefix)
+        if entry is None or entry[0] <= time.monotonic() or not hmac.compare_digest(entry[1], digest):
+            return None
+        return entry[2]
+
+    def put(self, prefix: str, digest: bytes, info: Any, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[prefix] = (time.monotonic() + seconds, digest, info)
+
+    def forget(self, prefix: str | None = None) -> None:
+        with self._lock:
+            if prefix is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(prefix, None)
+
+
+verified_keys = VerifiedKeys()
+
+
 def key_info_forget(prefix: str) -> None:
     """Drop a key's cached info (after it is revoked, re-scoped or deleted)."""
+    verified_keys.forget(prefix)
     try:
         cache.delete(key_cache_name(prefix))
     except Exception:  # noqa: BLE001 - the entry expires on its own within KEY_CACHE_SECONDS

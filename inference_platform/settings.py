@@ -449,6 +449,10 @@ INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 *
 INFERENCE_METRICS_TOKEN = env.str("INFERENCE_METRICS_TOKEN", default="")
 # Rate of a key that sets none.
 INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")
+# A web process trusts a key it verified for this long (seconds) without reading the shared
+# cache again; a change to the key is seen at once by the process that made it, by the
+# others within this time. 0: every request reads the shared cache (inference.keys.VerifiedKeys).
+INFERENCE_KEY_MEMO_SECONDS = env.float("INFERENCE_KEY_MEMO_SECONDS", default=1.0)
 
 # --- Monitoring (docs/monitoring.md) -----------------------------------------------------------
 

@@ -103,7 +103,12 @@ def _isolated_media(settings, tmp_path: Path) -> None:
 def _clear_cache() -> None:
     from django.core.cache import cache
 
+    from inference.keys import verified_keys
+    from inference.ratelimit import limiter
+
     cache.clear()
+    verified_keys.forget()  # and this process's memos of keys and rate-limit leases
+    limiter.forget()
 
 
 IRIS_CONFIG = {

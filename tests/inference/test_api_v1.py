@@ -313,6 +313,45 @@ def test_a_key_expires_on_time_even_while_its_info_is_cached(api, iris):
     assert r.status_code == 401 and "expired" in error_of(r)["message"]
 
 
+def test_a_key_verified_lately_is_trusted_for_the_memo_seconds_only(api, iris, settings):
+    from inference.keys import key_cache_name
+
+    settings.INFERENCE_KEY_MEMO_SECONDS = 0.5
+    plain = make_key("memo")
+    assert api.post(PREDICT, {"instances": ROWS}, plain).status_code == 200
+    # behind the process's back (no save(): no one is told), the key is revoked
+    APIKey.objects.filter(prefix=prefix_of(plain)).update(revoked=True)
+    caches["default"].delete(key_cache_name(prefix_of(plain)))
+    assert api.post(PREDICT, {"instances": ROWS}, plain).status_code == 200  # verified 0.5 s ago
+    wrong = prefix_of(plain) + ".not-the-secret"
+    assert api.post(PREDICT, {"instances": ROWS}, wrong).status_code == 401  # the memo holds the key's digest
+    time.sleep(0.6)
+    r = api.post(PREDICT, {"instances": ROWS}, plain)
+    assert r.status_code == 401 and "revoked" in error_of(r)["message"]
+
+
+def test_a_key_revoked_through_the_platform_is_refused_at_once(api, iris, settings):
+    settings.INFERENCE_KEY_MEMO_SECONDS = 60
+    plain = make_key("revoke-now")
+    assert api.post(PREDICT, {"instances": ROWS}, plain).status_code == 200
+    row = key_row(plain)
+    row.revoked = True
+    row.save()  # as the admin and revoke_api_key do
+    r = api.post(PREDICT, {"instances": ROWS}, plain)
+    assert r.status_code == 401 and "revoked" in error_of(r)["message"]
+
+
+def test_no_memo_reads_the_shared_cache_on_every_request(api, iris, settings):
+    from inference.keys import key_cache_name
+
+    settings.INFERENCE_KEY_MEMO_SECONDS = 0
+    plain = make_key("no-memo")
+    assert api.post(PREDICT, {"instances": ROWS}, plain).status_code == 200
+    APIKey.objects.filter(prefix=prefix_of(plain)).update(revoked=True)
+    caches["default"].delete(key_cache_name(prefix_of(plain)))
+    assert api.post(PREDICT, {"instances": ROWS}, plain).status_code == 401
+
+
 def test_a_key_limited_to_other_models_gets_the_same_404_as_for_an_unknown_model(api, iris):
     ready(small_mlp(5), model_name="other")
     limited = make_key("other-only", model_names=["other"])
