@@ -126,6 +126,8 @@ class Batcher:
         self.on_batch = on_batch  # called (requests, instances, seconds) after each forward
         self.stats = BatcherStats()
         self._queue: deque[Pending] = deque()
+        self._queued_n = 0  # instances in the queue (cancelled ones until they are removed)
+        self._gathering = False  # the batcher thread waits for a partial batch to fill
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -182,7 +184,12 @@ class Batcher:
                 self._busy = True  # arrivals from now on queue up for the batcher thread
             else:
                 self._queue.append(pending)
-                self._cond.notify()
+                self._queued_n += n
+                # A batcher gathering a partial batch is woken when the batch can be full (else
+                # at its deadline): one wake-up per batch, not one per arrival, each of which
+                # takes the GIL from the thread that is serving requests.
+                if not self._gathering or self._queued_n >= self.max_batch_size:
+                    self._cond.notify()
         if inline:
             pending.future.set_running_or_notify_cancel()
             batch: list[Pending] | None = [pending]
@@ -212,6 +219,7 @@ class Batcher:
                 batch, _ = self._compatible(self._queue[0])
                 for p in batch:
                     self._queue.remove(p)
+                    self._queued_n -= p.n
                 live = [p for p in batch if p.future.set_running_or_notify_cancel()]
                 self.stats.dropped += len(batch) - len(live)
                 if live:
@@ -244,10 +252,15 @@ class Batcher:
                 if total < self.max_batch_size and wait_until and self.max_delay and not self._stopping:
                     remaining = wait_until - time.perf_counter()
                     if remaining > 0:
-                        self._cond.wait(remaining)
+                        self._gathering = True
+                        try:
+                            self._cond.wait(remaining)
+                        finally:
+                            self._gathering = False
                         continue  # re-gather: more may have arrived, or the head was cancelled
                 for p in batch:
                     self._queue.remove(p)
+                    self._queued_n -= p.n
                 live = [p for p in batch if p.future.set_running_or_notify_cancel()]
                 self.stats.dropped += len(batch) - len(live)
                 if live:

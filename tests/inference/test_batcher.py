@@ -336,3 +336,28 @@ def test_with_concurrent_clients_a_batch_waits_for_the_requests_a_forward_frees(
 
     assert sizes(gather=True) == [2]
     assert sizes(gather=False) == [1, 1]
+
+
+def test_a_gathering_batcher_runs_as_soon_as_its_batch_is_full(batchers):
+    """While it waits for a partial batch to fill, the batcher is woken by the arrival that fills it
+    (not by each arrival), and then runs at once, long before its deadline."""
+    fake = FakeModel()
+    b = batchers(fake, max_batch_size=4, max_batch_delay_ms=3000, name="gather")
+    gate = threading.Event()
+    fake.gate = gate
+    first = b.submit({"x": np.array([[0.0]], dtype=np.float32)})  # to an idle batcher: runs alone
+    assert fake.started.wait(WAIT)
+    # queued behind it: they gather (up to 3 s) for the batch of 4
+    x = [np.array([[float(i)], [float(i) + 0.5]], dtype=np.float32) if i == 1 else np.array([[float(i)]], dtype=np.float32)
+         for i in range(1, 4)]
+    t0 = time.perf_counter()
+    rest = [b.submit({"x": x[0]})]  # the batcher is busy: this one waits for company
+    gate.set()
+    time.sleep(0.1)  # the batcher now gathers: 2 of 4 instances
+    rest += [b.submit({"x": x[1]}), b.submit({"x": x[2]})]  # the third fills it
+    for pending, xi in zip(rest, x):
+        np.testing.assert_array_equal(pending.result(WAIT)["y"], expected(xi))
+    elapsed = time.perf_counter() - t0
+    first.result(WAIT)
+    assert fake.batch_sizes == [1, 4], fake.batch_sizes
+    assert elapsed < 1.0, f"the full batch waited {elapsed:.2f} s for its 3 s deadline"
