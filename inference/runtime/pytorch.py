@@ -13,6 +13,7 @@ from registry.artifacts import ArtifactError, load_module
 from registry.schemas import DATATYPES, TensorSpec
 
 from .base import ModelNotReady, Runtime
+from .cpu_kernels import pack_large_linears
 from .devices import check_available, device_string, use_threads
 
 
@@ -33,6 +34,7 @@ class LoadSpec:
     cpu_threads: int = 1
     allow_code: bool | None = None
     warmup: bool = True
+    pack_linear: bool = True  # large fp32 linear layers on the CPU: oneDNN's packed weights (cpu_kernels)
 
 
 def zeros_for(specs: Sequence[TensorSpec], batch: int = 1) -> dict[str, np.ndarray]:
@@ -44,6 +46,15 @@ def zeros_for(specs: Sequence[TensorSpec], batch: int = 1) -> dict[str, np.ndarr
     }
 
 
+def random_for(specs: Sequence[TensorSpec], batch: int = 2) -> dict[str, np.ndarray]:
+    """Return fixed random arrays of the declared shapes (-1 dims as 1): normal floats, zero integers."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, arr in zeros_for(specs, batch).items():
+        out[name] = rng.standard_normal(arr.shape).astype(arr.dtype) if arr.dtype.kind == "f" else arr
+    return out
+
+
 class PyTorchRuntime(Runtime):
     """Run an ``nn.Module`` loaded by the registry's loader on the target's device."""
 
@@ -52,6 +63,7 @@ class PyTorchRuntime(Runtime):
         self.spec = spec
         self.device = torch.device("cpu")
         self.module: Any = None
+        self.packed_layers = 0  # linear layers packed for oneDNN (cpu_kernels)
         self.input_names = [s.name for s in spec.inputs]
         self.input_dtypes = {s.name: np.dtype(DATATYPES[s.datatype]) for s in spec.inputs if s.datatype != "BYTES"}
         self.output_names = [s.name for s in spec.outputs]
@@ -78,6 +90,12 @@ class PyTorchRuntime(Runtime):
         del data
         self.module = module.to(self.device) if hasattr(module, "to") else module
         self.nbytes = sum(t.numel() * t.element_size() for t in _tensors_of(self.module))
+        if spec.pack_linear and self.device.type == "cpu":
+            example = random_for(spec.inputs)
+            use_threads(spec.cpu_threads)
+            self.packed_layers = pack_large_linears(
+                self.module, lambda m: m(*[self._to_tensor(n, example[n]) for n in self.input_names]), label=spec.label
+            )
         self.ready = True
         if spec.warmup:
             self.predict(zeros_for(spec.inputs))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
 
@@ -85,6 +86,7 @@ class ServedVersion:
             device_type=target.device_type,
             device_index=target.device_index,
             cpu_threads=target.cpu_threads,
+            pack_linear=settings.INFERENCE_CPU_PACK_LINEAR,
         )
         return cls(
             spec,

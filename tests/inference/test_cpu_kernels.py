@@ -1,0 +1,109 @@
+"""Large linear layers packed for oneDNN (inference.runtime.cpu_kernels), alone and through the loader."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from inference.runtime.cpu_kernels import MIN_WEIGHT_NUMEL, pack_large_linears
+from inference.runtime.pytorch import LoadSpec, PyTorchRuntime
+from registry.architectures import MLP
+from registry.schemas import parse_tensor_schema
+from tests.conftest import safetensors_bytes
+
+WIDE = 2048  # 2048 x 2048 = MIN_WEIGHT_NUMEL: the smallest layer that is packed
+
+
+def wide_mlp(seed: int = 0) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(in_features=16, hidden=[WIDE, WIDE], out_features=3).eval()
+
+
+def example(module: nn.Module, batch: int = 4):
+    x = torch.randn(batch, 16, generator=torch.Generator().manual_seed(1))
+    return lambda m: m(x)
+
+
+def kinds(module: nn.Module) -> list[str]:
+    return [type(m).__name__ for m in module if not isinstance(m, nn.ReLU)]
+
+
+def test_only_the_large_fp32_layers_are_packed_and_the_outputs_stay_the_same():
+    assert WIDE * WIDE == MIN_WEIGHT_NUMEL
+    plain, packed = wide_mlp(), copy.deepcopy(wide_mlp())
+    assert pack_large_linears(packed, example(packed), label="wide") == 1
+    assert kinds(packed) == ["Linear", "MkldnnLinear", "Linear"]  # 16x2048 and 2048x3 are too small
+    for batch in (1, 3, 32):
+        x = torch.randn(batch, 16)
+        with torch.inference_mode():
+            np.testing.assert_allclose(packed(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_other_dtypes_and_scripted_modules_are_left_alone():
+    double = wide_mlp().double()
+    assert pack_large_linears(double, lambda m: m(torch.randn(2, 16, dtype=torch.float64))) == 0
+    assert kinds(double) == ["Linear", "Linear", "Linear"]
+    scripted = torch.jit.script(wide_mlp())
+    assert pack_large_linears(scripted, example(scripted)) == 0
+
+
+def test_outputs_that_differ_put_the_plain_layers_back(caplog):
+    module = wide_mlp()
+    calls = []
+
+    def run(m):  # the "packed" run answers differently from the plain one
+        calls.append(1)
+        return torch.full((2, 3), float(len(calls)))
+
+    with caplog.at_level(logging.WARNING, logger="inference.runtime"):
+        assert pack_large_linears(module, run, label="odd v1") == 0
+    assert kinds(module) == ["Linear", "Linear", "Linear"]
+    assert "odd v1: linear layers not packed for oneDNN (its outputs differ" in caplog.text
+
+
+def test_a_packed_run_that_fails_puts_the_plain_layers_back(caplog):
+    module = wide_mlp()
+    calls = []
+
+    def run(m):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("no oneDNN kernel for this input")
+        return m(torch.randn(2, 16))
+
+    with caplog.at_level(logging.WARNING, logger="inference.runtime"):
+        assert pack_large_linears(module, run, label="odd v2") == 0
+    assert kinds(module) == ["Linear", "Linear", "Linear"]
+    assert "RuntimeError: no oneDNN kernel for this input" in caplog.text
+    with torch.inference_mode():
+        assert module(torch.randn(1, 16)).shape == (1, 3)
+
+
+def spec(module: nn.Module, **changes) -> LoadSpec:
+    data = safetensors_bytes(module)
+    return LoadSpec(**{
+        "label": "wide v1", "read_artifact": lambda: data, "format": "safetensors",
+        "inputs": parse_tensor_schema([{"name": "input", "datatype": "FP32", "shape": [16]}], where="inputs"),
+        "outputs": parse_tensor_schema([{"name": "output", "datatype": "FP32", "shape": [3]}], where="outputs"),
+        "architecture": "registry.architectures.MLP",
+        "architecture_args": {"in_features": 16, "hidden": [WIDE, WIDE], "out_features": 3},
+        **changes,
+    })
+
+
+def test_the_runtime_packs_a_cpu_model_it_loads_unless_told_not_to():
+    module = wide_mlp(3)
+    packed, plain = PyTorchRuntime(spec(module)), PyTorchRuntime(spec(module, pack_linear=False))
+    packed.load()
+    plain.load()
+    assert (packed.packed_layers, plain.packed_layers) == (1, 0)
+    assert packed.nbytes == plain.nbytes  # the weights as loaded, counted once
+    rows = np.random.default_rng(2).standard_normal((5, 16)).astype(np.float32)
+    got, want = packed.predict({"input": rows})["output"], plain.predict({"input": rows})["output"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with torch.inference_mode():
+        np.testing.assert_allclose(want, module(torch.from_numpy(rows)).numpy(), rtol=1e-6, atol=1e-6)
