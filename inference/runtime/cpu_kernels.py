@@ -1,12 +1,17 @@
 """Large linear layers on the CPU with oneDNN's packed weights.
 
 PyTorch computes ``nn.Linear`` on the CPU with a BLAS GEMM on the weight as stored. oneDNN
-(``torch.utils.mkldnn.MkldnnLinear``) keeps the weight in its own blocked layout, packed once
+(``torch.utils.mkldnn.MkldnnLinear``, here in ``PackedLinear``) keeps the weight in its own blocked layout, packed once
 at load, which for a large layer at the batch sizes that dynamic batching forms is much
 faster: a 4096x4096 layer with 1 thread took 8.8 ms instead of 13.7 ms at batch 8, 16.7
 instead of 26.9 at batch 32, and the same at batch 1 (docs/benchmarks.md). For a small layer
 it is slower: each call converts its input and output (~60 µs). So only fp32 layers with at
 least ``MIN_WEIGHT_NUMEL`` weights are packed (2048x2048 and up).
+
+oneDNN keeps a compiled kernel for each batch size it sees (~0.7 MB each: 22 MB for the 32
+sizes of a 4096x4096 layer), so a packed layer pads its rows to a multiple of ``ROW_MULTIPLE``
+(1 and 2 rows as they are): at most 10 kernels for batches up to 32, for a few rows of
+compute.
 
 A packed module is checked before it is kept: a random example of the declared inputs must
 give the same outputs as the plain module (to float32 rounding); if not, or if anything
@@ -25,6 +30,25 @@ from torch import nn
 logger = logging.getLogger("inference.runtime")
 
 MIN_WEIGHT_NUMEL = 1 << 22  # 2048 x 2048
+ROW_MULTIPLE = 4
+
+
+class PackedLinear(nn.Module):
+    """A linear layer computed by oneDNN with its weight packed at load; rows padded to ROW_MULTIPLE."""
+
+    def __init__(self, dense: nn.Linear):
+        super().__init__()
+        from torch.utils.mkldnn import MkldnnLinear
+
+        self.in_features, self.out_features = dense.in_features, dense.out_features
+        self.packed = MkldnnLinear(dense, torch.float)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        if x.dim() != 2 or rows <= 2 or rows % ROW_MULTIPLE == 0:
+            return self.packed(x)
+        padded = torch.nn.functional.pad(x, (0, 0, 0, ROW_MULTIPLE - rows % ROW_MULTIPLE))
+        return self.packed(padded)[:rows]
 
 
 def _candidates(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
@@ -81,8 +105,6 @@ def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label:
     found = _candidates(module)
     if not found:
         return 0
-    from torch.utils.mkldnn import MkldnnLinear
-
     try:
         with torch.inference_mode():
             want = run_example(module)
@@ -93,7 +115,7 @@ def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label:
         with torch.inference_mode():
             for parent, name, child in found:
                 if id(child) not in packed:  # a layer used twice is packed once
-                    packed[id(child)] = MkldnnLinear(child, torch.float)
+                    packed[id(child)] = PackedLinear(child)
                 setattr(parent, name, packed[id(child)])
             ok = _same(run_example(module), want)
         reason = "its outputs differ from the plain layers'"
