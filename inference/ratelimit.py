@@ -68,11 +68,11 @@ class LeasedRateLimiter:
         with self._lock:
             lease = self._leases.get(value)
             if lease is not None and lease.cache_key == cache_key:
-                if lease.exhausted:
-                    return Usage(False, time_left)
-                if lease.left > 0:
+                if lease.left > 0:  # before `exhausted`: another thread's last grant may still be here
                     lease.left -= 1
                     return Usage(True, time_left)
+                if lease.exhausted:
+                    return Usage(False, time_left)
         size = lease_size(limit)
         granted = self._reserve(cache_key, size, limit, period)
         with self._lock:
