@@ -40,9 +40,10 @@ class Batch:
         return self.batcher.run(self.arrays, self.timeout)
 
     async def wait_async(self) -> Pending:
-        # On the loop, only a fast model's forward runs inline (as on an idle WSGI thread);
-        # a slow one goes to the batcher thread while the loop serves other requests.
-        pending = self.batcher.begin(self.arrays, inline_below_s=INLINE_DRAIN_BELOW_S)
+        # On the loop, a fast model's forward runs inline (as on an idle WSGI thread); a
+        # slower one too when this request is alone (see Batcher.begin); otherwise it goes
+        # to the batcher thread while the loop serves other requests.
+        pending = self.batcher.begin(self.arrays, inline_below_s=INLINE_DRAIN_BELOW_S, alone=loop_is_idle())
         if not pending.future.done():
             try:
                 await asyncio.wait_for(asyncio.wrap_future(pending.future), self.timeout)
@@ -54,6 +55,17 @@ class Batch:
                 raise
         pending.future.result(0)  # the model's own error, raised as Batcher.run raises it
         return pending
+
+
+def loop_is_idle() -> bool:
+    """Whether the running event loop has no other callback ready to run (no other request's
+    task to step, no request that arrived meanwhile): the caller is alone.
+
+    Reads asyncio's ``BaseEventLoop._ready``, the queue of ready callbacks; a loop without it
+    (uvloop) is never taken to be idle, which only means no lone request is computed inline.
+    """
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    return ready is not None and not ready
 
 
 @dataclass

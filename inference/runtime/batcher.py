@@ -4,7 +4,9 @@ One ``Batcher`` wraps one runtime per (version, device) per process, with one th
 
 * An idle batcher does not wait: a request that finds nothing queued and nothing
   computing runs at once, in the caller's thread, so batching costs no latency (and no
-  thread hand-off) at low load.
+  thread hand-off) at low load. On the async front's event loop this holds for a fast
+  model, and for any model under INLINE_ALONE_BELOW_S while clients come one at a time and
+  the loop has nothing else to run (``begin``).
 * Requests that arrive while a batch computes queue up and form the next batch, up to
   ``max_batch_size`` instances. A partial batch waits for more only while its oldest
   request is younger than ``max_batch_delay_ms`` (and only if that request arrived
@@ -44,6 +46,13 @@ Arrays = dict[str, np.ndarray]
 # forward pass takes under INLINE_DRAIN_BELOW_S on average.
 INLINE_DRAIN_BATCHES = 4
 INLINE_DRAIN_BELOW_S = 0.002
+# An event loop with nothing else to run computes a lone client's request itself when a
+# forward pass takes under this long: the hand-off to the batcher thread and back costs
+# two thread wake-ups, and nothing is waiting behind it (a longer forward would hold up
+# the process's health checks and new requests for that long).
+INLINE_ALONE_BELOW_S = 0.025
+# Requests per batch, smoothed, below which the clients are taken to be one at a time.
+LONE_CLIENT_BELOW = 1.5
 
 
 class Overloaded(Exception):
@@ -154,15 +163,23 @@ class Batcher:
         pending.result(timeout)
         return pending
 
-    def begin(self, arrays: Arrays, *, inline_below_s: float) -> Pending:
+    def begin(self, arrays: Arrays, *, inline_below_s: float, alone: bool = False) -> Pending:
         """Start a request without waiting for it (the async front's call).
 
         When the batcher is idle and its forward pass takes under `inline_below_s` on
         average (measured: 0 until the first batch), the request is computed now, in the
         caller's thread, and the returned Pending is done; otherwise it is queued for the
         batcher thread and the caller waits on ``pending.future`` as it likes.
+
+        `alone` says the caller has nothing else to do meanwhile (an event loop with no
+        other task ready). Then a forward pass under INLINE_ALONE_BELOW_S is computed
+        inline too, as long as the clients come one at a time (batches of one request,
+        smoothed): under concurrent load a loop that computed would not read the requests
+        that could join the batch, and every forward would be of one request.
         """
         fast = 0.0 < self._compute_ewma < inline_below_s
+        if alone and not fast:
+            fast = 0.0 < self._compute_ewma < INLINE_ALONE_BELOW_S and self._requests_ewma < LONE_CLIENT_BELOW
         return self._enqueue(arrays, allow_inline=self.inline_when_idle and fast)
 
     def _enqueue(self, arrays: Arrays, *, allow_inline: bool) -> Pending:

@@ -15,7 +15,7 @@ import pytest
 
 from inference import steps
 from inference.errors import ModelFailed, ServiceUnavailable
-from inference.runtime.batcher import INLINE_DRAIN_BELOW_S, Batcher
+from inference.runtime.batcher import INLINE_ALONE_BELOW_S, INLINE_DRAIN_BELOW_S, LONE_CLIENT_BELOW, Batcher
 from inference.services import observed
 
 
@@ -107,18 +107,69 @@ def test_many_awaiting_requests_share_batches_on_one_thread(batcher_factory):
     assert batcher.stats.exec_count <= 8, batcher.stats  # batched, not one forward per request
 
 
-def test_on_the_loop_only_a_fast_model_runs_inline(batcher_factory):
+async def busy_loop_path(batcher: Batcher, x: np.ndarray):
+    """Run `path` while another task is ready on the loop: the request is not alone."""
+    async def other():
+        await asyncio.sleep(0)
+
+    task = asyncio.get_running_loop().create_task(other())  # ready: scheduled, not yet run
+    try:
+        return await steps.run_async(path(batcher, x))
+    finally:
+        await task
+
+
+def test_on_the_loop_a_fast_model_runs_inline_a_slower_one_only_when_alone(batcher_factory):
     fast, slow = doubling(), doubling(delay=2 * INLINE_DRAIN_BELOW_S)
-    fast_batcher, slow_batcher = batcher_factory(fast), batcher_factory(slow)
-    for _ in range(3):  # the first forward of each is on the batcher thread: its speed is not known yet
-        asyncio.run(steps.run_async(path(fast_batcher, X)))
-        asyncio.run(steps.run_async(path(slow_batcher, X)))
+    slowest = doubling(delay=INLINE_ALONE_BELOW_S + 0.01)
+    fast_batcher, slow_batcher, slowest_batcher = batcher_factory(fast), batcher_factory(slow), batcher_factory(slowest)
+    for _ in range(3):  # busy loop: a fast model inline, a slower one on its batcher thread
+        asyncio.run(busy_loop_path(fast_batcher, X))
+        asyncio.run(busy_loop_path(slow_batcher, X))
     loop_thread = threading.current_thread().name
+    # The first forward of each is on the batcher thread: its speed is not known yet.
     assert fast.threads[0].startswith("batcher") and fast.threads[-1] == loop_thread
     assert all(name.startswith("batcher") for name in slow.threads), slow.threads
-    # Blocking callers compute inline whenever the batcher is idle, as before.
-    steps.run(path(slow_batcher, X))
+    # Alone on the loop (the lone client at concurrency 1): the slower model inline too, with
+    # no hand-off to its thread and back; one slower than INLINE_ALONE_BELOW_S never.
+    for _ in range(2):
+        asyncio.run(steps.run_async(path(slow_batcher, X)))
+        asyncio.run(steps.run_async(path(slowest_batcher, X)))
     assert slow.threads[-1] == loop_thread
+    assert all(name.startswith("batcher") for name in slowest.threads), slowest.threads
+    # Blocking callers compute inline whenever the batcher is idle, as before.
+    steps.run(path(slowest_batcher, X))
+    assert slowest.threads[-1] == loop_thread
+
+
+def test_a_loop_alone_does_not_compute_inline_under_concurrent_load(batcher_factory):
+    """Once batches hold several requests (concurrent clients), a request that finds the loop
+    idle still goes to the batcher thread: a loop that computed would read no more requests
+    meanwhile, and every forward would be of one request."""
+    slow = doubling(delay=2 * INLINE_DRAIN_BELOW_S)
+    batcher = batcher_factory(slow, max_batch_size=8)
+
+    async def burst():
+        return await asyncio.gather(*[steps.run_async(path(batcher, X[:1] + i)) for i in range(16)])
+
+    for _ in range(6):
+        asyncio.run(burst())
+    assert batcher._requests_ewma >= LONE_CLIENT_BELOW, batcher._requests_ewma
+    before = len(slow.threads)
+    y = asyncio.run(steps.run_async(path(batcher, X)))
+    np.testing.assert_array_equal(y, X * 2)
+    assert len(slow.threads) == before + 1 and slow.threads[-1].startswith("batcher"), slow.threads[before:]
+
+
+def test_loop_is_idle_sees_other_ready_tasks():
+    async def check():
+        alone = steps.loop_is_idle()
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        crowded = steps.loop_is_idle()
+        await task
+        return alone, crowded
+
+    assert asyncio.run(check()) == (True, False)
 
 
 def test_a_blocking_call_runs_in_a_thread_when_awaited():
