@@ -193,10 +193,15 @@ def predict_steps(
         if capture:
             outcome.payload = (body, None)  # a failed request keeps its input
         served = loaded.served
-        predictions = yield from run_prepared_steps(
-            loaded, lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools), served.finish,
-            outcome=outcome,
-        )
+        prepared = prepare_input(lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools),
+                                 outcome.timings)
+        if not capture:
+            # The parsed JSON holds a Python object per number (24 bytes each): drop it now rather
+            # than keep it while the request waits for its batch. With 32 instances of 512
+            # values per request and 16 requests waiting per process, the heap's high-water
+            # mark is several MB lower.
+            body = instances = None
+        predictions = yield from compute_steps(loaded, prepared, served.finish, outcome=outcome)
         response = {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
         if capture:
             outcome.payload = (body, response)
@@ -275,14 +280,31 @@ def run_prepared_steps(
     timeout: float | None = None,
 ) -> Steps[Any]:
     """``run_prepared`` as steps: waiting for the batch is the one wait."""
-    timings = outcome.timings if outcome is not None else {}
+    prepared = prepare_input(prepare, outcome.timings if outcome is not None else {})
+    return (yield from compute_steps(loaded, prepared, finish, outcome=outcome, timeout=timeout))
+
+
+def prepare_input(prepare: Callable[[], Any], timings: dict[str, float]) -> Any:
+    """Decode and preprocess a request's input (``prepare()``), timed; a bad input is InvalidInput."""
     t0 = time.perf_counter()
     try:
         prepared = prepare()
     except InputError as exc:
         raise InvalidInput(str(exc), path=exc.path, code=exc.code) from exc
-    t1 = time.perf_counter()
-    timings["preprocess"] = t1 - t0
+    timings["preprocess"] = time.perf_counter() - t0
+    return prepared
+
+
+def compute_steps(
+    loaded: Loaded,
+    prepared: Any,
+    finish: Callable[[Any, Any], Any],
+    *,
+    outcome: PredictOutcome | None = None,
+    timeout: float | None = None,
+) -> Steps[Any]:
+    """Batch and compute prepared inputs, then finish (postprocess); map errors to API errors."""
+    timings = outcome.timings if outcome is not None else {}
     timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
     try:
         depth = loaded.batcher.queue_depth

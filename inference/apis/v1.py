@@ -193,7 +193,7 @@ class PredictView(HotPathAPIView):
         # Resolve visibility before reading the body: an unknown model is a 404 whatever is sent.
         services.visible_model(model_name=name, key=request.auth)
         body, raw = self.json_body(request)
-        result = yield from services.predict_steps(
+        path = services.predict_steps(
             model_name=name,
             ref=ref,
             body=body,
@@ -201,6 +201,8 @@ class PredictView(HotPathAPIView):
             request_id=getattr(request, "request_id", ""),
             maybe_bools=b"true" in raw or b"false" in raw,
         )
+        del body, raw  # the path keeps the parsed body only as long as it needs it
+        result = yield from path
         return result
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .memory import IDLE_RELEASE_AFTER_S, release_free_memory
+
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
@@ -143,6 +145,7 @@ class Batcher:
         self._compute_ewma = 0.0  # seconds per forward, smoothed
         self._requests_ewma = 0.0  # requests per batch, smoothed
         self._free_since = 0.0  # when the last forward ended
+        self._computed_since_release = False  # a forward ran since free heap memory was last released
         self.gather_after_forward = gather_after_forward
         self._thread = threading.Thread(target=self._run, name=f"batcher:{name}", daemon=True)
         self._thread.start()
@@ -252,12 +255,18 @@ class Batcher:
 
     # ---- batcher thread -------------------------------------------------------------------
     def _take(self) -> list[Pending] | None:
-        """Wait for, then remove and return, the next batch (None when stopping with nothing left)."""
+        """Wait for, then remove and return, the next batch (None when stopping with nothing left;
+        an empty list when idle for IDLE_RELEASE_AFTER_S since a forward pass)."""
         with self._cond:
             while True:
                 while not self._queue or self._busy:  # busy: a caller computes inline
                     if self._stopping and not self._queue:
                         return None
+                    if self._computed_since_release and not self._busy:
+                        if not self._cond.wait(IDLE_RELEASE_AFTER_S) and not self._queue and not self._busy:
+                            self._computed_since_release = False
+                            return []
+                        continue
                     self._cond.wait()
                 head = self._queue[0]
                 batch, total = self._compatible(head)
@@ -300,6 +309,9 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
+            if not batch:  # idle since its last forward: what the batches freed goes back to the OS
+                release_free_memory()
+                continue
             self._compute(batch)
             with self._cond:
                 # Requests that arrive from now on, to an empty queue, run at once.
@@ -326,6 +338,7 @@ class Batcher:
         self._compute_ewma = 0.9 * self._compute_ewma + 0.1 * (finished - started) if self._compute_ewma else finished - started
         self._requests_ewma = 0.9 * self._requests_ewma + 0.1 * len(batch)
         self._free_since = finished
+        self._computed_since_release = True
         self.stats.exec_count += 1
         self.stats.inference_count += total
         self.stats.request_count += len(batch)

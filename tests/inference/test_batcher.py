@@ -361,3 +361,42 @@ def test_a_gathering_batcher_runs_as_soon_as_its_batch_is_full(batchers):
     first.result(WAIT)
     assert fake.batch_sizes == [1, 4], fake.batch_sizes
     assert elapsed < 1.0, f"the full batch waited {elapsed:.2f} s for its 3 s deadline"
+
+
+def test_an_idle_batcher_gives_freed_heap_memory_back_once_per_idle_spell(batchers, monkeypatch):
+    """After its forward passes, a batcher idle for IDLE_RELEASE_AFTER_S asks the C library to
+    return freed heap memory to the OS: once per idle spell, not every IDLE_RELEASE_AFTER_S."""
+    from inference.runtime import batcher as batcher_module
+
+    released: list[float] = []
+    monkeypatch.setattr(batcher_module, "IDLE_RELEASE_AFTER_S", 0.05)
+    monkeypatch.setattr(batcher_module, "release_free_memory", lambda: released.append(time.perf_counter()))
+    fake = FakeModel()
+    b = batchers(fake, name="release")
+    time.sleep(0.3)
+    assert released == []  # nothing computed yet: nothing to give back
+    b.submit({"x": np.array([[1.0]], dtype=np.float32)}).result(WAIT)
+    deadline = time.perf_counter() + WAIT
+    while not released and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert len(released) == 1
+    time.sleep(0.3)  # still idle: no second release
+    assert len(released) == 1
+    np.testing.assert_array_equal(b.submit({"x": np.array([[2.0]], dtype=np.float32)}).result(WAIT)["y"],
+                                  expected(np.array([[2.0]], dtype=np.float32)))
+    while len(released) < 2 and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert len(released) == 2
+
+
+def test_release_free_memory_gives_freed_heap_pages_back_through_glibc():
+    """On this Linux (glibc) the call reaches malloc_trim, which returns freed pages from inside
+    the heap (not only its top) to the OS."""
+    from inference.runtime import memory
+
+    assert memory._malloc_trim is not None
+    blocks = [bytearray(4000) for _ in range(8000)]  # ~32 MB from malloc's heap (under the mmap threshold)
+    keep = blocks[-1]  # holds the top of the heap: only a trim can give back what lies below it
+    del blocks
+    assert memory.release_free_memory() is True
+    assert len(keep) == 4000

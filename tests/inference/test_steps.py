@@ -7,8 +7,10 @@ waiting, error mapping and cancellation, not a model.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -137,7 +139,11 @@ def test_on_the_loop_a_fast_model_runs_inline_a_slower_one_only_when_alone(batch
         asyncio.run(steps.run_async(path(slowest_batcher, X)))
     assert slow.threads[-1] == loop_thread
     assert all(name.startswith("batcher") for name in slowest.threads), slowest.threads
-    # Blocking callers compute inline whenever the batcher is idle, as before.
+    # Blocking callers compute inline whenever the batcher is idle, as before (once its thread
+    # has marked the last batch done: the result is handed over just before that).
+    deadline = time.monotonic() + 5
+    while slowest_batcher._busy and time.monotonic() < deadline:
+        time.sleep(0.005)
     steps.run(path(slowest_batcher, X))
     assert slowest.threads[-1] == loop_thread
 
@@ -216,3 +222,36 @@ def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_que
     assert sorted(o.status for o in seen) == [200, 499]
     assert [o.error_code for o in seen if o.status == 499] == ["cancelled"]
     assert batcher.stats.dropped == 1 and batcher.stats.request_count == 1
+
+
+class Rows(list):
+    """A list a weak reference can watch (the parsed JSON of `instances` is a plain list)."""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("capture", [False, True])
+def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_captured(iris, capture):
+    """The parsed JSON (a Python object per number) is dropped once converted to arrays, unless
+    the model captures payloads: a web process's heap does not hold every waiting request's body."""
+    from inference import services
+    from inference.runtime.pool import get_pool
+    from registry.models import RegisteredModel
+
+    from .support import ROWS
+
+    RegisteredModel.objects.filter(name="iris").update(capture_payloads=capture)
+    get_pool().invalidate()
+    instances = Rows(list(row) for row in ROWS[:2])
+    alive = weakref.ref(instances)
+    request = services.predict_steps(model_name="iris", ref=None, body={"instances": instances}, request_id="r1")
+    del instances
+    wait = next(request)
+    while not isinstance(wait, steps.Batch):  # the model's first load is a Blocking wait
+        wait = request.send(wait.wait())
+    gc.collect()
+    assert (alive() is not None) == capture
+    try:
+        request.send(wait.wait())
+    except StopIteration as stop:
+        response = stop.value
+    assert response["id"] == "r1" and len(response["predictions"]) == 2
