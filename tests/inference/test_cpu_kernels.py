@@ -43,6 +43,36 @@ def test_only_the_large_fp32_layers_are_packed_and_the_outputs_stay_the_same():
             np.testing.assert_allclose(packed(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+class Counting(nn.Module):
+    """Wraps a layer's oneDNN module and records the rows of each call."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+def test_a_single_row_is_computed_on_the_packed_weight_memory_without_oneDNN():
+    """Batch 1 goes to PyTorch's GEMV over the packed weight's own memory (oneDNN is slower
+    there): no copy of the weight, the same outputs; without that view, oneDNN computes it."""
+    plain, packed = wide_mlp(), copy.deepcopy(wide_mlp())
+    pack_large_linears(packed, example(packed), label="wide")
+    layer = packed[2]
+    assert layer.row_weight.data_ptr() == torch.ops.mkldnn.data_ptr(layer.packed.weight)  # shared, not copied
+    layer.packed = Counting(layer.packed)
+    x = torch.randn(1, 16)
+    with torch.inference_mode():
+        np.testing.assert_allclose(packed(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
+        assert layer.packed.calls == []
+        layer.row_weight = None
+        np.testing.assert_allclose(packed(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-5)
+        packed(torch.randn(4, 16))
+    assert layer.packed.calls == [1, 4]
+
+
 def test_other_dtypes_and_scripted_modules_are_left_alone():
     double = wide_mlp().double()
     assert pack_large_linears(double, lambda m: m(torch.randn(2, 16, dtype=torch.float64))) == 0
