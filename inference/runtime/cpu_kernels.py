@@ -4,7 +4,8 @@ PyTorch computes ``nn.Linear`` on the CPU with a BLAS GEMM on the weight as stor
 (``torch.utils.mkldnn.MkldnnLinear``, here in ``PackedLinear``) keeps the weight in its own blocked layout, packed once
 at load, which for a large layer at the batch sizes that dynamic batching forms is much
 faster: a 4096x4096 layer with 1 thread took 8.8 ms instead of 13.7 ms at batch 8, 16.7
-instead of 26.9 at batch 32, and the same at batch 1 (docs/benchmarks.md). For a small layer
+instead of 26.9 at batch 32 (docs/benchmarks.md). At batch 1 oneDNN is the slower one, so a
+single row is computed by PyTorch over the same weight memory (``PackedLinear``). For a small layer
 it is slower: each call converts its input and output (~60 µs). So only fp32 layers with at
 least ``MIN_WEIGHT_NUMEL`` weights are packed (2048x2048 and up).
 
