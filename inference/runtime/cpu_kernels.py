@@ -7,7 +7,10 @@ faster: a 4096x4096 layer with 1 thread took 8.8 ms instead of 13.7 ms at batch 
 instead of 26.9 at batch 32 (docs/benchmarks.md). At batch 1 oneDNN is the slower one, so a
 single row is computed by PyTorch over the same weight memory (``PackedLinear``). For a small layer
 it is slower: each call converts its input and output (~60 µs). So only fp32 layers with at
-least ``MIN_WEIGHT_NUMEL`` weights are packed (2048x2048 and up).
+least ``MIN_WEIGHT_NUMEL`` weights are packed (2048x1024, 512x4096 and up). At that size oneDNN
+is about as fast as PyTorch (512x4096, 1 thread: 1.13x at batch 32, 0.92x at batch 8) and the
+process is smaller: PyTorch's BLAS keeps a ~9 MB buffer for such a weight after a batch, a
+packed weight needs none (the benchmark's web process: 446-456 MiB instead of 459-467).
 
 oneDNN keeps a compiled kernel for each batch size it sees (~0.7 MB each: 22 MB for the 32
 sizes of a 4096x4096 layer), so a packed layer pads its rows to a multiple of ``ROW_MULTIPLE``
@@ -30,7 +33,7 @@ from torch import nn
 
 logger = logging.getLogger("inference.runtime")
 
-MIN_WEIGHT_NUMEL = 1 << 22  # 2048 x 2048
+MIN_WEIGHT_NUMEL = 1 << 21  # 2048 x 1024, 512 x 4096
 ROW_MULTIPLE = 4
 
 

@@ -15,12 +15,12 @@ from registry.architectures import MLP
 from registry.schemas import parse_tensor_schema
 from tests.conftest import safetensors_bytes
 
-WIDE = 2048  # 2048 x 2048 = MIN_WEIGHT_NUMEL: the smallest layer that is packed
+WIDE, NARROW = 2048, 1024  # 2048 x 1024 = MIN_WEIGHT_NUMEL: the smallest layer that is packed
 
 
 def wide_mlp(seed: int = 0) -> MLP:
     torch.manual_seed(seed)
-    return MLP(in_features=16, hidden=[WIDE, WIDE], out_features=3).eval()
+    return MLP(in_features=16, hidden=[WIDE, NARROW], out_features=3).eval()
 
 
 def example(module: nn.Module, batch: int = 4):
@@ -33,10 +33,10 @@ def kinds(module: nn.Module) -> list[str]:
 
 
 def test_only_the_large_fp32_layers_are_packed_and_the_outputs_stay_the_same():
-    assert WIDE * WIDE == MIN_WEIGHT_NUMEL
+    assert WIDE * NARROW == MIN_WEIGHT_NUMEL
     plain, packed = wide_mlp(), copy.deepcopy(wide_mlp())
     assert pack_large_linears(packed, example(packed), label="wide") == 1
-    assert kinds(packed) == ["Linear", "PackedLinear", "Linear"]  # 16x2048 and 2048x3 are too small
+    assert kinds(packed) == ["Linear", "PackedLinear", "Linear"]  # 16x2048 and 1024x3 are too small
     for batch in (1, 2, 3, 5, 9, 32):  # 3, 5 and 9 rows are padded to 4, 8 and 12 inside the layer
         x = torch.randn(batch, 16)
         with torch.inference_mode():
@@ -120,7 +120,7 @@ def spec(module: nn.Module, **changes) -> LoadSpec:
         "inputs": parse_tensor_schema([{"name": "input", "datatype": "FP32", "shape": [16]}], where="inputs"),
         "outputs": parse_tensor_schema([{"name": "output", "datatype": "FP32", "shape": [3]}], where="outputs"),
         "architecture": "registry.architectures.MLP",
-        "architecture_args": {"in_features": 16, "hidden": [WIDE, WIDE], "out_features": 3},
+        "architecture_args": {"in_features": 16, "hidden": [WIDE, NARROW], "out_features": 3},
         **changes,
     })
 
@@ -137,3 +137,10 @@ def test_the_runtime_packs_a_cpu_model_it_loads_unless_told_not_to():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     with torch.inference_mode():
         np.testing.assert_allclose(want, module(torch.from_numpy(rows)).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_layer_one_row_under_the_threshold_is_left_plain():
+    module = MLP(in_features=16, hidden=[WIDE, NARROW - 1], out_features=3).eval()
+    assert WIDE * (NARROW - 1) < MIN_WEIGHT_NUMEL
+    assert pack_large_linears(module, example(module)) == 0
+    assert kinds(module) == ["Linear", "Linear", "Linear"]
