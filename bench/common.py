@@ -72,6 +72,7 @@ class Platform:
     metrics_token: str = "bench-metrics-token"
     proc: subprocess.Popen | None = None
     extra_env: dict = field(default_factory=dict)
+    python: str = PY  # the interpreter of the venv the platform runs from
 
     @property
     def url(self) -> str:
@@ -94,7 +95,7 @@ class Platform:
         return env
 
     def manage(self, *args: str) -> str:
-        out = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True)
+        out = subprocess.run([self.python, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args)} failed: {out.stderr[-2000:]}")
         return out.stdout
@@ -117,10 +118,10 @@ class Platform:
 
     def start(self) -> None:
         if self.server == "gunicorn":
-            command = [str(Path(PY).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
+            command = [str(Path(self.python).parent / "gunicorn"), "-c", "deploy/gunicorn.conf.py",
                        "inference_platform.wsgi:application"]
         else:
-            command = [PY, "-m", "inference_platform.serve"]
+            command = [self.python, "-m", "inference_platform.serve"]
         # The server's log goes to a file: an unread pipe fills up and blocks the server.
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,

@@ -106,10 +106,19 @@ class Server:
             return ""
 
 
+def runtime_python() -> str:
+    """The interpreter of bench/.envs/platform: requirements.txt alone, as a deployment installs
+    the platform (`make run` on a fresh machine, the container image). The development venv also
+    holds the test tools, some of which the web process would import (DRF imports `requests`
+    when it is installed: 5 MiB of RSS that no deployment has)."""
+    pins = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    return str(ensure_venv("platform", [p for p in pins if p]) / "bin" / "python")
+
+
 class PlatformServer(Server):
-    def __init__(self) -> None:
+    def __init__(self, python: str = PY) -> None:
         super().__init__("platform")
-        self.platform = Platform(port=self.port)
+        self.platform = Platform(port=self.port, python=python)
         self.key = ""
 
     def url(self, model: str) -> str:
@@ -143,8 +152,8 @@ class PlatformWSGIServer(PlatformServer):
     """The platform's WSGI deployment (gunicorn, threads: `inference_platform.wsgi:application`),
     beside ``platform`` in one run: what the async front changes (``--servers ...,platform-wsgi``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, python: str = PY) -> None:
+        super().__init__(python)
         self.name = "platform-wsgi"
         self.platform.server = "gunicorn"
 
