@@ -204,6 +204,12 @@ class WrkResult:
     requests: int
     non_2xx: int
     errors: str = ""
+    by_code: dict[int, int] = field(default_factory=dict)  # responses outside 2xx, by status code
+    no_retry_after: int = 0  # 503 responses without a Retry-After header
+
+    def codes(self) -> str:
+        """'0', or the non-2xx responses by code ('503: 12, 429: 3')."""
+        return ", ".join(f"{c}: {n}" for c, n in sorted(self.by_code.items())) or str(self.non_2xx)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -214,13 +220,39 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
 
 
+# Counts the responses outside 2xx by status code, and the 503s without Retry-After, in each wrk
+# thread (its own Lua state); done() adds them up and prints them after wrk's summary.
+_COUNT_CODES_LUA = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) codes = {}; no_retry_after = 0 end
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    codes[status] = (codes[status] or 0) + 1
+    if status == 503 and headers["Retry-After"] == nil and headers["retry-after"] == nil then
+      no_retry_after = no_retry_after + 1
+    end
+  end
+end
+function done(summary, latency, requests)
+  local total, missing = {}, 0
+  for _, t in ipairs(threads) do
+    for code, n in pairs(t:get("codes")) do total[code] = (total[code] or 0) + n end
+    missing = missing + t:get("no_retry_after")
+  end
+  for code, n in pairs(total) do io.write(string.format("status %d: %d\\n", code, n)) end
+  io.write(string.format("503 without retry-after: %d\\n", missing))
+end
+"""
+
+
 def run_wrk(url: str, body: str, headers: dict[str, str], *, connections: int, seconds: int,
             threads: int = 1, timeout_s: int = 10) -> WrkResult:
     """Run wrk against url with a POST body; return throughput and latency percentiles."""
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
-    lua.write("\n".join(lines) + "\n")
+    lua.write("\n".join(lines) + "\n" + _COUNT_CODES_LUA)
     lua.close()
     try:
         out = subprocess.run(
@@ -236,6 +268,9 @@ def run_wrk(url: str, body: str, headers: dict[str, str], *, connections: int, s
     p50 = re.search(r"\s50%\s+(\S+)", out)
     p99 = re.search(r"\s99%\s+(\S+)", out)
     errors = re.search(r"Socket errors:.*", out)
+    by_code = {int(c): int(n) for c, n in re.findall(r"^status (\d+): (\d+)$", out, re.M)}
+    missing = re.search(r"^503 without retry-after: (\d+)$", out, re.M)
     return WrkResult(rps=rps, p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
                      p99_ms=_ms(p99.group(1)) if p99 else float("nan"), requests=requests,
-                     non_2xx=int(non2xx.group(1)) if non2xx else 0, errors=errors.group(0) if errors else "")
+                     non_2xx=int(non2xx.group(1)) if non2xx else 0, errors=errors.group(0) if errors else "",
+                     by_code=by_code, no_retry_after=int(missing.group(1)) if missing else 0)
