@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import MLP_ARGS, ROOT, mlp_config, run_wrk, write_mlp_safetensors
+from .common import MLP_ARGS, ROOT, format_codes, mlp_config, run_wrk, write_mlp_safetensors
 from .references import (
     MLServerServer,
     PlatformServer,
@@ -156,7 +156,7 @@ def main() -> None:
                 notes.append("The platform ran from bench/.envs/platform: requirements.txt alone, as deployed.")
             except Exception as exc:  # noqa: BLE001 - measure it from this venv instead, and say so
                 notes.append(f"bench/.envs/platform could not be created ({str(exc)[-200:]}); the platform ran "
-                             "from the development venv, whose test tools add ~5 MiB to a web process.")
+                             "from the development venv: its web RSS is not comparable (docs/benchmarks.md).")
         factories = {
             "platform": lambda: [("platform", PlatformServer(platform_python))],
             "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in artifacts],
@@ -229,10 +229,6 @@ def codes_of(rs: list) -> dict[int, int]:
     return total
 
 
-def format_codes(codes: dict[int, int]) -> str:
-    return ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())) or "0"
-
-
 def med(rs: list, attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in rs)
 
@@ -258,7 +254,7 @@ def render(args, results, batch_sizes, rss, raw, capacity, notes, artifacts, bas
             ratio = f"{rps / base:.2f}" if base else "–"
             mb = f"{batch_sizes.get((model, conns, n), 0):.1f}" if name == "platform" else ""
             lines.append(f"| {model} | {conns} | {n} | {name} | {rps:.1f} | {ratio} | {med(rs, 'p50_ms'):.2f} | "
-                         f"{med(rs, 'p99_ms'):.2f} | {format_codes(codes_of(rs)) if codes_of(rs) else sum(r.non_2xx for r in rs)} | {mb} |")
+                         f"{med(rs, 'p99_ms'):.2f} | {format_codes(codes_of(rs)) or sum(r.non_2xx for r in rs)} | {mb} |")
     lines += ["", "RSS after the run: " + ", ".join(f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in rss.items()) + "."]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(results, rss, artifacts, baseline_rss)]
@@ -308,7 +304,7 @@ def targets(results, rss, artifacts, baseline_rss: int) -> list[str]:
             ok = frac >= 0.9 and not timeouts and not other and not bare
             out.append(f"{'PASS' if ok else 'FAIL'}: {model} c=256: {frac:.0%} of peak throughput, "
                        f"{codes.get(503, 0)} 503 (backpressure), {bare} of them without Retry-After, "
-                       f"other non-2xx {format_codes(other) if other else 0}, "
+                       f"other non-2xx {format_codes(other) or 0}, "
                        f"{'timeouts!' if timeouts else 'no timeouts'}")
     if PER_PROCESS in rss:
         weights = sum(p.stat().st_size for p, _ in artifacts.values())

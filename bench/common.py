@@ -208,8 +208,13 @@ class WrkResult:
     no_retry_after: int = 0  # 503 responses without a Retry-After header
 
     def codes(self) -> str:
-        """'0', or the non-2xx responses by code ('503: 12, 429: 3')."""
-        return ", ".join(f"{c}: {n}" for c, n in sorted(self.by_code.items())) or str(self.non_2xx)
+        """The non-2xx responses by code ('429: 3, 503: 12'), else their count."""
+        return format_codes(self.by_code) or str(self.non_2xx)
+
+
+def format_codes(codes: dict[int, int]) -> str:
+    """'429: 3, 503: 12'; empty for no codes."""
+    return ", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
