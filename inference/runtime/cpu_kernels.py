@@ -53,7 +53,9 @@ class PackedLinear(nn.Module):
         self.packed = MkldnnLinear(dense, torch.float)
         self.row_weight, self.row_bias = _dense_view(self.packed.weight, dense.weight), None
         if self.row_weight is not None and dense.bias is not None:
-            self.row_bias = dense.bias.detach().clone()
+            self.row_bias = _dense_view(self.packed.bias, dense.bias)
+            if self.row_bias is None:  # no view of the bias: no single-row path either
+                self.row_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
@@ -66,8 +68,8 @@ class PackedLinear(nn.Module):
 
 
 def _dense_view(mkldnn_weight: torch.Tensor, dense_weight: torch.Tensor) -> torch.Tensor | None:
-    """A dense tensor over an oneDNN weight's memory (no copy), or None unless it reads exactly
-    as the dense weight (oneDNN's layout is row-major for a 2-D tensor, as checked here).
+    """A dense tensor over an oneDNN weight's (or bias's) memory (no copy), or None unless it reads
+    exactly as the dense one (oneDNN's layout is row-major for a 2-D tensor, as checked here).
 
     The view does not own the memory: it lives as long as the PackedLinear that holds both."""
     import ctypes
@@ -84,9 +86,12 @@ def _dense_view(mkldnn_weight: torch.Tensor, dense_weight: torch.Tensor) -> torc
 
 
 def _candidates(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every place a large fp32 layer is held: (parent, attribute name, layer). A layer held under
+    two names, or by two parents, is listed at each, so that every reference is replaced (else
+    one name would keep the plain weight alive beside the packed one)."""
     found = []
     for parent in module.modules():
-        for name, child in parent.named_children():
+        for name, child in parent._modules.items():  # named_children() would skip a second name
             if (
                 type(child) is nn.Linear  # a subclass may compute differently
                 and child.weight.dtype == torch.float32
@@ -125,7 +130,8 @@ def _same(got: Any, want: Any) -> bool:
 
 
 def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label: str = "model") -> int:
-    """Replace `module`'s large fp32 ``nn.Linear`` layers with oneDNN-packed ones; return how many.
+    """Replace `module`'s large fp32 ``nn.Linear`` layers with oneDNN-packed ones; return how many
+    distinct layers were packed.
 
     `run_example(module)` computes a fixed example with the module; the packed module must give
     the plain module's outputs on it, else every layer is put back and 0 is returned.
@@ -158,5 +164,6 @@ def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label:
             setattr(parent, name, child)
         logger.warning("%s: linear layers not packed for oneDNN (%s); serving them as they are", label, reason)
         return 0
-    logger.info("%s: %d linear layer(s) packed for oneDNN", label, len(found))
-    return len(found)
+    # A layer used at several places is one packed layer: counted once.
+    logger.info("%s: %d linear layer(s) packed for oneDNN", label, len(packed))
+    return len(packed)

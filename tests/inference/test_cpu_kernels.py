@@ -62,6 +62,7 @@ def test_a_single_row_is_computed_on_the_packed_weight_memory_without_oneDNN():
     pack_large_linears(packed, example(packed), label="wide")
     layer = packed[2]
     assert layer.row_weight.data_ptr() == torch.ops.mkldnn.data_ptr(layer.packed.weight)  # shared, not copied
+    assert layer.row_bias.data_ptr() == torch.ops.mkldnn.data_ptr(layer.packed.bias)
     layer.packed = Counting(layer.packed)
     x = torch.randn(1, 16)
     with torch.inference_mode():
@@ -144,3 +145,32 @@ def test_a_layer_one_row_under_the_threshold_is_left_plain():
     assert WIDE * (NARROW - 1) < MIN_WEIGHT_NUMEL
     assert pack_large_linears(module, example(module)) == 0
     assert kinds(module) == ["Linear", "Linear", "Linear"]
+
+
+class SharedLayer(nn.Module):
+    """One large linear layer applied twice (weight tying)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(16, WIDE)
+        self.shared = nn.Linear(WIDE, WIDE)
+        self.out = nn.Linear(WIDE, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.shared(torch.relu(self.shared(self.inp(x))))))
+
+
+def test_a_layer_used_twice_is_packed_once_and_counted_once(caplog):
+    plain = SharedLayer().eval()
+    tied = copy.deepcopy(plain)
+    tied.again = tied.shared  # the same layer held under a second name
+    tied.block = nn.Sequential(tied.shared)  # ... and by a second parent
+    caplog.set_level(logging.INFO, logger="inference.runtime")
+    assert pack_large_linears(tied, example(tied), label="tied") == 1
+    assert tied.shared is tied.again is tied.block[0]  # every reference replaced: no plain weight left behind
+    assert type(tied.shared).__name__ == "PackedLinear"
+    assert "tied: 1 linear layer(s) packed" in caplog.text
+    x = torch.randn(5, 16)
+    with torch.inference_mode():
+        np.testing.assert_allclose(tied(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-4)
