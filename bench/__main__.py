@@ -14,14 +14,16 @@ import argparse
 import datetime as dt
 import os
 import platform as stdlib_platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import MLP_ARGS, ROOT, format_codes, mlp_config, run_wrk, write_mlp_safetensors
+from .common import MLP_ARGS, ROOT, WrkResult, format_codes, mlp_config, run_wrk, write_mlp_safetensors
 from .references import (
     MLServerServer,
     PlatformServer,
@@ -34,6 +36,11 @@ from .references import (
 MARK_BEGIN = "<!-- BENCH:BEGIN -->"
 PER_PROCESS = "platform, largest web process"
 MARK_END = "<!-- BENCH:END -->"
+
+# The overload check: the platform alone, its MLP given a queue of one batch per web process, so
+# that 256 connections overflow it; the rejected requests must be fast 503s with Retry-After.
+OVERLOAD_QUEUE = 32
+OVERLOAD_CONNECTIONS = 256
 
 SCENARIOS = [
     # (model, connections, instances per request)
@@ -100,6 +107,44 @@ def torch_baseline_rss(python: str = sys.executable) -> int:
     return 0
 
 
+@dataclass
+class Run:
+    """What one `make bench` measured: the report and the targets are read from it."""
+
+    args: argparse.Namespace
+    artifacts: dict[str, tuple[Path, dict]]
+    results: dict[tuple, dict[str, list[WrkResult]]] = field(default_factory=dict)
+    batch_sizes: dict[tuple, float] = field(default_factory=dict)
+    rss: dict[str, int] = field(default_factory=dict)
+    raw: dict[str, float] = field(default_factory=dict)
+    capacity: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    baseline_rss: int = 0
+    overload: list[WrkResult] = field(default_factory=list)
+
+
+def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> list[WrkResult]:
+    """The MLP at 256 connections on a platform whose queue holds one batch per web process:
+    every response timed by status code (200 served, 503 shed)."""
+    path, _ = artifacts["mlp"]
+    server = PlatformServer(python)
+    try:
+        server.start({"mlp": (path, mlp_config(32, 5.0, OVERLOAD_QUEUE))})
+        body = server.body("mlp", rows_for("mlp", 1))
+        # Warm-up at full concurrency: the first batches of each size build their kernels.
+        run_wrk(server.url("mlp"), body, server.headers(), connections=OVERLOAD_CONNECTIONS, seconds=3, threads=2)
+        out = []
+        for _ in range(rounds):
+            r = run_wrk(server.url("mlp"), body, server.headers(), connections=OVERLOAD_CONNECTIONS,
+                        seconds=seconds, latency_by_code=True)
+            print(f"overload c={OVERLOAD_CONNECTIONS} queue {OVERLOAD_QUEUE}: {r.rps:.1f} req/s  "
+                  f"{r.latency_by_code}  non-2xx {r.codes()}  {r.errors}", flush=True)
+            out.append(r)
+        return out
+    finally:
+        server.stop()
+
+
 def wrk_capacity(seconds: int) -> float:
     """Requests/s wrk reaches against a trivial asyncio responder (the load generator's ceiling)."""
     from .common import free_port, wait_http
@@ -118,10 +163,11 @@ def wrk_capacity(seconds: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--servers", default="platform,single-lock,torchserve,mlserver",
                     help="comma list; platform-wsgi adds the platform under gunicorn (its WSGI deployment)")
     ap.add_argument("--scenarios", default="", help="comma list like mlp:32:1 (default: all)")
+    ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--platform-venv", choices=("runtime", "dev"), default="runtime",
@@ -133,33 +179,30 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-artifacts-"))
     mlp_path = write_mlp_safetensors(workdir / "mlp.safetensors")
-    artifacts = {"mlp": (mlp_path, mlp_config(32, 5.0, 1024)), "iris": iris_artifacts(workdir)}
+    run = Run(args, {"mlp": (mlp_path, mlp_config(32, 5.0, 1024)), "iris": iris_artifacts(workdir)})
     wanted = args.servers.split(",")
     scenarios = SCENARIOS
     if args.scenarios:
         scenarios = [(m, int(c), int(n)) for m, c, n in (s.split(":") for s in args.scenarios.split(","))]
 
     servers: dict[str, object] = {}
-    results: dict[tuple, dict[str, list]] = {}
-    batch_sizes: dict[tuple, float] = {}
-    notes: list[str] = []
     platform_python = sys.executable
     try:
         print("load generator capacity...", flush=True)
-        capacity = wrk_capacity(min(args.seconds, 5))
-        print(f"  wrk against a trivial responder: {capacity:.0f} req/s", flush=True)
-        raw = raw_model()
-        print(f"  raw MLP forward, 1 thread: {raw['batch1']:.0f}/s at batch 1, {raw['batch32']:.0f}/s at batch 32")
+        run.capacity = wrk_capacity(min(args.seconds, 5))
+        print(f"  wrk against a trivial responder: {run.capacity:.0f} req/s", flush=True)
+        run.raw = raw_model()
+        print(f"  raw MLP forward, 1 thread: {run.raw['batch1']:.0f}/s at batch 1, {run.raw['batch32']:.0f}/s at batch 32")
         if args.platform_venv == "runtime" and {"platform", "platform-wsgi"} & set(wanted):
             try:
                 platform_python = runtime_python()
-                notes.append("The platform ran from bench/.envs/platform: requirements.txt alone, as deployed.")
+                run.notes.append("The platform ran from bench/.envs/platform: requirements.txt alone, as deployed.")
             except Exception as exc:  # noqa: BLE001 - measure it from this venv instead, and say so
-                notes.append(f"bench/.envs/platform could not be created ({str(exc)[-200:]}); the platform ran "
-                             "from the development venv: its web RSS is not comparable (docs/benchmarks.md).")
+                run.notes.append(f"bench/.envs/platform could not be created ({str(exc)[-200:]}); the platform ran "
+                                 "from the development venv: its web RSS is not comparable (docs/benchmarks.md).")
         factories = {
             "platform": lambda: [("platform", PlatformServer(platform_python))],
-            "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in artifacts],
+            "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in run.artifacts],
             "torchserve": lambda: [("torchserve", TorchServeServer())],
             "mlserver": lambda: [("mlserver", MLServerServer())],
             "platform-wsgi": lambda: [("platform-wsgi", PlatformWSGIServer(platform_python))],
@@ -168,12 +211,12 @@ def main() -> None:
             for key, s in factories[name]():
                 started = time.time()
                 try:
-                    s.start(artifacts)
+                    s.start(run.artifacts)
                     servers[key] = s
                     print(f"started {key} in {time.time() - started:.0f} s", flush=True)
                 except Exception as exc:  # noqa: BLE001 - report, measure the others
                     s.stop()
-                    notes.append(f"{key} could not be started: {str(exc)[-300:]}")
+                    run.notes.append(f"{key} could not be started: {str(exc)[-300:]}")
                     print(f"!! {key} failed to start: {exc}", flush=True)
 
         def targets_for(model: str) -> list[tuple[str, object]]:
@@ -186,7 +229,7 @@ def main() -> None:
 
         for model, conns, n in scenarios:
             key = (model, conns, n)
-            results[key] = {}
+            run.results[key] = {}
             rows = rows_for(model, n)
             for _, s in targets_for(model):  # warm-up: 16 connections reach every web process of the platform
                 run_wrk(s.url(model), s.body(model, rows), s.headers(), connections=16, seconds=2)
@@ -196,28 +239,33 @@ def main() -> None:
                 for name, s in targets_for(model):
                     r = run_wrk(s.url(model), s.body(model, rows), s.headers(), connections=conns,
                                 seconds=args.seconds, threads=2 if conns > 32 else 1)
-                    results[key].setdefault(name, []).append(r)
+                    run.results[key].setdefault(name, []).append(r)
                     print(f"{model:5s} c={conns:<3d} n={n:<2d} {name:12s} {r.rps:8.1f} req/s  p50 {r.p50_ms:8.2f} ms"
                           f"  p99 {r.p99_ms:8.2f} ms  non-2xx {r.codes()} {r.errors}", flush=True)
             if plat:
                 after = plat.platform.batch_counts(model)
-                batch_sizes[key] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-        rss = {name: s.rss() for name, s in servers.items()}
+                run.batch_sizes[key] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+        run.rss = {name: s.rss() for name, s in servers.items()}
         if "platform" in servers:  # the target is per web process (each holds its own models)
-            rss[PER_PROCESS] = max(servers["platform"].platform.worker_rss(), default=0)
+            run.rss[PER_PROCESS] = max(servers["platform"].platform.worker_rss(), default=0)
     finally:
         for s in servers.values():
             try:
                 s.stop()
             except Exception:  # noqa: BLE001
                 pass
+    if "platform" in wanted and not args.no_overload:  # alone on the machine, after the others stopped
+        try:
+            run.overload = overload(platform_python, run.artifacts, args.seconds, args.rounds)
+        except Exception as exc:  # noqa: BLE001 - report the rest
+            run.notes.append(f"the overload check could not run: {str(exc)[-300:]}")
 
-    report = render(args, results, batch_sizes, rss, raw, capacity, notes, artifacts,
-                    torch_baseline_rss(platform_python))
+    run.baseline_rss = torch_baseline_rss(platform_python)
+    report = render(run)
     print(report)
     if not args.no_write:
         write_report(Path(args.out), report)
-        plot(results, Path(args.out).with_name("benchmarks.png"))
+        plot(run.results, Path(args.out).with_name("benchmarks.png"))
 
 
 def codes_of(rs: list) -> dict[int, int]:
@@ -233,38 +281,65 @@ def med(rs: list, attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in rs)
 
 
-def render(args, results, batch_sizes, rss, raw, capacity, notes, artifacts, baseline_rss) -> str:
+def render(run: Run) -> str:
+    args = run.args
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
         f"{stdlib_platform.machine()} with {os.cpu_count()} cores, Python {stdlib_platform.python_version()}. "
         f"{args.seconds} s per measurement, {args.rounds} alternating rounds, medians. wrk drives "
-        f"{capacity:.0f} req/s against a trivial responder on this machine (the load generator's ceiling).",
+        f"{run.capacity:.0f} req/s against a trivial responder on this machine (the load generator's ceiling).",
         "",
-        f"Raw MLP (512-4096-4096-10, 1 thread, in-process, no HTTP): {raw['batch1']:.0f} instances/s at batch 1, "
-        f"{raw['batch32']:.0f} instances/s at batch 32.",
+        f"Raw MLP (512-4096-4096-10, 1 thread, in-process, no HTTP): {run.raw['batch1']:.0f} instances/s at "
+        f"batch 1, {run.raw['batch32']:.0f} instances/s at batch 32.",
         "",
         "| model | conc. | inst./req | server | req/s | × single-lock | p50 ms | p99 ms | non-2xx (by code) | mean batch |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, conns, n), per in results.items():
+    for (model, conns, n), per in run.results.items():
         base = med(per["single-lock"], "rps") if "single-lock" in per else None
         for name, rs in per.items():
             rps = med(rs, "rps")
             ratio = f"{rps / base:.2f}" if base else "–"
-            mb = f"{batch_sizes.get((model, conns, n), 0):.1f}" if name == "platform" else ""
+            mb = f"{run.batch_sizes.get((model, conns, n), 0):.1f}" if name == "platform" else ""
             lines.append(f"| {model} | {conns} | {n} | {name} | {rps:.1f} | {ratio} | {med(rs, 'p50_ms'):.2f} | "
                          f"{med(rs, 'p99_ms'):.2f} | {format_codes(codes_of(rs)) or sum(r.non_2xx for r in rs)} | {mb} |")
-    lines += ["", "RSS after the run: " + ", ".join(f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in rss.items()) + "."]
+    lines += ["", "RSS after the run: " + ", ".join(
+        f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in run.rss.items()) + "."]
+    if run.overload:
+        lines += ["", overload_line(run.overload)]
     lines += ["", "Targets:", ""]
-    lines += [f"- {t}" for t in targets(results, rss, artifacts, baseline_rss)]
-    if notes:
-        lines += ["", "Notes: " + " ".join(notes)]
+    lines += [f"- {t}" for t in targets(run)]
+    if run.notes:
+        lines += ["", "Notes: " + " ".join(run.notes)]
     return "\n".join(lines)
 
 
-def targets(results, rss, artifacts, baseline_rss: int) -> list[str]:
+def overload_stats(rs: list[WrkResult]) -> dict:
+    """Medians over the overload rounds: responses/s by status, and p50/p99 by status."""
+    out = {}
+    for code in sorted({c for r in rs for c in r.latency_by_code}):
+        per = [(r.latency_by_code[code], r) for r in rs if code in r.latency_by_code]
+        out[code] = {
+            "rps": statistics.median(lat[0] / max(1e-9, r.requests / r.rps) for lat, r in per),
+            "p50": statistics.median(lat[1] for lat, _ in per),
+            "p99": statistics.median(lat[2] for lat, _ in per),
+            "count": sum(lat[0] for lat, _ in per),
+        }
+    return out
+
+
+def overload_line(rs: list[WrkResult]) -> str:
+    parts = [f"{code}: {s['rps']:.0f}/s, p50 {s['p50']:.2f} ms, p99 {s['p99']:.2f} ms"
+             for code, s in overload_stats(rs).items()]
+    return (f"Overload (the platform alone, its MLP with max_queue_size {OVERLOAD_QUEUE} per web process, "
+            f"{OVERLOAD_CONNECTIONS} connections; wrk times every response by status, with a thread per "
+            "connection, which costs the servers some of the CPU): " + "; ".join(parts) + ".")
+
+
+def targets(run: Run) -> list[str]:
     out = []
+    results = run.results
 
     def get(model, c, n, server):
         return results.get((model, c, n), {}).get(server)
@@ -300,19 +375,46 @@ def targets(results, rss, artifacts, baseline_rss: int) -> list[str]:
             codes = codes_of(p)
             other = {c: n for c, n in codes.items() if c != 503}  # overload must be a 503, nothing else
             bare = sum(r.no_retry_after for r in p)
-            timeouts = any("timeout" in r.errors and not r.errors.endswith("timeout 0") for r in p)
+            timeouts = any(timed_out(r) for r in p)
             ok = frac >= 0.9 and not timeouts and not other and not bare
             out.append(f"{'PASS' if ok else 'FAIL'}: {model} c=256: {frac:.0%} of peak throughput, "
                        f"{codes.get(503, 0)} 503 (backpressure), {bare} of them without Retry-After, "
                        f"other non-2xx {format_codes(other) or 0}, "
                        f"{'timeouts!' if timeouts else 'no timeouts'}")
-    if PER_PROCESS in rss:
-        weights = sum(p.stat().st_size for p, _ in artifacts.values())
-        limit = baseline_rss + weights + 120 * 2**20
-        out.append(f"{'PASS' if rss[PER_PROCESS] <= limit else 'FAIL'}: web RSS {rss[PER_PROCESS] / 2**20:.0f} MiB "
+    if run.overload:
+        out.append(overload_target(run.overload))
+    if PER_PROCESS in run.rss:
+        weights = sum(p.stat().st_size for p, _ in run.artifacts.values())
+        limit = run.baseline_rss + weights + 120 * 2**20
+        out.append(f"{'PASS' if run.rss[PER_PROCESS] <= limit else 'FAIL'}: web RSS {run.rss[PER_PROCESS] / 2**20:.0f} MiB "
                    "(largest web process) <= "
                    f"import torch + weights + 120 MiB = {limit / 2**20:.0f} MiB")
     return out
+
+
+def timed_out(r: WrkResult) -> bool:
+    """wrk counted a request that got no answer within its timeout."""
+    m = re.search(r"timeout (\d+)", r.errors)
+    return bool(m and int(m.group(1)))
+
+
+def overload_target(rs: list[WrkResult]) -> str:
+    """Overload is a fast 503 with Retry-After, never a timeout: some requests were shed, every
+    non-2xx is a 503 with Retry-After, none timed out, and a shed request's p99 is below a
+    served request's p50 (shedding is faster than serving)."""
+    stats = overload_stats(rs)
+    codes = codes_of(rs)
+    other = {c: n for c, n in codes.items() if c != 503}
+    bare = sum(r.no_retry_after for r in rs)
+    timeouts = any(timed_out(r) for r in rs)
+    broken = [r.errors for r in rs if r.errors]  # connect/read/write errors: a connection cut or refused
+    shed, served = stats.get(503), stats.get(200)
+    fast = bool(shed and served and shed["p99"] < served["p50"])
+    ok = fast and not other and not bare and not timeouts and not broken
+    return (f"{'PASS' if ok else 'FAIL'}: overload (MLP, queue {OVERLOAD_QUEUE}, c={OVERLOAD_CONNECTIONS}): "
+            f"{codes.get(503, 0)} 503, {bare} without Retry-After, other non-2xx {format_codes(other) or 0}, "
+            f"{'timeouts!' if timeouts else 'no timeouts'}, {'; '.join(broken) or 'no socket errors'}; 503 p99 "
+            f"{shed['p99'] if shed else float('nan'):.2f} ms < 200 p50 {served['p50'] if served else float('nan'):.2f} ms")
 
 
 def write_report(path: Path, report: str) -> None:

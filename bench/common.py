@@ -206,6 +206,8 @@ class WrkResult:
     errors: str = ""
     by_code: dict[int, int] = field(default_factory=dict)  # responses outside 2xx, by status code
     no_retry_after: int = 0  # 503 responses without a Retry-After header
+    # status -> (responses, p50 ms, p99 ms); only with run_wrk(latency_by_code=True)
+    latency_by_code: dict[int, tuple[int, float, float]] = field(default_factory=dict)
 
     def codes(self) -> str:
         """The non-2xx responses by code ('429: 3, 503: 12'), else their count."""
@@ -251,13 +253,70 @@ end
 """
 
 
+# Latency by status code. wrk's own latency figures mix every response; to tell a fast 503 from
+# a served 200, each response is timed in Lua (LuaJIT's ffi reads CLOCK_MONOTONIC). A wrk thread
+# matches a response to its request only when it drives one connection, so run_wrk gives every
+# connection its own thread for this (latency_by_code=True). Each thread keeps a histogram in a
+# flat table (wrk copies only flat tables between threads): key status * 100000 + bucket, buckets
+# 2.5% wide (log(us) * 40). done() prints, per status, "latency N: count p50_us p99_us".
+_LATENCY_BY_CODE_LUA = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_us() ffi.C.clock_gettime(1, ts); return tonumber(ts.tv_sec) * 1e6 + tonumber(ts.tv_nsec) / 1e3 end
+local count_codes, count_init, count_done = response, init, done
+function init(args) count_init(args); hist = {}; sent = nil end
+function request() sent = now_us(); return wrk.format() end
+function response(status, headers, body)
+  count_codes(status, headers, body)
+  if sent then
+    local key = status * 100000 + math.floor(math.log(math.max(1, now_us() - sent)) * 40)
+    hist[key] = (hist[key] or 0) + 1
+    sent = nil
+  end
+end
+function done(summary, latency, requests)
+  count_done(summary, latency, requests)
+  local by_code = {}
+  for _, t in ipairs(threads) do
+    for key, n in pairs(t:get("hist")) do
+      local code = math.floor(key / 100000)
+      by_code[code] = by_code[code] or {}
+      by_code[code][key % 100000] = (by_code[code][key % 100000] or 0) + n
+    end
+  end
+  for code, buckets in pairs(by_code) do
+    local order, total = {}, 0
+    for b, n in pairs(buckets) do table.insert(order, b); total = total + n end
+    table.sort(order)
+    local function pct(p)
+      local seen = 0
+      for _, b in ipairs(order) do
+        seen = seen + buckets[b]
+        if seen >= total * p then return math.exp((b + 0.5) / 40) end
+      end
+    end
+    io.write(string.format("latency %d: %d %.0f %.0f\\n", code, total, pct(0.5), pct(0.99)))
+  end
+end
+"""
+
+
 def run_wrk(url: str, body: str, headers: dict[str, str], *, connections: int, seconds: int,
-            threads: int = 1, timeout_s: int = 10) -> WrkResult:
-    """Run wrk against url with a POST body; return throughput and latency percentiles."""
+            threads: int = 1, timeout_s: int = 10, latency_by_code: bool = False) -> WrkResult:
+    """Run wrk against url with a POST body; return throughput and latency percentiles.
+
+    latency_by_code: time every response in Lua and report p50/p99 per status code; wrk then
+    runs a thread per connection (`threads` is ignored)."""
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(body)}", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
-    lua.write("\n".join(lines) + "\n" + _COUNT_CODES_LUA)
+    lua.write("\n".join(lines) + "\n" + _COUNT_CODES_LUA + (_LATENCY_BY_CODE_LUA if latency_by_code else ""))
+    if latency_by_code:
+        threads = connections
     lua.close()
     try:
         out = subprocess.run(
@@ -275,7 +334,10 @@ def run_wrk(url: str, body: str, headers: dict[str, str], *, connections: int, s
     errors = re.search(r"Socket errors:.*", out)
     by_code = {int(c): int(n) for c, n in re.findall(r"^status (\d+): (\d+)$", out, re.M)}
     missing = re.search(r"^503 without retry-after: (\d+)$", out, re.M)
+    latency = {int(c): (int(n), int(p50) / 1000, int(p99) / 1000)
+               for c, n, p50, p99 in re.findall(r"^latency (\d+): (\d+) (\d+) (\d+)$", out, re.M)}
     return WrkResult(rps=rps, p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
                      p99_ms=_ms(p99.group(1)) if p99 else float("nan"), requests=requests,
                      non_2xx=int(non2xx.group(1)) if non2xx else 0, errors=errors.group(0) if errors else "",
-                     by_code=by_code, no_retry_after=int(missing.group(1)) if missing else 0)
+                     by_code=by_code, no_retry_after=int(missing.group(1)) if missing else 0,
+                     latency_by_code=latency)

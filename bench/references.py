@@ -106,6 +106,17 @@ class Server:
             return ""
 
 
+def pinned(*names: str) -> list[str]:
+    """The project's own pins (requirements*.txt) of these packages: 'flask==3.1.3', ..."""
+    pins = {}
+    for req in sorted(ROOT.glob("requirements*.txt")):
+        for line in req.read_text().splitlines():
+            spec = line.split("#")[0].strip()
+            if "==" in spec:
+                pins[spec.split("==")[0].strip().lower()] = spec
+    return [pins[n.lower()] for n in names]
+
+
 def runtime_python() -> str:
     """The interpreter of bench/.envs/platform: requirements.txt alone, as a deployment installs
     the platform (`make run` on a fresh machine, the container image). The development venv also
@@ -159,6 +170,9 @@ class PlatformWSGIServer(PlatformServer):
 
 
 class SingleLockServer(Server):
+    """Runs from bench/.envs/single-lock (torch, Flask, gunicorn and the weights' readers at the
+    project's pins, nothing else), so its RSS compares with the platform's runtime venv."""
+
     def __init__(self, model: str) -> None:
         super().__init__(f"single-lock:{model}")
         self.model = model
@@ -170,7 +184,8 @@ class SingleLockServer(Server):
         path, config = artifacts[self.model]
         env = dict(os.environ, ARTIFACT=str(path), ARCH_ARGS=json.dumps(config["architecture_args"]),
                    PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-        gunicorn = str(Path(PY).parent / "gunicorn")
+        env_dir = ensure_venv("single-lock", pinned("torch", "flask", "werkzeug", "gunicorn", "safetensors", "numpy"))
+        gunicorn = str(env_dir / "bin" / "gunicorn")
         self._spawn([gunicorn, "-w", "1", "--threads", "32", "-k", "gthread", "-b", f"127.0.0.1:{self.port}",
                      "bench.servers.single_lock:app"], env)
         wait_http(f"{self.base}/healthz", 120)
@@ -186,8 +201,8 @@ class TorchServeServer(Server):
         return f"{self.base}/predictions/{model}"
 
     def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
-        env_dir = ensure_venv("torchserve", ["torch==2.13.0", "torchserve==0.12.0", "torch-model-archiver==0.12.0",
-                                             "safetensors==0.8.0", "numpy==2.4.6", "pyyaml==6.0.4", "psutil", "packaging"])
+        env_dir = ensure_venv("torchserve", [*pinned("torch"), "torchserve==0.12.0", "torch-model-archiver==0.12.0",
+                                             *pinned("safetensors", "numpy"), "pyyaml==6.0.4", "psutil", "packaging"])
         store = self.workdir / "store"
         store.mkdir()
         for model, (path, config) in artifacts.items():
@@ -268,7 +283,7 @@ class MLServerServer(Server):
                                        "data": rows}]})
 
     def start(self, artifacts: dict[str, tuple[Path, dict]]) -> None:
-        env_dir = ensure_venv("mlserver", ["torch==2.13.0", "mlserver==1.7.1", "safetensors==0.8.0",
+        env_dir = ensure_venv("mlserver", [*pinned("torch"), "mlserver==1.7.1", *pinned("safetensors"),
                                            # uvloop 0.21+ breaks MLServer 1.7's worker start-up
                                            "uvloop==0.19.0"])
         shutil.copy(ROOT / "bench" / "servers" / "mlserver_runtime.py", self.workdir / "mlserver_runtime.py")
