@@ -85,18 +85,9 @@ def worker_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Prepare the worker's heap once its app is loaded (after the fork; no model is loaded).
+    """Prepare the worker once its app is loaded (after the fork), as the ASGI front does in its
+    lifespan: the serving modules imported, the models preloaded (INFERENCE_PRELOAD_MODELS), then
+    everything alive moved out of the cyclic garbage collector's sight (gc.freeze)."""
+    from inference_platform.front import prepare_heap
 
-    The serving modules (torch included) are imported now rather than on the first request,
-    and everything alive is moved out of the cyclic garbage collector's sight
-    (gc.freeze): otherwise a full collection walks torch's and Django's million
-    long-lived objects every few thousand requests, a 50-100 ms stall for every request in
-    flight — the p99 of a busy server.
-    """
-    import gc
-    import importlib
-
-    for module in ("torch", "inference.runtime.served", "inference.services", "inference.apis.v1"):
-        importlib.import_module(module)
-    gc.collect()
-    gc.freeze()
+    prepare_heap()

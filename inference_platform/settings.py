@@ -443,6 +443,9 @@ INFERENCE_PREDICT_TIMEOUT = env.float("INFERENCE_PREDICT_TIMEOUT", default=30.0)
 # How often a web process re-checks the shared registry generation (alias moves made by
 # other processes are seen within this many seconds; 0 = on every request).
 INFERENCE_REGISTRY_POLL_SECONDS = env.float("INFERENCE_REGISTRY_POLL_SECONDS", default=0.5)
+# Each web process loads every model's default version (production alias, else newest ready)
+# as it starts, before it takes requests (within INFERENCE_MODEL_CACHE_BYTES); off: on first use.
+INFERENCE_PRELOAD_MODELS = env.bool("INFERENCE_PRELOAD_MODELS", default=True)
 # Bytes of model weights kept loaded per process; least recently used versions unload past it.
 INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 * 1024**3)
 # Bearer token that lets a Prometheus server scrape /metrics (staff sessions need none).
