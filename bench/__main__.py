@@ -354,7 +354,6 @@ def overload_stats(rs: list[WrkResult]) -> dict:
             "rps": statistics.median(lat[0] / max(1e-9, r.requests / r.rps) for lat, r in per),
             "p50": statistics.median(lat[1] for lat, _ in per),
             "p99": statistics.median(lat[2] for lat, _ in per),
-            "count": sum(lat[0] for lat, _ in per),
         }
     return out
 
@@ -405,15 +404,12 @@ def targets(run: Run) -> list[str]:
         p = get(model, 256, 1, "platform")
         if p and peak:
             frac = med(p, "rps") / peak
-            codes = codes_of(p)
-            other = {c: n for c, n in codes.items() if c != 503}  # overload must be a 503, nothing else
-            bare = sum(r.no_retry_after for r in p)
-            timeouts = any(timed_out(r) for r in p)
-            ok = frac >= 0.9 and not timeouts and not other and not bare
+            shed = Shedding.of(p)
+            ok = frac >= 0.9 and shed.clean
             out.append(f"{'PASS' if ok else 'FAIL'}: {model} c=256: {frac:.0%} of peak throughput, "
-                       f"{codes.get(503, 0)} 503 (backpressure), {bare} of them without Retry-After, "
-                       f"other non-2xx {format_codes(other) or 0}, "
-                       f"{'timeouts!' if timeouts else 'no timeouts'}")
+                       f"{shed.codes.get(503, 0)} 503 (backpressure), {shed.bare} of them without Retry-After, "
+                       f"other non-2xx {format_codes(shed.other) or 0}, "
+                       f"{'timeouts!' if shed.timeouts else 'no timeouts'}")
     if run.overload:
         out.append(overload_target(run.overload))
     if PER_PROCESS in run.rss:
@@ -431,23 +427,42 @@ def timed_out(r: WrkResult) -> bool:
     return bool(m and int(m.group(1)))
 
 
+@dataclass
+class Shedding:
+    """How a server refused what it could not serve, over some runs: only 503s, each with
+    Retry-After, and no request left without an answer."""
+
+    codes: dict[int, int]  # non-2xx by status code
+    other: dict[int, int]  # the non-2xx that are not 503
+    bare: int  # 503s without Retry-After
+    timeouts: bool
+
+    @classmethod
+    def of(cls, rs: list[WrkResult]) -> Shedding:
+        codes = codes_of(rs)
+        return cls(codes, {c: n for c, n in codes.items() if c != 503}, sum(r.no_retry_after for r in rs),
+                   any(timed_out(r) for r in rs))
+
+    @property
+    def clean(self) -> bool:
+        return not (self.other or self.bare or self.timeouts)
+
+
 def overload_target(rs: list[WrkResult]) -> str:
     """Overload is a fast 503 with Retry-After, never a timeout: some requests were shed, every
     non-2xx is a 503 with Retry-After, no request timed out or lost its connection, a shed
     request's p50 is at most half a served one's (it waits for no batch), and 99 % of them are
     answered within the 1 s their Retry-After asks the client to wait."""
     stats = overload_stats(rs)
-    codes = codes_of(rs)
-    other = {c: n for c, n in codes.items() if c != 503}
-    bare = sum(r.no_retry_after for r in rs)
-    timeouts = any(timed_out(r) for r in rs)
+    refused = Shedding.of(rs)
     broken = [r.errors for r in rs if r.errors]  # connect/read/write errors: a connection cut or refused
     shed, served = stats.get(503), stats.get(200)
     fast = bool(shed and served and shed["p50"] <= served["p50"] / 2 and shed["p99"] < 1000)
-    ok = fast and not other and not bare and not timeouts and not broken
+    ok = fast and refused.clean and not broken
     return (f"{'PASS' if ok else 'FAIL'}: overload (MLP, queue {OVERLOAD_QUEUE}, c={OVERLOAD_CONNECTIONS}): "
-            f"{codes.get(503, 0)} 503, {bare} without Retry-After, other non-2xx {format_codes(other) or 0}, "
-            f"{'timeouts!' if timeouts else 'no timeouts'}, {'; '.join(broken) or 'no socket errors'}; 503 p50 "
+            f"{refused.codes.get(503, 0)} 503, {refused.bare} without Retry-After, other non-2xx "
+            f"{format_codes(refused.other) or 0}, {'timeouts!' if refused.timeouts else 'no timeouts'}, "
+            f"{'; '.join(broken) or 'no socket errors'}; 503 p50 "
             f"{nan_or(shed, 'p50')} ms <= half the 200 p50 {nan_or(served, 'p50')} ms, 503 p99 "
             f"{nan_or(shed, 'p99')} ms < 1000 ms (Retry-After: 1)")
 

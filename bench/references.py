@@ -106,14 +106,15 @@ class Server:
             return ""
 
 
+def requirements(path: Path) -> list[str]:
+    """The requirement lines of a requirements file, comments and blank lines left out."""
+    return [spec for spec in (line.split("#")[0].strip() for line in path.read_text().splitlines()) if spec]
+
+
 def pinned(*names: str) -> list[str]:
     """The project's own pins (requirements*.txt) of these packages: 'flask==3.1.3', ..."""
-    pins = {}
-    for req in sorted(ROOT.glob("requirements*.txt")):
-        for line in req.read_text().splitlines():
-            spec = line.split("#")[0].strip()
-            if "==" in spec:
-                pins[spec.split("==")[0].strip().lower()] = spec
+    pins = {spec.split("==")[0].strip().lower(): spec
+            for req in sorted(ROOT.glob("requirements*.txt")) for spec in requirements(req) if "==" in spec}
     return [pins[n.lower()] for n in names]
 
 
@@ -122,8 +123,7 @@ def runtime_python() -> str:
     the platform (`make run` on a fresh machine, the container image). The development venv also
     holds the test tools, some of which the web process would import (DRF imports `requests`
     when it is installed: 5 MiB of RSS that no deployment has)."""
-    pins = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    return str(ensure_venv("platform", [p for p in pins if p]) / "bin" / "python")
+    return str(ensure_venv("platform", requirements(ROOT / "requirements.txt")) / "bin" / "python")
 
 
 class PlatformServer(Server):
