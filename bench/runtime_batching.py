@@ -24,9 +24,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
 def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact: Path) -> dict:
     import numpy as np
 
+    from inference.pipeline.served import ServedVersion
     from inference.runtime.batcher import Batcher
     from inference.runtime.pytorch import LoadSpec
-    from inference.runtime.served import ServedVersion
     from registry.schemas import parse_tensor_schema
 
     from .common import MLP_ARGS

@@ -125,7 +125,7 @@ class InferenceJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel (queued: never runs; running: stops at the next chunk)")
     def cancel_jobs(self, request: HttpRequest, queryset) -> None:
-        from .jobs.services import JobConflict, job_cancel
+        from .services.jobs import JobConflict, job_cancel
 
         for job in queryset:
             try:
@@ -136,7 +136,7 @@ class InferenceJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry (failed or cancelled jobs, from the start)")
     def retry_jobs(self, request: HttpRequest, queryset) -> None:
-        from .jobs.services import JobConflict, job_retry
+        from .services.jobs import JobConflict, job_retry
 
         for job in queryset:
             try:

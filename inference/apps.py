@@ -16,8 +16,15 @@ class InferenceConfig(AppConfig):
         from registry.signals import registry_changed
 
         from .apis import schema  # noqa: F401 - registers the OpenAPI auth extension
-        from .runtime.pool import on_model_saved, on_registry_changed
+        from .selectors import memo
 
-        registry_changed.connect(on_registry_changed, dispatch_uid="inference.pool.registry_changed")
-        # A model row's serving settings (payload capture) live in the pool's memo too.
-        post_save.connect(on_model_saved, sender=RegisteredModel, dispatch_uid="inference.pool.model_saved")
+        registry_changed.connect(memo.forget, dispatch_uid="inference.selectors.registry_changed")
+        # A model row's serving settings (payload capture) live in the memo too: a save in the admin
+        # is announced like any registry change, so that every process forgets its copy.
+        post_save.connect(announce_model_saved, sender=RegisteredModel, dispatch_uid="inference.model_saved")
+
+
+def announce_model_saved(**kwargs) -> None:
+    from registry.signals import announce_change
+
+    announce_change()

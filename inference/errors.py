@@ -1,8 +1,8 @@
-"""API errors: exceptions that carry their HTTP meaning, and the one handler that renders them.
+"""The platform's errors: exceptions that carry their HTTP meaning (status, stable code, headers).
 
-Every error on an API path has the shape
-``{"error": {"code": "...", "message": "...", "details": {...}}}``; codes are stable
-and listed in ``ErrorCode``. Django's HTML error pages never answer an API path.
+Services and selectors raise these; each protocol renders them once (``inference.apis.errors``:
+v1's ``{"error": {"code", "message", "details"}}``, the Open Inference Protocol's
+``{"error": "..."}``). Nothing here knows HTTP frameworks: no Django response, no DRF.
 """
 
 from __future__ import annotations
@@ -11,13 +11,7 @@ import logging
 from enum import StrEnum
 from typing import Any
 
-from django.http import Http404, HttpRequest, HttpResponse
-from rest_framework import exceptions, status
-from rest_framework.response import Response
-
 logger = logging.getLogger("inference.errors")
-
-API_PREFIXES = ("/api/", "/v2", "/metrics", "/readyz", "/healthz")
 
 
 class ErrorCode(StrEnum):
@@ -41,19 +35,20 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"  # the client closed the connection before the answer (status 499, in records only)
 
 
-class APIError(exceptions.APIException):
-    """Base of the platform's API errors: status, stable code, optional details and headers."""
+class APIError(Exception):
+    """Base of the platform's API errors: status, stable code, message, details and headers."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = ErrorCode.INVALID_INPUT
+    status_code = 400
+    default_code: str = ErrorCode.INVALID_INPUT
     default_detail = "Bad request."
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None, code: str | None = None):
-        super().__init__(message or self.default_detail, code or self.default_code)
-        self.message = message or str(self.default_detail)
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        self.message = message or self.default_detail
+        super().__init__(self.message)
         self.error_code = str(code or self.default_code)
         self.details = details or {}
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = dict(headers or {})
 
 
 class InvalidInput(APIError):
@@ -68,10 +63,38 @@ class InvalidInput(APIError):
         super().__init__(message, details=details, code=code)
 
 
+class NotAuthenticated(APIError):
+    """401 with WWW-Authenticate: no API key, or one that is not valid (any more)."""
+
+    status_code = 401
+    default_code = ErrorCode.NOT_AUTHENTICATED
+    default_detail = 'An API key is required: "Authorization: Api-Key <key>".'
+    scheme = "Api-Key"
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, headers={"WWW-Authenticate": self.scheme})
+
+
+class PermissionDenied(APIError):
+    """403: the key lacks the scope (or the permission) for this action."""
+
+    status_code = 403
+    default_code = ErrorCode.PERMISSION_DENIED
+    default_detail = "This API key may not do this."
+
+
 class NotFound(APIError):
     status_code = 404
     default_code = ErrorCode.NOT_FOUND
     default_detail = "Not found."
+
+
+class MethodNotAllowed(APIError):
+    status_code = 405
+    default_code = ErrorCode.METHOD_NOT_ALLOWED
+
+    def __init__(self, method: str, allowed: str):
+        super().__init__(f'Method "{method}" not allowed.', headers={"Allow": allowed})
 
 
 class Conflict(APIError):
@@ -86,6 +109,24 @@ class PayloadTooLarge(APIError):
     default_detail = "The request body is too large."
 
 
+class UnsupportedMediaType(APIError):
+    status_code = 415
+    default_code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    default_detail = "Unsupported media type."
+
+
+class RateLimited(APIError):
+    """429 with Retry-After: the key's rate is used up for this window (RATELIMIT_EXCEPTION_CLASS)."""
+
+    status_code = 429
+    default_code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, wait: float | None = None):
+        self.wait = max(1, int(wait or 1))
+        super().__init__(f"Rate limit exceeded for this API key; retry in {self.wait} s.",
+                         details={"retry_after": self.wait}, headers={"Retry-After": str(self.wait)})
+
+
 class ServiceUnavailable(APIError):
     """503 with Retry-After: the model is not ready, or its queue is full."""
 
@@ -95,8 +136,7 @@ class ServiceUnavailable(APIError):
 
     def __init__(self, message: str | None = None, *, retry_after: int = 1, code: str | None = None,
                  details: dict | None = None):
-        super().__init__(message, code=code, details=details)
-        self.headers["Retry-After"] = str(max(1, int(retry_after)))
+        super().__init__(message, code=code, details=details, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
 DATABASE_RETRY_AFTER = 5  # seconds a client is asked to wait while the database is unreachable
@@ -127,12 +167,6 @@ def database_unavailable(exc: BaseException | None) -> DatabaseUnavailable | Non
     return DatabaseUnavailable()
 
 
-class RequestTimeout(APIError):
-    status_code = 504
-    default_code = ErrorCode.TIMEOUT
-    default_detail = "The model did not answer in time."
-
-
 class ModelFailed(APIError):
     """The model raised while computing this request's batch (the model's error, not the server's)."""
 
@@ -141,126 +175,13 @@ class ModelFailed(APIError):
     default_detail = "The model failed on this input."
 
 
-class RateLimited(exceptions.Throttled):
-    """429 with Retry-After; django-ratelimit raises this (RATELIMIT_EXCEPTION_CLASS)."""
-
-    default_code = ErrorCode.RATE_LIMITED
-
-    def __init__(self, wait: float | None = None, detail: str | None = None, code: str | None = None):
-        super().__init__(wait=wait if wait is not None else 1, detail=detail, code=code)
-
-
-_DRF_CODES = {
-    exceptions.NotAuthenticated: ErrorCode.NOT_AUTHENTICATED,
-    exceptions.AuthenticationFailed: ErrorCode.NOT_AUTHENTICATED,
-    exceptions.PermissionDenied: ErrorCode.PERMISSION_DENIED,
-    exceptions.NotFound: ErrorCode.NOT_FOUND,
-    exceptions.MethodNotAllowed: ErrorCode.METHOD_NOT_ALLOWED,
-    exceptions.UnsupportedMediaType: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-    exceptions.NotAcceptable: ErrorCode.INVALID_INPUT,
-    exceptions.ParseError: ErrorCode.MALFORMED_JSON,
-    exceptions.Throttled: ErrorCode.RATE_LIMITED,
-    exceptions.ValidationError: ErrorCode.INVALID_INPUT,
-}
-
-
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The v1 error object (the one shape every API path answers errors with)."""
     return {"error": {"code": str(code), "message": message, "details": details or {}}}
 
 
-def _drf_code(exc: exceptions.APIException) -> str:
-    for cls in type(exc).__mro__:
-        if cls in _DRF_CODES:
-            return _DRF_CODES[cls]
-    return ErrorCode.INVALID_INPUT
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's EXCEPTION_HANDLER: render every error in the platform's error shape."""
-    if isinstance(exc, Http404):
-        exc = NotFound(str(exc) or None)
-    exc = database_unavailable(exc) or exc
-    if isinstance(exc, APIError):
-        response = Response(error_body(exc.error_code, exc.message, exc.details), status=exc.status_code)
-        for k, v in exc.headers.items():
-            response[k] = v
-        return response
-    if isinstance(exc, exceptions.APIException):
-        details: dict[str, Any] = {}
-        if isinstance(exc.detail, (dict, list)):
-            details = {"fields": exc.detail}
-            message = "Invalid request."
-        else:
-            message = str(exc.detail)
-        code = _drf_code(exc)
-        if isinstance(exc, exceptions.Throttled):
-            wait = int(exc.wait or 1)
-            message = f"Rate limit exceeded for this API key; retry in {wait} s."
-            details = {"retry_after": wait}
-        response = Response(error_body(code, message, details), status=exc.status_code)
-        if isinstance(exc, exceptions.Throttled):
-            response["Retry-After"] = str(max(1, int(exc.wait or 1)))
-        auth_header = getattr(exc, "auth_header", None)
-        if auth_header:
-            response["WWW-Authenticate"] = auth_header
-        return response
-    return None  # a bug: Django's handler500 below renders it as JSON
+API_PREFIXES = ("/api/", "/v2", "/metrics", "/readyz", "/healthz")
 
 
 def is_api_path(path: str) -> bool:
     return path.startswith(API_PREFIXES)
-
-
-def _json_response(code: str, message: str, status_code: int) -> HttpResponse:
-    import orjson
-
-    return HttpResponse(orjson.dumps(error_body(code, message)), status=status_code, content_type="application/json")
-
-
-def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if is_api_path(request.path):
-        return _json_response(ErrorCode.NOT_FOUND, f"No endpoint at {request.path}.", 404)
-    from django.views.defaults import page_not_found
-
-    return page_not_found(request, exception)
-
-
-def handler500(request: HttpRequest) -> HttpResponse:
-    import sys
-
-    if is_api_path(request.path):
-        # Django calls this while handling the uncaught exception: a lost database (raised
-        # outside a DRF view, e.g. in a plain view or middleware) is a 503, not a bug.
-        unavailable = database_unavailable(sys.exc_info()[1])
-        if unavailable is not None:
-            response = _json_response(unavailable.error_code, unavailable.message, 503)
-            response["Retry-After"] = unavailable.headers["Retry-After"]
-            return response
-        return _json_response(
-            ErrorCode.SERVER_ERROR,
-            "Internal error: this is a bug in the platform; it was logged with the request id.",
-            500,
-        )
-    from django.views.defaults import server_error
-
-    return server_error(request)
-
-
-def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if is_api_path(request.path):
-        from django.core.exceptions import RequestDataTooBig
-
-        if isinstance(exception, RequestDataTooBig):
-            return _json_response(ErrorCode.PAYLOAD_TOO_LARGE, "The request body is too large.", 413)
-        return _json_response(ErrorCode.INVALID_INPUT, "Bad request.", 400)
-    from django.views.defaults import bad_request
-
-    return bad_request(request, exception)
-
-
-def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if is_api_path(request.path):
-        return _json_response(ErrorCode.PERMISSION_DENIED, "Forbidden.", 403)
-    from django.views.defaults import permission_denied
-
-    return permission_denied(request, exception)

@@ -1,16 +1,29 @@
-"""Request middleware: request ids (X-Request-ID), the short path for predict and infer, messages for the admin only."""
+"""Request middleware: request ids, the boundary of the async API views, messages for the admin only.
+
+settings.MIDDLEWARE has two parts, split by ``APIBoundaryMiddleware``:
+
+* above it, what every request gets (request ids, HTTPS redirect and security headers,
+  X-Frame-Options). These are hook middleware (``process_request`` / ``process_response``), so the
+  web server's front runs the very same list around the async API views on its event loop
+  (``inference_platform.front``, which reads it from settings.MIDDLEWARE);
+* below it, what the admin and the browsable pages need (static files, sessions, CSRF, users,
+  messages). The async API views (v1 predict, v2 infer) authenticate with API keys, are
+  CSRF-exempt and answer JSON: their requests go from the boundary straight to the view
+  (``serve_api_view``), under WSGI as on the front.
+"""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from inspect import iscoroutinefunction
 
+from asgiref.sync import async_to_sync
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
 from django.http import HttpRequest, HttpResponse
-from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.urls import Resolver404, ResolverMatch, get_resolver
+from django.utils.deprecation import MiddlewareMixin
 
 from .errors import is_api_path
 from .monitoring.logs import key_prefix_var, request_id_var
@@ -25,27 +38,20 @@ def request_id_of(request: HttpRequest) -> str:
     return given if _SAFE_ID.match(given) else f"{random.getrandbits(128):032x}"
 
 
-@contextmanager
-def request_context(request: HttpRequest) -> Iterator[None]:
-    """Give the request its id; every log line written meanwhile carries it (monitoring.logs.JsonFormatter)."""
-    request.request_id = request_id_of(request)
-    token = request_id_var.set(request.request_id)
-    key_token = key_prefix_var.set("")
-    try:
-        yield
-    finally:
-        key_prefix_var.reset(key_token)
-        request_id_var.reset(token)
+class RequestIdMiddleware(MiddlewareMixin):
+    """Give the request its id (X-Request-ID, echoed or generated): on the response, and on every log
+    line written meanwhile (monitoring.logs.JsonFormatter reads it from a context variable)."""
 
+    def process_request(self, request: HttpRequest) -> None:
+        request.request_id = request_id_of(request)
+        request.log_context = (request_id_var.set(request.request_id), key_prefix_var.set(""))
 
-class RequestIdMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        with request_context(request):
-            response = self.get_response(request)
-        response["X-Request-ID"] = request.request_id
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        tokens = getattr(request, "log_context", None)
+        if tokens is not None:
+            request_id_var.reset(tokens[0])
+            key_prefix_var.reset(tokens[1])
+            response["X-Request-ID"] = request.request_id
         return response
 
 
@@ -53,9 +59,7 @@ class MessageMiddleware(DjangoMessageMiddleware):
     """django.contrib.messages for the admin, not for the API.
 
     The stock middleware builds a message storage (cookie + session backends) for every
-    request; an API request never reads or writes a message, and on the predict path
-    that construction was ~3 % of the time the process holds the GIL (py-spy, iris at
-    concurrency 16).
+    request; an API request never reads or writes a message.
     """
 
     def process_request(self, request: HttpRequest) -> None:
@@ -63,51 +67,38 @@ class MessageMiddleware(DjangoMessageMiddleware):
             super().process_request(request)
 
 
-# The request path: what clients call at rate. Their views authenticate with API keys,
-# are CSRF-exempt and answer JSON; sessions, CSRF, request.user, messages and static
-# files do not concern them.
-INFERENCE_ROUTES = frozenset({"v1-predict", "v1-predict-version", "v2-infer", "v2-infer-version"})
-
-
-class InferenceRouteMiddleware:
-    """Send predict and infer requests straight to their view, past the browser middleware.
-
-    Sits after RequestIdMiddleware and SecurityMiddleware (request ids, HTTPS redirect and
-    security headers apply as everywhere) and before WhiteNoise, sessions, CommonMiddleware,
-    CSRF, authentication and messages, which are for the admin and the browsable pages and
-    cost ~10 % of an iris predict's time in this process. What of them the API needs is done
-    here: the Host check (ALLOWED_HOSTS, a 400 otherwise), Content-Length and
-    X-Frame-Options on the response. Every other request takes the full chain.
-    """
-
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
-        self.get_response = get_response
-        self.xframe = XFrameOptionsMiddleware(get_response)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        match = inference_route(request.method, request.path_info)
-        if match is None:
-            return self.get_response(request)
-        self.enter(request, match)
-        return self.finish(request, match.func(request, *match.args, **match.kwargs))
-
-    @staticmethod
-    def enter(request: HttpRequest, match: ResolverMatch) -> None:
-        request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it: DisallowedHost is a 400
-        request.resolver_match = match
-
-    def finish(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        if not response.streaming and not response.has_header("Content-Length"):
-            response.headers["Content-Length"] = str(len(response.content))
-        return self.xframe.process_response(request, response)
-
-
-def inference_route(method: str | None, path: str) -> ResolverMatch | None:
-    """The predict or infer route a request is for, or None (every other request)."""
-    if method != "POST" or not is_api_path(path):
+def api_route(path: str) -> ResolverMatch | None:
+    """The async API view a path resolves to (v1 predict, v2 infer), or None for every other request."""
+    if not is_api_path(path):
         return None
     try:
         match = get_resolver().resolve(path)
     except Resolver404:
         return None
-    return match if match.url_name in INFERENCE_ROUTES else None
+    return match if iscoroutinefunction(match.func) else None
+
+
+async def serve_api_view(request: HttpRequest, match: ResolverMatch) -> HttpResponse:
+    """Run an async API view: the Host check (ALLOWED_HOSTS, a 400 otherwise, as CommonMiddleware
+    checks it below the boundary), the view, and the response's Content-Length."""
+    request.get_host()
+    request.resolver_match = match
+    response = await match.func(request, *match.args, **match.kwargs)
+    if not response.streaming and not response.has_header("Content-Length"):
+        response.headers["Content-Length"] = str(len(response.content))
+    return response
+
+
+class APIBoundaryMiddleware:
+    """The boundary of settings.MIDDLEWARE (see the module's docstring): under WSGI, a request for an
+    async API view goes from here to the view (run by asgiref's ``async_to_sync``, as Django runs any
+    async view under WSGI); every other request goes on down the chain."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        match = api_route(request.path_info)
+        if match is None:
+            return self.get_response(request)
+        return async_to_sync(serve_api_view)(request, match)

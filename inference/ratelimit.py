@@ -26,6 +26,8 @@ from django.core.cache import caches
 from django_ratelimit import ALL
 from django_ratelimit.core import EXPIRATION_FUDGE, _get_window, _make_cache_key, _split_rate
 
+from .offload import WouldBlock
+
 MAX_LEASE = 64
 
 
@@ -59,8 +61,11 @@ class LeasedRateLimiter:
         self._leases: dict[str, _Lease] = {}  # per counted key (the API key's prefix)
         self._lock = threading.Lock()
 
-    def hit(self, group: str, value: str, rate: str) -> Usage:
-        """Count one request of `value` (a key's prefix) at `rate`; raise CacheUnavailable if it cannot be counted."""
+    def hit(self, group: str, value: str, rate: str, *, may_block: bool = True) -> Usage:
+        """Count one request of `value` (a key's prefix) at `rate`; raise CacheUnavailable if it cannot be counted.
+
+        With `may_block` False, a request that this process's lease cannot answer raises WouldBlock
+        before anything is counted (the shared cache would have to be asked)."""
         limit, period = _split_rate(rate)
         window = _get_window(value, period)
         cache_key = _make_cache_key(group, window, rate, value, ALL)
@@ -73,6 +78,8 @@ class LeasedRateLimiter:
                     return Usage(True, time_left)
                 if lease.exhausted:
                     return Usage(False, time_left)
+        if not may_block:
+            raise WouldBlock
         size = lease_size(limit)
         granted = self._reserve(cache_key, size, limit, period)
         with self._lock:

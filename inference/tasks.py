@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 def run_job(job_id: str) -> str:
-    from .jobs.services import job_run
+    from .services.jobs import job_run
 
     return job_run(job_id)
 
 
 def reconcile_jobs() -> dict[str, int]:
-    from .jobs.services import jobs_reconcile
+    from .services.jobs import jobs_reconcile
 
     return jobs_reconcile()
 
@@ -23,7 +23,7 @@ def deliver_callback(job_id: str, attempt: int = 1) -> str:
 
 def validate_version(version_id: int) -> str:
     """Validate a version registered through the registry API (loads it in a separate process)."""
-    from .registry_services import validate_registered
+    from .services.registry import validate_registered
 
     return validate_registered(version_id)
 

@@ -20,18 +20,21 @@ _INT_KINDS = "iu"
 
 
 class InputError(ValueError):
-    """The request's data does not fit the model's input schema (a 400)."""
+    """The request's data does not fit the model's input schema (a 400; 413 for a request over a
+    per-request budget)."""
 
-    def __init__(self, message: str, *, path: str = "", code: str = "invalid_input"):
+    def __init__(self, message: str, *, path: str = "", code: str = "invalid_input", status: int = 400):
         super().__init__(message)
         self.path = path
         self.code = code
+        self.status = status
 
 
 @dataclass(frozen=True)
 class Limits:
     max_instances: int
-    max_elements: int
+    max_elements: int  # per tensor
+    max_request_elements: int = 2**62  # all the request's tensors together
     allow_nonfinite: bool = False
 
     @classmethod
@@ -39,7 +42,19 @@ class Limits:
         return cls(
             max_instances=settings.INFERENCE_MAX_INSTANCES,
             max_elements=settings.INFERENCE_MAX_TENSOR_ELEMENTS,
+            max_request_elements=settings.INFERENCE_MAX_REQUEST_ELEMENTS,
             allow_nonfinite=allow_nonfinite,
+        )
+
+
+def check_request_elements(arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
+    """413 (InputError) when the request's tensors hold more elements together than the per-request budget."""
+    total = sum(arr.size for arr in arrays.values() if arr.dtype != object)
+    if total > limits.max_request_elements:
+        raise InputError(
+            f"the request's tensors hold {total} elements together, over the limit of "
+            f"{limits.max_request_elements} per request (INFERENCE_MAX_REQUEST_ELEMENTS)",
+            path="instances", code="payload_too_large", status=413,
         )
 
 
@@ -255,6 +270,7 @@ def decode_instances(
             arrays[spec.name] = arr
         else:
             arrays[spec.name] = _convert(values, spec, limits, key_paths[spec.name], maybe_bools)
+    check_request_elements(arrays, limits)
     return arrays
 
 
@@ -317,6 +333,7 @@ def check_input_arrays(
             )
         if arr.dtype.kind == "f" and not limits.allow_nonfinite and arr.size and not np.isfinite(arr).all():
             raise InputError(f"{spec.name!r} holds NaN or infinite values", path=spec.name, code="non_finite")
+    check_request_elements(arrays, limits)
     if not n:
         raise InputError("the batch is empty", path="inputs", code="invalid_shape")
     if n > limits.max_instances:

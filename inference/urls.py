@@ -9,11 +9,12 @@ from .apis import registry as registry_api
 from .monitoring import views as monitoring_views
 
 urlpatterns = [
-    # The inference routes first: Django tries patterns in order, and these take the traffic.
-    re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.PredictView.as_view(), name="v1-predict"),
+    # The inference routes first: Django tries patterns in order, and these take the traffic. Async
+    # views (these, and v2's model endpoints) are served on the web process's event loop.
+    re_path(r"^api/v1/models/(?P<name>[^/]+)/predict/?$", v1.predict_latest, name="v1-predict"),
     re_path(
         r"^api/v1/models/(?P<name>[^/]+)/versions/(?P<ref>[^/]+)/predict/?$",
-        v1.PredictVersionView.as_view(),
+        v1.predict_at_version,
         name="v1-predict-version",
     ),
     re_path(r"^v2/models/(?P<name>[^/]+)/infer/?$", v2.infer, name="v2-infer"),

@@ -16,8 +16,8 @@ from django.core.exceptions import ValidationError
 from registry.schemas import parse_version_config
 
 from .pipeline.base import StepConfigError, StepContext, per_instance
+from .pipeline.served import ServedVersion
 from .runtime.pytorch import LoadSpec, zeros_for
-from .runtime.served import ServedVersion
 from .tensors import InputError
 
 

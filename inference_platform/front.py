@@ -1,91 +1,63 @@
 """The web process's front: an ASGI application (served by granian, `inference_platform.serve`).
 
-Predict and infer requests (``inference.middleware.INFERENCE_ROUTES``) are served on the
-process's event loop: the request path is written as steps (``inference.steps``), and a
-request waiting for its batch is a suspended coroutine, not a blocked thread. One thread
-runs the Python of every request; the batcher thread computes. Under WSGI a request holds
-a thread until it is answered, so batching needs tens of threads per process, and they
-contend for the GIL; on the 2-core benchmark machine this front serves the MLP at
-concurrency 32 with 1.28x the requests/s of gunicorn's threads, iris at 16 with 1.73x
-(docs/benchmarks.md).
+Requests for the async API views (v1 predict, v2 infer: ``inference.middleware.api_route``) are
+served on the process's event loop: a request waiting for its batch is a suspended coroutine, not
+a blocked thread. Around the view the front runs the hook middleware that settings.MIDDLEWARE
+lists above ``APIBoundaryMiddleware`` (request ids, security headers, X-Frame-Options), the same
+list and order a WSGI server runs them in; an exception is Django's own 400/500 response.
 
-These requests get what Django's middleware gives them under WSGI, in the same order:
-a request id (X-Request-ID, and on every log line), SecurityMiddleware (HTTPS redirect,
-security headers), the Host check (ALLOWED_HOSTS), Content-Length and X-Frame-Options;
-an exception the view does not answer itself is Django's 400/500 response. The body is
-read up to INFERENCE_MAX_BODY_BYTES (a longer one is the route's own 413).
+The loop itself only parses, authenticates and waits: each process gets its pools for blocking
+and heavy work as it starts (``inference.offload.configure``), and forward passes run on the
+batchers' threads. Its thread never touches the database.
 
-Every other request (admin, registry and job APIs, health, metrics, static files) is
-Django's WSGI application, unchanged, run on a pool of WEB_THREADS threads (a2wsgi).
-
-What runs on the loop between two waits is short: authentication and the rate limit
-(cache reads), parsing, validation, tensor conversion, a fast model's forward pass. The
-database is read there only on a cache miss (a key's first use per KEY_CACHE_SECONDS, the
-registry after a change), a few milliseconds that the loop's other requests wait; loading
-a model is done in a thread (``inference.steps.Blocking``).
+Every other request (admin, registry and job APIs, health, metrics, static files) is Django's
+WSGI application, unchanged, run on a pool of WEB_THREADS threads (a2wsgi).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import io
 import logging
 import os
-import threading
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse
-from django.middleware.security import SecurityMiddleware
 from django.urls import ResolverMatch
 from django.utils.log import log_response
+from django.utils.module_loading import import_string
 
-from inference import steps
-from inference.middleware import InferenceRouteMiddleware, inference_route, request_context
+from inference import offload
+from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
 
 logger = logging.getLogger("inference_platform.front")
 
 Scope = dict[str, Any]
+BOUNDARY = f"{APIBoundaryMiddleware.__module__}.{APIBoundaryMiddleware.__qualname__}"
 
 
-def configure_process() -> None:
-    """Set up a web process for the front (once, before serving; never in a test process).
-
-    * Django keeps database connections and cache clients per asyncio context; on a loop
-      where every request is a task of its own, that is a new connection (and, for the
-      embedded cache, a new SQLite file handle and schema check) per request: 60-160 req/s.
-      Here they are per thread again, as under WSGI: the loop's thread has one of each.
-    * Django refuses database calls from a thread running an event loop; the loop thread's
-      few reads (see the module's docstring) are allowed. Only the loop thread runs a loop,
-      so the WSGI threads are unaffected.
-    """
-    from django.core.cache import caches
-    from django.db import connections
-
-    connections._connections = threading.local()
-    caches._connections = threading.local()
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-
-def prepare_heap() -> None:
-    """Import the serving modules and preload the models now, then move everything alive out of
-    the cyclic GC's sight. Runs in each web process after the fork (CUDA cannot be initialised
-    before one), before it takes requests: the ASGI lifespan, gunicorn's post_worker_init.
+def prepare_process() -> None:
+    """Import the serving modules and preload the models, then move everything alive out of the
+    cyclic GC's sight. Runs in each web process after the fork (CUDA cannot be initialised before
+    one), before it takes requests: the ASGI lifespan (in a thread: it reads the database),
+    gunicorn's post_worker_init.
 
     Otherwise a process's first requests wait for the model to load (every request of the
-    process, ~1.3 s for the benchmark's MLP), and a full collection walks torch's and Django's
-    million long-lived objects every few thousand requests: a 50-100 ms stall for every
-    request in flight (the p99).
+    process), and a full collection walks torch's and Django's long-lived objects every few
+    thousand requests: a stall for every request in flight (docs/benchmarks.md).
     """
-    for module in ("torch", "inference.runtime.served", "inference.services", "inference.apis.v1",
+    for module in ("torch", "inference.pool", "inference.services.predict", "inference.apis.v1",
                    "inference.apis.v2"):
         importlib.import_module(module)
     if settings.INFERENCE_PRELOAD_MODELS:
-        from inference.runtime.pool import get_pool
+        from inference.pool import get_pool
 
         try:
             get_pool().preload()
@@ -104,6 +76,7 @@ def at_exit() -> None:
     from inference.monitoring.records import flush_at_exit
 
     flush_at_exit()
+    close_old_connections()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
@@ -112,33 +85,66 @@ def at_exit() -> None:
         handler.flush()
 
 
-def view_steps(match: ResolverMatch):
-    """The steps function of an inference route's view (``HotPathAPIView.post_steps`` or ``func.steps``)."""
-    view_class = getattr(match.func, "view_class", None)
-    if view_class is not None:
-        return view_class(**match.func.view_initkwargs).post_steps
-    return match.func.steps
+class EdgeMiddleware:
+    """The hook middleware of settings.MIDDLEWARE above APIBoundaryMiddleware, run around an async
+    API view as Django runs hook middleware (MiddlewareMixin): ``process_request`` in order, until
+    one answers; then ``process_response`` in reverse, for those whose ``process_request`` ran."""
+
+    def __init__(self, paths: list[str]):
+        self.middleware = []
+        for path in paths:
+            cls = import_string(path)
+            if not (hasattr(cls, "process_request") or hasattr(cls, "process_response")):
+                raise ImproperlyConfigured(
+                    f"{path} is above {BOUNDARY} in MIDDLEWARE, so it applies to the async API views the web "
+                    "server's front runs itself; it must be a hook middleware (process_request / process_response), "
+                    "or go below the boundary.")
+            self.middleware.append(cls(lambda request: None))
+
+    @classmethod
+    def from_settings(cls) -> EdgeMiddleware:
+        if BOUNDARY not in settings.MIDDLEWARE:
+            raise ImproperlyConfigured(f"MIDDLEWARE must include {BOUNDARY}.")
+        return cls(settings.MIDDLEWARE[: settings.MIDDLEWARE.index(BOUNDARY)])
+
+    async def __call__(self, request: HttpRequest, match: ResolverMatch) -> HttpResponse:
+        ran, response = [], None
+        try:
+            for middleware in self.middleware:
+                ran.append(middleware)
+                if hasattr(middleware, "process_request"):
+                    response = middleware.process_request(request)
+                    if response is not None:
+                        break
+            else:
+                response = await serve_api_view(request, match)
+        except Exception as exc:  # noqa: BLE001 - what Django's handler does with a view's exception
+            response = response_for_exception(request, exc)
+        for middleware in reversed(ran):
+            if hasattr(middleware, "process_response"):
+                response = middleware.process_response(request, response)
+        return response
 
 
 class Front:
-    """The ASGI application: inference routes on the loop, everything else through `wsgi_app`."""
+    """The ASGI application: async API views on the loop, everything else through `wsgi_app`."""
 
     def __init__(self, wsgi_app: Any, *, threads: int = 8):
         from a2wsgi import WSGIMiddleware
 
         self.wsgi = WSGIMiddleware(wsgi_app, workers=threads)
-        self.security = SecurityMiddleware(lambda request: None)
-        self.route = InferenceRouteMiddleware(lambda request: None)
+        self.edge = EdgeMiddleware.from_settings()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return
         if scope["type"] == "http":
-            match = inference_route(scope["method"], scope["path"])
+            match = api_route(scope["path"])
             if match is not None:
-                await self.inference(scope, receive, send, match)
+                await self.api(scope, receive, send, match)
                 return
+
         async def receive_coroutine() -> dict:  # a2wsgi's threads need a coroutine; granian's receive is not one
             return await receive()
 
@@ -149,49 +155,32 @@ class Front:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    prepare_heap()
+                    offload.configure(io_threads=settings.INFERENCE_IO_THREADS,
+                                      compute_threads=settings.INFERENCE_COMPUTE_THREADS,
+                                      compute_queue=settings.INFERENCE_COMPUTE_QUEUE)
+                    await asyncio.to_thread(prepare_process)  # it reads the database: never on the loop
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
                     logger.exception("web process start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                at_exit()
+                await asyncio.to_thread(at_exit)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def inference(self, scope: Scope, receive: Any, send: Any, match: ResolverMatch) -> None:
+    async def api(self, scope: Scope, receive: Any, send: Any, match: ResolverMatch) -> None:
         body = await self.read_body(scope, receive)
         if body is None:
             return  # the client went away
         request = ASGIRequest(scope, io.BytesIO(body))
-        try:
-            response = await steps.run_async(self.steps(request, match))
-        except Exception as exc:  # noqa: BLE001 - what Django's handler does with a view's exception
-            response = response_for_exception(request, exc)
-        finally:
-            close_old_connections()  # as at the end of a WSGI request: a broken or aged connection goes
+        response = await self.edge(request, match)
         if response.status_code >= 400:
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
         headers += [(b"set-cookie", c.output(header="").strip().encode("latin-1")) for c in response.cookies.values()]
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         await send({"type": "http.response.body", "body": response.content})
-
-    def steps(self, request: HttpRequest, match: ResolverMatch) -> steps.Steps[HttpResponse]:
-        """The middleware chain of an inference route, around its view's steps (settings.MIDDLEWARE order)."""
-        with request_context(request):  # RequestIdMiddleware
-            response = self.security.process_request(request)
-            if response is None:
-                try:
-                    self.route.enter(request, match)
-                    response = yield from view_steps(match)(request, *match.args, **match.kwargs)
-                except Exception as exc:  # noqa: BLE001
-                    response = response_for_exception(request, exc)
-                response = self.route.finish(request, response)
-            response = self.security.process_response(request, response)
-        response["X-Request-ID"] = request.request_id
-        return response
 
     @staticmethod
     async def read_body(scope: Scope, receive: Any) -> bytes | None:
@@ -221,10 +210,7 @@ class Front:
 
 
 def get_application() -> Front:
-    """The front for a web process: Django set up, the process configured (``configure_process``)."""
+    """The front for a web process (Django set up by the caller)."""
     from django.core.wsgi import get_wsgi_application
 
-    wsgi_app = get_wsgi_application()
-    configure_process()
-    return Front(wsgi_app, threads=int(os.environ.get("WEB_THREADS", "8")))
-
+    return Front(get_wsgi_application(), threads=int(os.environ.get("WEB_THREADS", "8")))

@@ -95,11 +95,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Above the boundary: what every request gets, the async API views (predict, infer) included;
+    # the web server's front runs these hooks itself around those views (inference_platform.front).
     "inference.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Predict and infer requests go from here straight to their views (the rest is for the
-    # admin and browser pages); every other request takes the whole chain.
-    "inference.middleware.InferenceRouteMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The async API views go from here straight to the view; below is for the admin and the
+    # browser pages, which every other request goes through.
+    "inference.middleware.APIBoundaryMiddleware",
     # Serves the admin's and the API docs' static files from the app server itself:
     # nothing to configure in front of it, and nothing fetched from a CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -108,7 +111,6 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "inference.middleware.MessageMiddleware",  # contrib's, skipped for API paths
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "inference_platform.urls"
@@ -395,12 +397,12 @@ LOGGING = {
 # --- DRF and OpenAPI ------------------------------------------------------------------------
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["inference.auth.APIKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["inference.auth.HasScope"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["inference.apis.authentication.APIKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["inference.apis.authentication.HasScope"],
     "DEFAULT_PARSER_CLASSES": ["inference.apis.parsing.OrjsonParser"],
     "DEFAULT_RENDERER_CLASSES": ["inference.apis.parsing.OrjsonRenderer"],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "inference.errors.exception_handler",
+    "EXCEPTION_HANDLER": "inference.apis.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -408,7 +410,7 @@ REST_FRAMEWORK = {
 # with Retry-After. A cache that cannot count fails open (logged, counted).
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_EXCEPTION_CLASS = "inference.errors.RateLimited"
-RATELIMIT_FAIL_OPEN = False  # inference.auth.rate_limit detects the failure itself and fails open
+RATELIMIT_FAIL_OPEN = False  # inference.access.count_request detects the failure itself and fails open
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Inference platform API",
@@ -429,10 +431,30 @@ SPECTACULAR_SETTINGS = {
 
 # --- Serving ----------------------------------------------------------------------------------
 
-# Request limits: instances per request, elements per tensor, decoded image pixels.
+# Request limits: instances per request, elements per tensor and per request, decoded image pixels
+# per image and per request (a request's decoding work is bounded, not only each value's).
 INFERENCE_MAX_INSTANCES = env.int("INFERENCE_MAX_INSTANCES", default=1024)
 INFERENCE_MAX_TENSOR_ELEMENTS = env.int("INFERENCE_MAX_TENSOR_ELEMENTS", default=4_000_000)
+INFERENCE_MAX_REQUEST_ELEMENTS = env.int("INFERENCE_MAX_REQUEST_ELEMENTS", default=8_000_000)
 INFERENCE_IMAGE_MAX_PIXELS = env.int("INFERENCE_IMAGE_MAX_PIXELS", default=4096 * 4096)
+INFERENCE_MAX_REQUEST_PIXELS = env.int("INFERENCE_MAX_REQUEST_PIXELS", default=4 * 4096 * 4096)
+# The web process's event loop only parses, authenticates and waits (inference.offload). Work
+# within these budgets runs on it (cheaper than a thread hand-off): a body of up to
+# INFERENCE_INLINE_BYTES parsed and converted to tensors, outputs of up to INFERENCE_INLINE_ELEMENTS
+# post-processed. Larger ones, and every input a step decodes (images), go to INFERENCE_COMPUTE_THREADS
+# threads, with at most INFERENCE_COMPUTE_QUEUE calls waiting (then 503); forward passes run on each
+# batcher's thread; database and cache reads that miss the process's memos, and model loads, on
+# INFERENCE_IO_THREADS threads.
+INFERENCE_INLINE_BYTES = env.int("INFERENCE_INLINE_BYTES", default=64 * 1024)
+INFERENCE_INLINE_ELEMENTS = env.int("INFERENCE_INLINE_ELEMENTS", default=16 * 1024)
+INFERENCE_COMPUTE_THREADS = env.int("INFERENCE_COMPUTE_THREADS", default=2)
+INFERENCE_COMPUTE_QUEUE = env.int("INFERENCE_COMPUTE_QUEUE", default=64)
+INFERENCE_IO_THREADS = env.int("INFERENCE_IO_THREADS", default=4)
+# The runtime class serving each artifact format (format -> dotted path of an
+# inference.runtime.base.Runtime subclass).
+INFERENCE_RUNTIMES = {
+    fmt: "inference.runtime.pytorch.PyTorchRuntime" for fmt in ("safetensors", "state_dict", "torchscript", "torch_export")
+}
 # Operator-defined pipeline steps and handlers: {"step name": "dotted.path.StepClass"}.
 INFERENCE_PIPELINE_STEPS: dict[str, str] = {}
 # Callables observing every inference: f(model=, version=, timings=, outcome=).

@@ -16,7 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-handler400 = "inference.errors.handler400"
-handler403 = "inference.errors.handler403"
-handler404 = "inference.errors.handler404"
-handler500 = "inference.errors.handler500"
+handler400 = "inference.apis.errors.handler400"
+handler403 = "inference.apis.errors.handler403"
+handler404 = "inference.apis.errors.handler404"
+handler500 = "inference.apis.errors.handler500"

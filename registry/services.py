@@ -28,29 +28,10 @@ from .artifacts import ArtifactError, architecture_class, check_container, read_
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .selectors import is_registry_name
-from .signals import GENERATION_CACHE_KEY, generation_cache, registry_changed
+from .signals import announce_change
 from .validation import ValidationOutcome, validate_in_subprocess
 
 logger = logging.getLogger("registry")
-
-
-def _announce_change() -> None:
-    """After commit, bump the shared registry generation and tell this process's listeners.
-
-    Serving processes compare the generation to decide whether their resolved versions
-    are stale, so a promotion in one process is seen by all of them.
-    """
-
-    def bump() -> None:
-        try:
-            shared = generation_cache()
-            if not shared.add(GENERATION_CACHE_KEY, 1, timeout=None):
-                shared.incr(GENERATION_CACHE_KEY)
-        except Exception:  # noqa: BLE001 - serving processes fall back to their poll interval
-            logger.warning("could not bump the registry generation in the cache")
-        registry_changed.send(sender=RegisteredModel)
-
-    transaction.on_commit(bump)
 
 
 def actor_for(*, user: Any = None, api_key: Any = None, default: str = "system") -> str:
@@ -105,7 +86,7 @@ def model_create(*, name: str, description: str = "", task: str = "", actor: str
         with transaction.atomic():
             model.save()
             _record(model, RegistryEvent.Action.MODEL_CREATED, actor)
-            _announce_change()
+            announce_change()
     except IntegrityError:  # created concurrently
         raise ValidationError(f"A model named {name!r} already exists.", code="exists") from None
     return model
@@ -269,7 +250,7 @@ def model_version_register(
                     detail=f"{cfg.format}, sha256 {digest}, {len(data)} bytes, {status}")
             for alias in aliases:
                 alias_set(model=model, alias=alias, version=version, actor=actor)
-            _announce_change()
+            announce_change()
     except Exception:
         if version is not None and version.artifact.name:
             version.artifact.storage.delete(version.artifact.name)
@@ -298,7 +279,7 @@ def model_version_validate(*, version: ModelVersion, actor: str = "system") -> M
         version.save(update_fields=["status", "status_error", "validated_at"])
         _record(version.model, RegistryEvent.Action.VERSION_VALIDATED, actor, version=version.version,
                 detail=version.status if outcome.ok else f"{version.status}: {outcome.error}")
-        _announce_change()
+        announce_change()
     return version
 
 
@@ -333,7 +314,7 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
         model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
         to_version=version.version, actor=actor,
     )
-    _announce_change()
+    announce_change()
     return current
 
 
@@ -349,7 +330,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
         to_version=None, actor=actor,
     )
     current.delete()
-    _announce_change()
+    announce_change()
     return True
 
 
@@ -368,5 +349,5 @@ def model_version_archive(*, version: ModelVersion, actor: str = "system") -> Mo
     version.archived = True
     version.save(update_fields=["archived"])
     _record(version.model, RegistryEvent.Action.VERSION_ARCHIVED, actor, version=version.version)
-    _announce_change()
+    announce_change()
     return version

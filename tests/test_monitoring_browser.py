@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 
 from inference.monitoring import records
 from inference.monitoring.rollups import rollup_requests
-from inference.runtime.pool import reset_pool
+from inference.pool import reset_pool
 from registry.models import ModelVersion
 from tests.conftest import small_mlp
 from tests.inference.support import ROWS, make_key, ready

@@ -35,8 +35,10 @@ def refuse_oversized_upload(request: Any, *, limit: int, what: str, setting: str
                               details={**details, "limit": limit})
 
 
-def read_body(request: Any, limit: int | None = None) -> bytes:
-    """Return the raw body of a Django request, refusing more than `limit` bytes with a 413."""
+def read_body(request: Any, limit: int | None = None, *, stream: Any = None) -> bytes:
+    """Return the raw body of a request (read from `stream`, else the request), refusing more than
+    `limit` (INFERENCE_MAX_BODY_BYTES) bytes with a 413: by its Content-Length before reading it,
+    or as soon as more arrives (a chunked body)."""
     limit = limit or settings.INFERENCE_MAX_BODY_BYTES
     length = declared_length(request)
     if length > limit:
@@ -45,7 +47,7 @@ def read_body(request: Any, limit: int | None = None) -> bytes:
             "Send fewer instances per request, or submit a background job with a file.",
             details={"limit": limit},
         )
-    data = request.read(limit + 1)
+    data = (stream if stream is not None else request).read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(
             f"The body is over the limit of {limit} bytes (INFERENCE_MAX_BODY_BYTES).", details={"limit": limit}
@@ -68,9 +70,8 @@ class OrjsonParser(parsers.BaseParser):
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
         request = (parser_context or {}).get("request")
-        django_request = getattr(request, "_request", None)
-        if django_request is not None:
-            return loads(read_body(django_request))
+        if request is not None and stream is not None:
+            return loads(read_body(request, stream=stream))
         limit = settings.INFERENCE_MAX_BODY_BYTES
         data = stream.read(limit + 1) if stream is not None else b""
         if len(data) > limit:

@@ -4,7 +4,7 @@ A deployment pipeline's deploy step: upload a version (202, validated in the bac
 poll it until `ready`, point `production` at it, and point `production` back to roll back
 (docs/registry-api.md). An inference key gets 403 on every operation here; a key limited
 to other models gets 404, as for a model that does not exist. Views parse and render;
-``inference.registry_services`` decides.
+``inference.services.registry`` decides.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from rest_framework.response import Response
 
 from registry.models import AliasEvent, ModelAlias, ModelVersion
 
-from .. import registry_services as svc
 from ..errors import InvalidInput, PayloadTooLarge
 from ..keys import APIKey
+from ..services import registry as svc
 from . import serializers as s
-from .parsing import refuse_oversized_upload
-from .v1 import ModelListView, PlatformAPIView, model_summary, version_summary
+from .parsing import loads, refuse_oversized_upload
+from .v1 import ModelListView, PlatformAPIView, json_bytes, model_summary, version_summary
 
 E = s.ErrorSerializer
 MANAGE_ONLY = "Management keys only (scope `manage`); an inference key gets 403."
@@ -85,7 +85,7 @@ class ModelCollectionView(ModelListView):
         responses={201: s.ModelSerializer, 400: E, 401: E, 403: E, 409: E, 413: E, 415: E, 429: E},
     )
     def post(self, request: Request) -> Response:
-        body, _ = self.json_body(request)
+        body = loads(json_bytes(request))
         if not isinstance(body, dict):
             raise InvalidInput('The body must be a JSON object: {"name": ..., "description": ..., "task": ...}.')
         unknown = set(body) - {"name", "description", "task"}
@@ -99,7 +99,7 @@ class ModelCollectionView(ModelListView):
             fields[field] = value
         if not fields["name"]:
             raise InvalidInput("name is required.", path="name")
-        model = svc.model_create(key=request.auth, **fields)
+        model = svc.managed_model_create(key=request.auth, **fields)
         return Response(model_summary(model), status=201, headers={"Location": f"/api/v1/models/{model.name}"})
 
 
@@ -200,7 +200,7 @@ class AliasView(ManageAPIView):
     )
     def put(self, request: Request, name: str, alias: str) -> Response:
         model = svc.managed_model(name=name, key=request.auth)
-        body, _ = self.json_body(request)
+        body = loads(json_bytes(request))
         if not isinstance(body, dict) or set(body) != {"version"}:
             raise InvalidInput('The body must be {"version": N}.', path="version")
         row, previous = svc.alias_point(key=request.auth, model=model, alias=alias, number=body["version"])

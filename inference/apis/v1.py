@@ -1,7 +1,8 @@
-"""The native REST API, /api/v1/ (DESIGN.md, "External contract").
+"""The native REST API, /api/v1/ (DESIGN.md, "External contract"): model listings and predict.
 
-Views are thin: authenticate (API key), check scope, count the rate, parse, call one
-service, render. Errors leave as the platform's JSON error shape.
+Predict is an async Django view, served on the web process's event loop (``inference_platform.front``)
+or, under WSGI, by ``async_to_sync``: authenticate, parse, call ``services.predict``, render. The
+listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_error``).
 """
 
 from __future__ import annotations
@@ -9,24 +10,36 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from registry.models import ModelVersion
 
-from .. import services, steps
-from ..auth import APIKeyAuthentication, HasScope, rate_limit
-from ..errors import NotFound, exception_handler
+from .. import access, offload, selectors
+from ..errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from ..keys import APIKey
-from ..runtime.pool import get_pool
+from ..pipeline.base import Pipeline, StepConfigError
+from ..services import predict as predict_service
 from . import serializers as s
+from .authentication import APIKeyAuthentication, HasScope
+from .errors import v1_error
 from .parsing import OrjsonParser, OrjsonRenderer, loads, read_body
+from .schema import described_by
 
 JSON_TYPES = ("application/json",)
+
+
+def json_bytes(request: Any) -> bytes:
+    """The raw JSON body (413 over INFERENCE_MAX_BODY_BYTES); 415 unless the body is JSON."""
+    content_type = (request.content_type or "").split(";")[0].strip().lower()
+    if content_type not in JSON_TYPES:
+        raise UnsupportedMediaType(f"Send JSON with Content-Type: application/json, not {content_type or 'nothing'}.")
+    return read_body(request)
 
 
 class PlatformAPIView(APIView):
@@ -39,64 +52,7 @@ class PlatformAPIView(APIView):
     required_scope = APIKey.Scope.INFER
 
     def check_throttles(self, request: Request) -> None:
-        rate_limit(request, model=self.kwargs.get("name", ""))
-
-    def json_body(self, request: Any) -> tuple[Any, bytes]:
-        """Return (parsed body, raw bytes); 415 unless the body is JSON."""
-        content_type = (request.content_type or "").split(";")[0].strip().lower()
-        if content_type not in JSON_TYPES:
-            raise exceptions.UnsupportedMediaType(
-                content_type or "(none)", detail=f"Send JSON with Content-Type: application/json, not {content_type or 'nothing'}."
-            )
-        raw = read_body(getattr(request, "_request", request))
-        return loads(raw), raw
-
-
-class HotPathAPIView(PlatformAPIView):
-    """A view whose POST is the request path: same checks as DRF's, without its per-request cost.
-
-    POST skips DRF's Request wrapper, content negotiation and Response rendering (together
-    a few hundred microseconds per request); it runs the same authentication class,
-    scope check, per-key rate limit and error handler directly, and answers orjson bytes.
-    Other methods (and the OpenAPI description) go through DRF as usual.
-
-    The POST is written as steps (inference.steps): ``dispatch`` runs them blocking (WSGI),
-    the async front (inference_platform.front) runs ``post_steps`` awaiting.
-    """
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method != "POST":
-            return super().dispatch(request, *args, **kwargs)
-        return steps.run(self.post_steps(request, *args, **kwargs))
-
-    def post_steps(self, request: HttpRequest, *args: Any, **kwargs: Any) -> steps.Steps[HttpResponse]:
-        self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
-        try:
-            info = APIKeyAuthentication().authenticate(request)[0]
-            request.auth = info
-            permission = HasScope()
-            if not permission.has_permission(request, self):
-                raise exceptions.PermissionDenied(permission.message)
-            rate_limit(request, model=kwargs.get("name", ""))
-            result = yield from self.hot_post_steps(request, *args, **kwargs)
-            return HttpResponse(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
-        except Exception as exc:  # noqa: BLE001 - rendered like DRF would, or re-raised as a bug
-            if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-                exc.auth_header = APIKeyAuthentication.keyword
-            response = exception_handler(exc, {"view": self, "request": request})
-            if response is None:
-                raise
-            out = HttpResponse(orjson.dumps(response.data), status=response.status_code, content_type="application/json")
-            for header, value in response.items():
-                if header.lower() != "content-type":
-                    out[header] = value
-            return out
-
-    def hot_post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        return steps.run(self.hot_post_steps(request, *args, **kwargs))
-
-    def hot_post_steps(self, request: HttpRequest, *args: Any, **kwargs: Any) -> steps.Steps[Any]:
-        raise NotImplementedError("subclasses of HotPathAPIView must provide a hot_post_steps() method")
+        access.count_request(request.auth, model=self.kwargs.get("name", ""))
 
 
 def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
@@ -116,8 +72,6 @@ def version_summary(v: ModelVersion, aliases: list[str]) -> dict[str, Any]:
 
 
 def _request_parameters(v: ModelVersion) -> list[str]:
-    from ..pipeline.base import Pipeline, StepConfigError
-
     try:
         pre, post = Pipeline(v.preprocess, stage="preprocess"), Pipeline(v.postprocess, stage="postprocess")
     except (StepConfigError, ImportError):
@@ -148,11 +102,7 @@ class ModelListView(PlatformAPIView):
         responses={200: s.ModelListSerializer, 401: s.ErrorSerializer, 403: s.ErrorSerializer, 429: s.ErrorSerializer},
     )
     def get(self, request: Request) -> Response:
-        from registry.selectors import model_list
-
-        key = request.auth
-        names = None if key.models is None else sorted(key.models)
-        return Response({"models": [model_summary(m) for m in model_list(names=names)]})
+        return Response({"models": [model_summary(m) for m in selectors.models_for_key(request.auth)]})
 
 
 class ModelDetailView(PlatformAPIView):
@@ -163,14 +113,14 @@ class ModelDetailView(PlatformAPIView):
                    429: s.ErrorSerializer},
     )
     def get(self, request: Request, name: str) -> Response:
-        from registry.selectors import model_list
-
-        services.visible_model(model_name=name, key=request.auth)
-        model = model_list(names=[name]).first()
-        if model is None:
+        selectors.visible_model(model_name=name, key=request.auth)
+        found = selectors.models_for_key(request.auth, names=[name])
+        if not found:
             raise NotFound(f"No model named {name!r}.")
-        return Response(model_summary(model))
+        return Response(model_summary(found[0]))
 
+
+# ---- predict ---------------------------------------------------------------------------------------
 
 PREDICT_ERRORS = {
     400: s.ErrorSerializer, 401: s.ErrorSerializer, 403: s.ErrorSerializer, 404: s.ErrorSerializer,
@@ -179,50 +129,57 @@ PREDICT_ERRORS = {
 }
 
 
-class PredictView(HotPathAPIView):
+class PredictOperation(PlatformAPIView):
+    """The OpenAPI description of ``predict`` at /api/v1/models/{name}/predict (``described_by``)."""
+
     @extend_schema(
         operation_id="models_predict",
         summary="Predict with the production version (else the newest ready one)",
+        description=("Body: {\"instances\": [...]}, one entry per prediction. Answers the predictions of the "
+                     "version that served them; refusals are the platform's JSON error object."),
         request=s.PredictRequestSerializer,
         responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
     )
-    def post(self, request: Request, name: str) -> Response:  # documents the operation; POST runs hot_post
-        return Response(self.hot_post(request, name))
-
-    def hot_post_steps(self, request: Any, name: str, ref: str | None = None) -> steps.Steps[dict[str, Any]]:
-        # Resolve visibility before reading the body: an unknown model is a 404 whatever is sent.
-        services.visible_model(model_name=name, key=request.auth)
-        body, raw = self.json_body(request)
-        path = services.predict_steps(
-            model_name=name,
-            ref=ref,
-            body=body,
-            key=request.auth,
-            request_id=getattr(request, "request_id", ""),
-            maybe_bools=b"true" in raw or b"false" in raw,
-        )
-        del body, raw  # the path keeps the parsed body only as long as it needs it
-        result = yield from path
-        return result
+    def post(self, request: Request, name: str) -> Response:
+        raise NotImplementedError("described only: requests go to inference.apis.v1.predict")
 
 
-class PredictVersionView(PredictView):
+class PredictVersionOperation(PlatformAPIView):
+    """The OpenAPI description of ``predict`` at /api/v1/models/{name}/versions/{ref}/predict."""
+
     @extend_schema(
         operation_id="models_versions_predict",
         summary="Predict with version v (a number or an alias name)",
+        description=("Body: {\"instances\": [...]}, one entry per prediction. Answers the predictions of the "
+                     "version that served them; refusals are the platform's JSON error object."),
         parameters=[OpenApiParameter("ref", str, OpenApiParameter.PATH, description="version number or alias")],
         request=s.PredictRequestSerializer,
         responses={200: s.PredictResponseSerializer, **PREDICT_ERRORS},
     )
-    def post(self, request: Request, name: str, ref: str) -> Response:  # type: ignore[override]
-        return Response(self.hot_post(request, name, ref))
+    def post(self, request: Request, name: str, ref: str) -> Response:
+        raise NotImplementedError("described only: requests go to inference.apis.v1.predict")
 
 
-def loaded_versions() -> list[dict[str, Any]]:
-    """Return what this process has loaded (for readiness and the admin)."""
-    out = []
-    for (_pk, device), entry in get_pool().cache.entries():
-        served = entry.served
-        out.append({"model": served.model_name, "version": served.version, "device": device,
-                    "queue_depth": entry.batcher.queue_depth, "bytes": entry.nbytes})
-    return out
+async def predict(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+    """POST a predict request: ``{"instances": [...]}`` -> ``{"id", "model", "version", "predictions"}``."""
+    try:
+        key = await access.authorize(request, model=name)
+        if request.method != "POST":
+            raise MethodNotAllowed(request.method, "POST")
+        # Visible before the body is read: an unknown model is a 404 whatever is sent.
+        await offload.without_blocking(selectors.visible_model, model_name=name, key=key)
+        raw = json_bytes(request)
+        body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
+        result = await predict_service.predict(
+            model_name=name, ref=ref, key=key, body=body, size=len(raw), request_id=request.request_id,
+            maybe_bools=b"true" in raw or b"false" in raw,
+        )
+    except Exception as exc:  # noqa: BLE001 - every refusal in the v1 shape; a bug is a logged 500
+        return v1_error(exc, request)
+    return HttpResponse(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
+
+
+# CSRF-exempt like every API-key view (a deployment that drops the boundary middleware runs them
+# through CsrfViewMiddleware too).
+predict_latest = csrf_exempt(described_by(PredictOperation)(predict))
+predict_at_version = csrf_exempt(described_by(PredictVersionOperation)(predict))

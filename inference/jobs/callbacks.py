@@ -14,13 +14,13 @@ import logging
 import time
 import urllib.request
 from datetime import timedelta
-from typing import Any
 
 import orjson
 from django.conf import settings
 from django.utils import timezone
 
 from .models import InferenceJob
+from .selectors import job_state
 
 logger = logging.getLogger("inference.jobs")
 
@@ -30,12 +30,6 @@ BACKOFF_SECONDS = (0, 60, 300, 1800, 7200)  # after attempt 1, 2, ...
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={mac}"
-
-
-def job_state(job: InferenceJob) -> dict[str, Any]:
-    from inference.apis.jobs import job_status_body
-
-    return job_status_body(job)
 
 
 def deliver(job_id: str, attempt: int) -> str:

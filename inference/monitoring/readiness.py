@@ -97,8 +97,8 @@ def check_version(version: Any) -> dict[str, Any]:
     """Return whether a version can be served here: ready, not archived, device present, artifact intact."""
     from registry.models import ModelVersion
 
+    from ..pool import get_pool
     from ..runtime.devices import check_available
-    from ..runtime.pool import get_pool
 
     out: dict[str, Any] = {"version": version.version}
     if version.archived:
@@ -109,7 +109,7 @@ def check_version(version: Any) -> dict[str, Any]:
         check_available(version.hardware.device_type, version.hardware.device_index)
     except Exception as exc:  # noqa: BLE001
         return {**out, "ok": False, "error": str(exc)}
-    loaded = get_pool().cache.peek((version.pk, version.hardware.device)) is not None
+    loaded = get_pool().is_loaded(version)
     out["loaded"] = loaded
     if loaded:  # verified (sha256 included) when it was loaded
         return {**out, "ok": True}

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
-from ..errors import ErrorCode, _json_response, error_body
+from ..errors import ErrorCode, error_body
 from .collectors import PLATFORM_REGISTRY
 from .readiness import readiness
 
@@ -38,11 +38,10 @@ def render_metrics() -> bytes:
 def metrics(request: HttpRequest) -> HttpResponse:
     """Return all metrics; 401 (JSON) without a staff session or the metrics token."""
     if not _allowed(request):
-        response = _json_response(
+        response = HttpResponse(orjson.dumps(error_body(
             ErrorCode.NOT_AUTHENTICATED,
             "Metrics need a staff session or 'Authorization: Bearer <INFERENCE_METRICS_TOKEN>'.",
-            401,
-        )
+        )), status=401, content_type="application/json")
         response["WWW-Authenticate"] = "Bearer"
         return response
     return HttpResponse(render_metrics(), content_type=CONTENT_TYPE_LATEST)

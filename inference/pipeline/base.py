@@ -34,12 +34,14 @@ class StepConfigError(ValueError):
 
 
 class StepInputError(ValueError):
-    """A request's data cannot go through a step (client error, reported as 400)."""
+    """A request's data cannot go through a step (client error, reported as 400; 413 for a request
+    over a per-request budget)."""
 
-    def __init__(self, message: str, *, path: str = "", code: str = "invalid_input"):
+    def __init__(self, message: str, *, path: str = "", code: str = "invalid_input", status: int = 400):
         super().__init__(message)
         self.path = path
         self.code = code
+        self.status = status
 
 
 @dataclass

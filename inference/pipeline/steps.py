@@ -148,37 +148,53 @@ class ImageDecode(Step):
         self.layout = layout
         self.max_pixels = int(max_pixels or getattr(settings, "INFERENCE_IMAGE_MAX_PIXELS", 4096 * 4096))
 
-    def _decode_one(self, value: Any, path: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
+    @staticmethod
+    def _raw(value: Any, path: str) -> bytes:
         if isinstance(value, str):
             try:
-                raw = base64.b64decode(value, validate=True)
+                return base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise StepInputError("not valid base64", path=path) from exc
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            raw = bytes(value)
-        else:
-            raise StepInputError("an image must be a base64 string", path=path)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        raise StepInputError("an image must be a base64 string", path=path)
+
+    def _pixels(self, raw: bytes, path: str) -> int:
+        """The image's pixel count, read from its header (no pixel is decoded); refused past max_pixels."""
+        from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(io.BytesIO(raw)) as img:
                 if img.format not in ("PNG", "JPEG", "MPO"):
                     raise StepInputError(f"unsupported image format {img.format}; send PNG or JPEG", path=path)
                 w, h = img.size
-                if w * h > self.max_pixels:
-                    raise StepInputError(
-                        f"image of {w}x{h} pixels is over the limit of {self.max_pixels} pixels",
-                        path=path,
-                        code="image_too_large",
-                    )
+        except StepInputError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise StepInputError(
+                f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
+            ) from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
+        if w * h > self.max_pixels:
+            raise StepInputError(
+                f"image of {w}x{h} pixels is over the limit of {self.max_pixels} pixels",
+                path=path,
+                code="image_too_large",
+            )
+        return w * h
+
+    def _decode(self, raw: bytes, path: str) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(raw)) as img:
                 if img.mode.startswith("I;16"):
                     img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), "L")
                 img = img.convert(self.mode)
                 if img.size != (self.size[1], self.size[0]):
                     img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
                 arr = np.asarray(img, dtype=np.float32)
-        except StepInputError:
-            raise
         except Image.DecompressionBombError as exc:
             raise StepInputError(
                 f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
@@ -193,14 +209,27 @@ class ImageDecode(Step):
         return np.ascontiguousarray(arr.transpose(2, 0, 1)) if self.layout == "CHW" else arr
 
     def __call__(self, data: Arrays, ctx: StepContext) -> Arrays:
+        """Decode every image of the request, after checking from their headers alone that each is
+        within max_pixels and all of them together within INFERENCE_MAX_REQUEST_PIXELS (413)."""
         key = self.pick(data, self.input, kind="input")
         values = data[key].reshape(len(data[key]), -1)
-        images = []
         suffix = "" if len(ctx.inputs) == 1 else f".{key}"
+        raws, total = [], 0
         for i, row in enumerate(values):
+            path = f"instances[{i}]{suffix}"
             if row.size != 1:
-                raise StepInputError("each instance must hold exactly one image", path=f"instances[{i}]{suffix}")
-            images.append(self._decode_one(row[0], f"instances[{i}]{suffix}"))
+                raise StepInputError("each instance must hold exactly one image", path=path)
+            raw = self._raw(row[0], path)
+            total += self._pixels(raw, path)
+            raws.append((raw, path))
+        budget = settings.INFERENCE_MAX_REQUEST_PIXELS
+        if total > budget:
+            raise StepInputError(
+                f"the request's {len(raws)} images hold {total} pixels together, over the limit of {budget} "
+                "pixels per request (INFERENCE_MAX_REQUEST_PIXELS); send fewer or smaller images per request",
+                path=f"instances{suffix}", code="payload_too_large", status=413,
+            )
+        images = [self._decode(raw, path) for raw, path in raws]
         out = dict(data)
         out[key] = np.stack(images) if images else np.zeros((0,), np.float32)
         return out

@@ -7,6 +7,8 @@ threads, code path) is decided in ``load()``, never per request.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -15,13 +17,18 @@ class ModelNotReady(Exception):
 
 
 class Runtime:
-    """Base class of model runtimes. Subclasses implement load, predict and unload."""
+    """Base class of model runtimes. Subclasses implement load, predict and unload.
+
+    A runtime is built from a ``LoadSpec`` (inference.runtime.pytorch): all it needs to load one
+    version, independent of the database. INFERENCE_RUNTIMES chooses the class for each format.
+    """
 
     #: Bytes of memory the loaded model holds (parameters and buffers); the cache
     #: bounds the sum of these.
     nbytes: int = 0
 
-    def __init__(self) -> None:
+    def __init__(self, spec: Any = None) -> None:
+        self.spec = spec
         self.ready = False
 
     def load(self) -> None:

@@ -1,32 +1,30 @@
 """Dynamic batching: many requests, one forward pass (after MLServer's AdaptiveBatcher).
 
-One ``Batcher`` wraps one runtime per (version, device) per process, with one thread:
+One ``Batcher`` wraps one runtime per (version, device) per process, with one thread that runs
+every forward pass: a caller only queues its arrays and waits (``await run(...)`` on an event
+loop, ``submit(...).result(timeout)`` in a thread), so no event loop ever computes.
 
-* An idle batcher does not wait: a request that finds nothing queued and nothing
-  computing runs at once, in the caller's thread, so batching costs no latency (and no
-  thread hand-off) at low load. On the async front's event loop this holds for a fast
-  model, and for any model under INLINE_ALONE_BELOW_S while clients come one at a time and
-  the loop has nothing else to run (``begin``).
+* A request that finds the batcher idle is taken at once: batching costs no wait at low load.
 * Requests that arrive while a batch computes queue up and form the next batch, up to
-  ``max_batch_size`` instances. A partial batch waits for more only while its oldest
-  request is younger than ``max_batch_delay_ms`` (and only if that request arrived
-  while the batcher was busy).
-* With concurrent clients (batches of 2+ requests lately), a partial batch also waits,
-  after a forward, up to min(``max_batch_delay_ms``, half a forward) for the requests
-  that forward's answers free up: closed-loop clients otherwise split into two half-full
-  batches that alternate (MLP at concurrency 32: mean batch 7.2 -> 9.4, +13 % requests/s,
-  docs/benchmarks.md). A lone client never waits.
+  ``max_batch_size`` instances. A partial batch waits for more only while its oldest request is
+  younger than ``max_batch_delay_ms`` (and only if that request arrived while the batcher was busy).
+* With concurrent clients (batches of 2+ requests lately), a partial batch also waits, after a
+  forward, up to min(``max_batch_delay_ms``, half a forward) for the requests that forward's
+  answers free up: closed-loop clients otherwise split into two half-full batches that alternate
+  (docs/benchmarks.md). A lone client never waits.
 * Requests are batched together only when their per-instance shapes and dtypes match
   (variable dimensions differ between requests).
-* The queue is bounded (``max_queue_size`` requests): a full queue raises
-  ``Overloaded`` at once (a 503 with Retry-After), never an unbounded wait.
-* A request whose caller gave up (``Pending.cancel()``) is dropped, not computed.
-* A failing forward fails only the requests of its batch, with the model's error; the
-  thread keeps serving.
+* The queue is bounded (``max_queue_size`` requests): a full queue raises ``Overloaded`` at once
+  (a 503 with Retry-After), never an unbounded wait.
+* A request whose caller gave up (``Pending.cancel()``, a timeout, a client gone) is dropped,
+  not computed.
+* A failing forward fails only the requests of its batch, with the model's error; the thread
+  keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -43,19 +41,6 @@ from .memory import IDLE_RELEASE_AFTER_S, release_free_memory
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
-
-# A caller that computed inline also computes up to this many queued batches, when a
-# forward pass takes under INLINE_DRAIN_BELOW_S on average.
-INLINE_DRAIN_BATCHES = 4
-INLINE_DRAIN_BELOW_S = 0.002
-# An event loop with nothing else to run computes a lone client's request itself when a
-# forward pass takes under this long: the hand-off to the batcher thread and back costs
-# two thread wake-ups, and nothing is waiting behind it (a longer forward would hold up
-# the process's health checks and new requests for that long).
-INLINE_ALONE_BELOW_S = 0.025
-# Requests per batch, smoothed, below which the clients are taken to be one at a time.
-LONE_CLIENT_BELOW = 1.5
-
 
 class Overloaded(Exception):
     """The batcher's queue is full; the client should retry after `retry_after` seconds."""
@@ -122,14 +107,9 @@ class Batcher:
         max_queue_size: int = 256,
         name: str = "batcher",
         on_batch: Callable[[int, int, float], None] | None = None,
-        inline_when_idle: bool = True,
         gather_after_forward: bool = True,
     ):
         self.predict = predict
-        # A request that finds the batcher idle is computed in the caller's own thread:
-        # no hand-off to the batcher thread and back, which for a small model costs more
-        # than the forward pass itself (thread wake-ups contend for the GIL).
-        self.inline_when_idle = inline_when_idle
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_delay = max(0.0, float(max_batch_delay_ms)) / 1000.0
         self.max_queue_size = max(1, int(max_queue_size))
@@ -140,7 +120,7 @@ class Batcher:
         self._queued_n = 0  # instances in the queue (cancelled ones until they are removed)
         self._gathering = False  # the batcher thread waits for a partial batch to fill
         self._cond = threading.Condition()
-        self._busy = False
+        self._busy = False  # the thread is computing a batch
         self._stopping = False
         self._compute_ewma = 0.0  # seconds per forward, smoothed
         self._requests_ewma = 0.0  # requests per batch, smoothed
@@ -156,36 +136,8 @@ class Batcher:
         return len(self._queue)
 
     def submit(self, arrays: Arrays) -> Pending:
-        """Queue a request (arrays with the instances on axis 0) and return its Pending at once."""
-        return self._enqueue(arrays, allow_inline=False)
-
-    def run(self, arrays: Arrays, timeout: float | None) -> Pending:
-        """Return the finished Pending of a request: computed inline when the batcher is idle,
-        else queued and waited for (TimeoutError after `timeout`; the request is then dropped)."""
-        pending = self._enqueue(arrays, allow_inline=self.inline_when_idle)
-        pending.result(timeout)
-        return pending
-
-    def begin(self, arrays: Arrays, *, inline_below_s: float, alone: bool = False) -> Pending:
-        """Start a request without waiting for it (the async front's call).
-
-        When the batcher is idle and its forward pass takes under `inline_below_s` on
-        average (measured: 0 until the first batch), the request is computed now, in the
-        caller's thread, and the returned Pending is done; otherwise it is queued for the
-        batcher thread and the caller waits on ``pending.future`` as it likes.
-
-        `alone` says the caller has nothing else to do meanwhile (an event loop with no
-        other task ready). Then a forward pass under INLINE_ALONE_BELOW_S is computed
-        inline too, as long as the clients come one at a time (batches of one request,
-        smoothed): under concurrent load a loop that computed would not read the requests
-        that could join the batch, and every forward would be of one request.
-        """
-        fast = 0.0 < self._compute_ewma < inline_below_s
-        if alone and not fast:
-            fast = 0.0 < self._compute_ewma < INLINE_ALONE_BELOW_S and self._requests_ewma < LONE_CLIENT_BELOW
-        return self._enqueue(arrays, allow_inline=self.inline_when_idle and fast)
-
-    def _enqueue(self, arrays: Arrays, *, allow_inline: bool) -> Pending:
+        """Queue a request (arrays with the instances on axis 0) and return its Pending at once;
+        Overloaded when the queue is full, BatcherStopped once stopped."""
         n = len(next(iter(arrays.values()))) if arrays else 0
         with self._cond:
             if self._stopping:
@@ -199,52 +151,29 @@ class Batcher:
                 )
             idle = not self._busy and not self._queue
             pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle)
-            inline = idle and allow_inline
-            if inline:
-                self._busy = True  # arrivals from now on queue up for the batcher thread
-            else:
-                self._queue.append(pending)
-                self._queued_n += n
-                # A batcher gathering a partial batch is woken when the batch can be full (else
-                # at its deadline): one wake-up per batch, not one per arrival, each of which
-                # takes the GIL from the thread that is serving requests.
-                if not self._gathering or self._queued_n >= self.max_batch_size:
-                    self._cond.notify()
-        if inline:
-            pending.future.set_running_or_notify_cancel()
-            batch: list[Pending] | None = [pending]
-            try:
-                # The caller computes its own request, then, for a fast model, the batches
-                # that queued meanwhile: waking the batcher thread would cost more than they
-                # take. A slow model's queue goes to the batcher thread so that this
-                # caller's answer is not held up.
-                for drained in range(INLINE_DRAIN_BATCHES + 1):
-                    self._compute(batch)
-                    if drained == INLINE_DRAIN_BATCHES or self._compute_ewma >= INLINE_DRAIN_BELOW_S:
-                        break  # what is still queued goes to the batcher thread
-                    batch = self._take_now()
-                    if batch is None:
-                        break
-            finally:
-                with self._cond:
-                    self._busy = False
-                    if self._queue:
-                        self._cond.notify()
+            self._queue.append(pending)
+            self._queued_n += n
+            # A batcher gathering a partial batch is woken when the batch can be full (else at its
+            # deadline): one wake-up per batch, not one per arrival, each of which takes the GIL
+            # from the thread that is serving requests.
+            if not self._gathering or self._queued_n >= self.max_batch_size:
+                self._cond.notify()
         return pending
 
-    def _take_now(self) -> list[Pending] | None:
-        """Remove and return the batch at the head of the queue without waiting (None if empty)."""
-        with self._cond:
-            while self._queue:
-                batch, _ = self._compatible(self._queue[0])
-                for p in batch:
-                    self._queue.remove(p)
-                    self._queued_n -= p.n
-                live = [p for p in batch if p.future.set_running_or_notify_cancel()]
-                self.stats.dropped += len(batch) - len(live)
-                if live:
-                    return live
-            return None
+    async def run(self, arrays: Arrays, *, timeout: float | None) -> Pending:
+        """Queue a request and wait for its batch without blocking the event loop; return the
+        finished Pending (its outputs: ``pending.future.result()``). The model's own error is raised
+        as it is; TimeoutError after `timeout` seconds. A request given up (timeout, cancellation)
+        while still queued is never computed."""
+        pending = self.submit(arrays)
+        try:
+            async with asyncio.timeout(timeout):
+                # Cancelling the wrapper (a timeout, a client gone) cancels the queued request too.
+                await asyncio.wrap_future(pending.future)
+        except TimeoutError:
+            pending.cancel()
+            raise TimeoutError(f"no result within {timeout:.1f} s") from None
+        return pending
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish what is queued, then stop the thread."""
@@ -259,11 +188,11 @@ class Batcher:
         an empty list when idle for IDLE_RELEASE_AFTER_S since a forward pass)."""
         with self._cond:
             while True:
-                while not self._queue or self._busy:  # busy: a caller computes inline
-                    if self._stopping and not self._queue:
+                while not self._queue:
+                    if self._stopping:
                         return None
-                    if self._computed_since_release and not self._busy:
-                        if not self._cond.wait(IDLE_RELEASE_AFTER_S) and not self._queue and not self._busy:
+                    if self._computed_since_release:
+                        if not self._cond.wait(IDLE_RELEASE_AFTER_S) and not self._queue:
                             self._computed_since_release = False
                             return []
                         continue

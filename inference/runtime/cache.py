@@ -1,7 +1,7 @@
 """The per-process cache of loaded versions, bounded by bytes, least recently used evicted.
 
-``ModelCache.get(key, factory)`` returns a loaded ``Loaded`` entry (served version + its
-batcher). Thread-safe: concurrent requests for a cold version wait for one load, never
+``ModelCache.get(key, factory)`` returns a loaded entry (``inference.pool.Entry``: anything with
+``nbytes`` and ``close()``). Thread-safe: concurrent requests for a cold version wait for one load, never
 start two. When the weights held pass ``capacity_bytes``, the least recently used
 entries are unloaded (their batchers finish what is queued first). A version that could
 not load (e.g. "cuda not available") is remembered for a few seconds so that a burst of
@@ -16,30 +16,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from .base import ModelNotReady
-from .batcher import Batcher
 
 logger = logging.getLogger(__name__)
 
 FAILURE_TTL = 5.0
 
 
-@dataclass
-class Loaded:
-    """A served version with its batcher, as the cache holds it."""
+class Entry(Protocol):
+    """What the cache holds: the bytes it counts against its capacity, and how to unload it."""
 
-    served: Any  # ServedVersion
-    batcher: Batcher
     nbytes: int
     load_seconds: float
-    metrics: Any = None  # monitoring.metrics.VersionMetrics
 
-    def close(self) -> None:
-        self.batcher.stop()
-        self.served.unload()
+    def close(self) -> None: ...
 
 
 class ModelCache:
@@ -47,7 +39,7 @@ class ModelCache:
         self.capacity_bytes = int(capacity_bytes)
         self.on_change = on_change
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Hashable, Loaded] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
         self._loading: dict[Hashable, Future] = {}
         self._failures: dict[Hashable, tuple[float, Exception]] = {}
         self.loads = 0
@@ -61,14 +53,14 @@ class ModelCache:
         with self._lock:
             return list(self._entries)
 
-    def entries(self) -> list[tuple[Hashable, Loaded]]:
+    def entries(self) -> list[tuple[Hashable, Entry]]:
         with self._lock:
             return list(self._entries.items())
 
-    def peek(self, key: Hashable) -> Loaded | None:
+    def peek(self, key: Hashable) -> Entry | None:
         return self._entries.get(key)
 
-    def get(self, key: Hashable, factory: Callable[[], Loaded]) -> Loaded:
+    def get(self, key: Hashable, factory: Callable[[], Entry]) -> Entry:
         """Return the loaded entry for `key`, loading it with `factory()` once if absent."""
         entry = self._entries.get(key)
         if entry is not None:
@@ -116,7 +108,7 @@ class ModelCache:
         self._changed()
         return entry
 
-    def _evict_locked(self, *, keep: Hashable) -> list[tuple[Hashable, Loaded]]:
+    def _evict_locked(self, *, keep: Hashable) -> list[tuple[Hashable, Entry]]:
         evicted = []
         while self.total_bytes > self.capacity_bytes and len(self._entries) > 1:
             oldest = next(iter(self._entries))

@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import job_queue, job_submit
+from inference.services.jobs import job_queue, job_submit
 from registry.models import HardwareTarget
 from tests.conftest import small_mlp
 from tests.inference.processes import Cluster

@@ -32,7 +32,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import job_submit, jobs_reconcile
+from inference.services.jobs import job_submit, jobs_reconcile
 from tests.helpers import JOB_ARCHS, SlowMLP
 from tests.inference.support import config, forward, ready
 

@@ -37,8 +37,8 @@ from django.conf import settings as django_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import jobs_reconcile
 from inference.keys import api_key_create
+from inference.services.jobs import jobs_reconcile
 from registry.services import alias_set
 from tests.conftest import small_mlp
 from tests.helpers import JOB_ARCHS, SlowMLP

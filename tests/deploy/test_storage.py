@@ -25,8 +25,9 @@ from django.test import Client
 from moto import mock_aws
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import job_predictions, job_run, job_submit
-from inference.runtime.pool import reset_pool
+from inference.jobs.selectors import job_predictions
+from inference.pool import reset_pool
+from inference.services.jobs import job_run, job_submit
 from tests.conftest import small_mlp
 from tests.inference.processes import WebServer
 from tests.inference.support import ROWS, error_of, forward, make_key, ready

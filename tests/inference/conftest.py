@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.runtime.pool import reset_pool
+from inference.pool import reset_pool
 from tests.conftest import small_mlp
 
 from .support import Api, make_key, ready

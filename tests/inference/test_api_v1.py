@@ -17,7 +17,8 @@ from django.utils import timezone
 from inference.apis.parsing import read_body
 from inference.errors import PayloadTooLarge
 from inference.keys import APIKey
-from inference.runtime.pool import get_pool
+from inference.pool import get_pool
+from inference.selectors import memo
 from registry.models import ModelVersion
 from tests.conftest import small_mlp
 
@@ -145,7 +146,7 @@ def test_versions_that_cannot_serve_are_503_with_retry_after(api, iris, key):
     ModelVersion.objects.filter(model__name="iris", version=2).update(
         status=ModelVersion.Status.FAILED, status_error="bad weights"
     )
-    get_pool().invalidate()
+    memo.forget()
     r = api.post("/api/v1/models/iris/versions/2/predict", {"instances": ROWS}, key)
     assert r.status_code == 503 and "bad weights" in error_of(r)["message"]
     # a model with no ready version and no production alias
@@ -547,12 +548,12 @@ def test_get_on_predict_is_a_json_405(api, iris, key):
 
 
 def test_a_bug_is_a_json_500(api, iris, key, monkeypatch):
-    from inference import services
+    from inference.services import predict
 
-    def bug(**kwargs):
+    async def bug(**kwargs):
         raise KeyError("oops")
 
-    monkeypatch.setattr(services, "predict_steps", bug)
+    monkeypatch.setattr(predict, "predict", bug)
     api.client.raise_request_exception = False
     r = api.post(PREDICT, {"instances": ROWS}, key)
     assert r.status_code == 500

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -272,41 +273,47 @@ def test_on_batch_observer_sees_each_forward_and_cannot_break_serving(batchers):
     assert calls == [(1, 2), (1, 1)]
 
 
-def test_callers_computing_inline_never_strand_a_queued_request():
-    """Regression: a caller that drained queued batches inline once took a last batch and
-    returned without computing it; those requests waited until their timeout."""
-    calls = []
+def test_awaiting_coroutines_share_batches_and_the_event_loop_never_computes(batchers):
+    """Many requests awaiting `run` on one event loop: each gets its own rows back, batches form, and
+    every forward runs on the batcher's thread, never on the loop's."""
+    fake = FakeModel(delay=0.002)
+    b = batchers(fake, max_batch_size=8, max_batch_delay_ms=2, max_queue_size=1024, name="shared")
 
-    def predict(arrays):
-        calls.append(len(arrays["x"]))
-        time.sleep(0.0002)  # a fast model: callers drain queued batches themselves
-        return {"y": arrays["x"] * 2}
+    async def clients() -> tuple[list[np.ndarray], list[np.ndarray], str]:
+        xs = [np.full((1 + i % 2, 2), float(i), np.float32) for i in range(200)]
+        pendings = await asyncio.gather(*[b.run({"x": x}, timeout=WAIT) for x in xs])
+        return xs, [p.future.result(0)["y"] for p in pendings], threading.current_thread().name
 
-    b = Batcher(predict, max_batch_size=4, max_batch_delay_ms=1, max_queue_size=1024)
-    errors: list[BaseException] = []
-    done = [0]
-    stop = time.perf_counter() + 3
+    xs, ys, loop_thread = asyncio.run(clients())
+    for x, y in zip(xs, ys):
+        np.testing.assert_array_equal(y, expected(x))
+    assert set(fake.threads) == {"batcher:shared"} and loop_thread not in fake.threads
+    assert max(fake.batch_sizes) > 1  # batches did form
+    assert b.stats.request_count == 200
 
-    def client(i: int) -> None:
-        x = np.full((1, 2), float(i), np.float32)
-        while time.perf_counter() < stop:
-            try:
-                out = b.run({"x": x}, 2.0).future.result(0)
-                assert out["y"].tolist() == (x * 2).tolist()
-                done[0] += 1
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-                return
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    b.stop()
-    assert errors == []
-    assert done[0] == b.stats.request_count > 1000
-    assert max(calls) > 1  # batches did form
+def test_run_raises_the_models_error_and_times_out_without_computing_later(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate, fail_on=-1.0)
+    b = batchers(fake, max_batch_size=1, max_batch_delay_ms=0)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(b.run({"x": np.zeros((1, 1), np.float32)}, timeout=WAIT))
+        assert await asyncio.to_thread(fake.started.wait, WAIT)  # the first holds the batcher's thread
+        with pytest.raises(TimeoutError):  # the second waits in the queue, gives up after 50 ms
+            await b.run({"x": np.full((1, 1), 7.0, np.float32)}, timeout=0.05)
+        cancelled = asyncio.ensure_future(b.run({"x": np.full((1, 1), 8.0, np.float32)}, timeout=WAIT))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # a client gone while queued
+        await asyncio.sleep(0.01)
+        gate.set()
+        await first
+        with pytest.raises(ValueError, match="cannot take -1.0"):
+            await b.run({"x": np.full((1, 1), -1.0, np.float32)}, timeout=WAIT)
+
+    asyncio.run(scenario())
+    assert 7.0 not in fake.seen_values() and 8.0 not in fake.seen_values()  # given up while queued: never computed
+    assert b.stats.dropped == 2
 
 
 def test_with_concurrent_clients_a_batch_waits_for_the_requests_a_forward_frees():

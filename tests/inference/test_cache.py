@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from inference.pool import Loaded
 from inference.runtime import cache as cache_module
 from inference.runtime.base import ModelNotReady
 from inference.runtime.batcher import Batcher, BatcherStopped
-from inference.runtime.cache import Loaded, ModelCache
+from inference.runtime.cache import ModelCache
 
 
 class FakeServed:

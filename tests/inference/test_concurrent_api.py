@@ -10,7 +10,7 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from inference.runtime.pool import get_pool
+from inference.pool import get_pool
 from tests.conftest import small_mlp
 
 from .support import config, forward, make_key, ready

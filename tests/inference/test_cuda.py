@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference.runtime.pool import get_pool, reset_pool
+from inference.pool import get_pool, reset_pool
 from registry import services
 from registry.models import HardwareTarget
 

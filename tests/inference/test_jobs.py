@@ -25,8 +25,8 @@ from django.db import connection
 from django.test import Client
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import jobs_reconcile
 from inference.keys import api_key_create
+from inference.services.jobs import jobs_reconcile
 from registry.models import ModelVersion
 from tests.conftest import IRIS_CONFIG, safetensors_bytes, small_mlp
 from tests.helpers import JOB_ARCHS, register

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from inference.jobs import services as job_services
 from inference.models import InferenceJob
+from inference.services import jobs as job_services
 from tests.conftest import small_mlp
 from tests.inference.support import ready
 

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from inference.runtime.pool import get_pool
+from inference.pool import get_pool
 from registry.models import ModelVersion
 from tests.conftest import safetensors_bytes, small_mlp
 from tests.helpers import register

@@ -26,8 +26,8 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from inference.jobs.services import jobs_reconcile
 from inference.keys import APIKey
+from inference.services.jobs import jobs_reconcile
 from registry import services as registry_services
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from tests.conftest import safetensors_bytes, small_mlp, torchscript_bytes

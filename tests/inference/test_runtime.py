@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from inference.pool import get_pool
 from inference.runtime import devices, pytorch
 from inference.runtime.base import ModelNotReady
-from inference.runtime.pool import get_pool
 from inference.runtime.pytorch import LoadSpec, PyTorchRuntime
 from registry.models import HardwareTarget, ModelVersion
 from registry.schemas import parse_tensor_schema

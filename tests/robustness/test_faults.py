@@ -41,8 +41,8 @@ from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.jobs.models import InferenceJob
-from inference.jobs.services import job_submit, jobs_reconcile
 from inference.keys import api_key_create
+from inference.services.jobs import job_submit, jobs_reconcile
 from tests.conftest import small_mlp
 from tests.deploy.support import TcpProxy, call_json, group_pids
 from tests.helpers import JOB_ARCHS, SlowMLP
@@ -230,7 +230,7 @@ def test_concurrent_job_submissions_and_workers_never_answer_database_is_locked(
 
 def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by_the_reconciler(
         client, settings, monkeypatch, caplog):
-    from inference.jobs import services
+    from inference.services import jobs as services
 
     ready(small_mlp(0), config(), model_name="nobroker", aliases=["production"])
     key = _key()
@@ -498,7 +498,7 @@ def test_a_lost_database_answers_503_database_unavailable_with_retry_after(where
         monkeypatch.setattr("inference.middleware.request_id_of", lost)
         client = Client(raise_request_exception=False)
     else:
-        monkeypatch.setattr("inference.auth.key_info_for_prefix", lost)
+        monkeypatch.setattr("inference.access.key_info_for_prefix", lost)
     path = "/v2/models/iris/infer" if where == "v2" else "/api/v1/models/iris/predict"
     r = client.post(path, {"instances": [[1, 2, 3, 4]]}, content_type="application/json",
                     headers={"Authorization": f"Api-Key {key}"})

@@ -4,9 +4,9 @@ TypeError, OverflowError, RecursionError, MemoryError, numpy's own errors...).
 
 The functions: JSON bodies (``inference.apis.parsing.loads``), v1 instances to tensors
 (``inference.tensors.decode_instances``, ``check_input_arrays``), the Open Inference Protocol's
-JSON and binary requests (``inference.apis.oip.parse_infer_request``), version configs and
+JSON and binary requests (``inference.oip.parse_infer_request``), version configs and
 tensor schemas (``registry.schemas``), request parameters (``inference.pipeline.base``), job
-input files (``inference.jobs.services``) and the registry's name/version parsing.
+input files (``inference.services.jobs``) and the registry's name/version parsing.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from inference.apis.oip import ProtocolError, parse_infer_request
 from inference.apis.parsing import loads
 from inference.errors import InvalidInput
-from inference.jobs.services import JobInputError, _check_jsonl, _csv_rows
+from inference.oip import ProtocolError, parse_infer_request
 from inference.pipeline.base import StepInputError, clean_parameters
 from inference.pipeline.steps import TopK
+from inference.services.jobs import JobInputError, _check_jsonl, _csv_rows
 from inference.tensors import InputError, Limits, check_input_arrays, decode_instances
 from registry.schemas import DATATYPES, TensorSpec, parse_tensor_schema, parse_version_config
 from registry.selectors import MAX_VERSION, is_registry_name, version_number

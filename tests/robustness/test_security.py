@@ -144,7 +144,7 @@ def test_a_key_limited_to_another_model_gets_the_unknown_model_answer(endpoint, 
 
 
 def test_another_keys_job_is_404_like_a_job_that_does_not_exist(keys, client, monkeypatch):
-    from inference.jobs.services import job_submit
+    from inference.services.jobs import job_submit
     from registry.selectors import version_resolve
 
     monkeypatch.setattr("django_q.tasks.async_task", lambda *a, **k: None)
@@ -188,7 +188,7 @@ def test_admin_pages_send_anonymous_and_non_staff_users_to_the_login(page, db):
 
 
 def test_admin_actions_need_the_csrf_token(keys, monkeypatch):
-    from inference.jobs.services import job_submit
+    from inference.services.jobs import job_submit
     from registry.selectors import version_resolve
 
     monkeypatch.setattr("django_q.tasks.async_task", lambda *a, **k: None)

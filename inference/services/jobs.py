@@ -17,6 +17,7 @@ Guarantees, and how:
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hashlib
 import io
@@ -37,7 +38,7 @@ from django.utils import timezone
 
 from registry.models import ModelVersion
 
-from .models import InferenceJob
+from ..jobs.models import InferenceJob
 
 logger = logging.getLogger("inference.jobs")
 
@@ -278,6 +279,64 @@ def job_submit(
     return job, True
 
 
+def check_parameters(version: ModelVersion, parameters: Any) -> None:
+    """InvalidInput now for request parameters the version's pipeline does not take (not a failed job later)."""
+    from ..errors import InvalidInput
+    from ..pipeline.base import Pipeline, StepConfigError, StepInputError, clean_parameters
+
+    try:
+        pre, post = Pipeline(version.preprocess, stage="preprocess"), Pipeline(version.postprocess, stage="postprocess")
+    except (StepConfigError, ImportError):
+        return  # the job fails with the pipeline's own error
+    try:
+        clean_parameters(parameters, {**pre.request_parameters, **post.request_parameters})
+    except StepInputError as exc:
+        raise InvalidInput(str(exc), path=exc.path) from None
+
+
+def job_request_submit(
+    *,
+    key: Any,
+    model_name: str,
+    ref: Any = None,
+    instances: list[Any] | None = None,
+    upload: IO[bytes] | None = None,
+    input_format: str = InferenceJob.InputFormat.JSON,
+    parameters: Any = None,
+    callback_url: Any = "",
+    idempotency_key: str = "",
+) -> tuple[InferenceJob, bool]:
+    """Submit a job for an API key (the jobs API): resolve the version as predict does, check what can
+    be checked now, then ``job_submit``; every refusal is an API error (400, 404, 409, 413, 503)."""
+    from .. import selectors
+    from ..errors import Conflict, InvalidInput, PayloadTooLarge
+
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int))):
+        raise InvalidInput("version must be a version number or an alias name.", path="version")
+    if not isinstance(callback_url, str):
+        raise InvalidInput("callback_url must be a URL (a string).", path="callback_url")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInput("parameters must be a JSON object.", path="parameters")
+    version = selectors.serving_version(model_name=model_name, ref=ref or None, key=key)
+    check_parameters(version, parameters)
+    if not idempotency_key.isprintable():
+        raise InvalidInput("Idempotency-Key must be printable text.", path="Idempotency-Key")
+    try:
+        return job_submit(
+            version=version, instances=instances, upload=upload, input_format=input_format, parameters=parameters,
+            api_key=key, submitted_by=f"key:{key.name} ({key.prefix})",
+            idempotency_key=idempotency_key, callback_url=callback_url,
+        )
+    except JobInputTooLarge as exc:
+        raise PayloadTooLarge(str(exc), details={"path": "file", "limit": settings.INFERENCE_JOB_MAX_FILE_BYTES}) from exc
+    except JobInputError as exc:
+        raise InvalidInput(str(exc), path="file" if upload is not None else "instances") from exc
+    except ValidationError as exc:
+        raise InvalidInput("; ".join(exc.messages), path="callback_url") from exc
+    except JobConflict as exc:
+        raise Conflict(str(exc)) from exc
+
+
 # ---- cancel, retry --------------------------------------------------------------------------------
 
 def job_cancel(*, job: InferenceJob) -> InferenceJob:
@@ -356,8 +415,8 @@ def job_run(job_id: Any) -> str:
                       f"({job.error or 'no error was reported'}).")
         return "failed: too many attempts"
     from inference.errors import APIError
-    from inference.runtime.pool import get_pool
-    from inference.services import run_instances
+    from inference.pool import get_pool
+    from inference.services.predict import predict_instances
 
     result_name = f"jobs/{job.pk}/result-{attempt}.jsonl"
     storage = job.result_file.storage
@@ -366,7 +425,8 @@ def job_run(job_id: Any) -> str:
         buffer = io.BytesIO()
         done = 0
         for chunk in _chunks(_instances_in(job), settings.INFERENCE_JOB_CHUNK_SIZE):
-            predictions = run_instances(loaded, chunk, job.parameters, timeout=settings.INFERENCE_JOB_TIMEOUT)
+            predictions = asyncio.run(predict_instances(loaded, chunk, job.parameters,
+                                                        timeout=settings.INFERENCE_JOB_TIMEOUT))
             buffer.write(b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for p in predictions))
             done += len(chunk)
             still_mine = InferenceJob.objects.filter(
@@ -442,18 +502,12 @@ def jobs_reconcile() -> dict[str, int]:
         logger.warning("reconciler re-queued %d running job(s) with expired leases and %d queued job(s)",
                        len(stale_running), len(stale_queued))
     # Versions uploaded through the registry API whose validation task was lost.
-    from inference.registry_services import versions_requeue_stale
+    from inference.services.registry import versions_requeue_stale
 
     return {"running": len(stale_running), "queued": len(stale_queued), "versions": versions_requeue_stale()}
 
 
 # ---- results and callbacks -----------------------------------------------------------------------------
-
-def job_predictions(job: InferenceJob) -> list[Any]:
-    """Return a finished job's predictions (from its result file)."""
-    with job.result_file.open("rb") as fh:
-        return [orjson.loads(line) for line in fh if line.strip()]
-
 
 def _after_finish(job: InferenceJob) -> None:
     if job.callback_url:

@@ -1,4 +1,5 @@
-"""Predict and infer requests take a short middleware path (inference.middleware.InferenceRouteMiddleware).
+"""The async API views (predict, infer) take the middleware above the boundary only
+(inference.middleware.APIBoundaryMiddleware), under WSGI as on the front.
 
 What a client sees must not change: the same status, body and headers as through the full
 middleware chain, the Host check, request ids, and JSON errors. Only the browser
@@ -14,7 +15,7 @@ from django.conf import settings as django_settings
 from django.middleware.csrf import CsrfViewMiddleware
 from django.test import Client
 
-ROUTE_MW = "inference.middleware.InferenceRouteMiddleware"
+ROUTE_MW = "inference.middleware.APIBoundaryMiddleware"
 BODY = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]})
 V2_BODY = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
 

@@ -206,6 +206,26 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     )
 
 
+def tensor_metadata(specs: list[dict]) -> list[dict]:
+    """A schema's tensors as the protocol describes them: shapes include the batch dimension (-1)."""
+    return [{"name": s["name"], "datatype": s["datatype"], "shape": [-1, *s["shape"]]} for s in specs]
+
+
+STRUCTURING_STEPS = {"topk", "labels"}
+
+
+def output_metadata(output_schema: list[dict], postprocess: list[dict]) -> list[dict]:
+    """The outputs as infer returns them: after a labels/topk step, one BYTES tensor of JSON
+    predictions (the v1 API's values) named after the first output; after argmax, INT64 indices."""
+    steps = [step.get("step") for step in postprocess]
+    first = output_schema[0]
+    if STRUCTURING_STEPS & set(steps):
+        return [{"name": first["name"], "datatype": "BYTES", "shape": [-1]}]
+    if "argmax" in steps and len(output_schema) == 1:
+        return [{"name": first["name"], "datatype": "INT64", "shape": [-1, *first["shape"][:-1]]}]
+    return tensor_metadata(output_schema)
+
+
 def _encode_bytes_elements(arr: np.ndarray) -> bytes:
     parts = []
     for v in arr.reshape(-1):

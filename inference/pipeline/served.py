@@ -1,11 +1,14 @@
-"""A version as it is served: runtime + pipelines + schema checks, built once at load.
+"""A version as it is served: its pipelines and schema checks around a runtime, built once at load.
 
-The request path, the background jobs and registration-time validation all go through
-this one class, so they decode, preprocess, check and postprocess identically:
+The request path, background jobs and registration-time validation all go through this one
+class, so they decode, preprocess, check and postprocess identically:
 
     prepared = served.prepare(instances, parameters)   # decode + preprocess + check
     outputs = <batcher or served.runtime>.predict(prepared.arrays)
     predictions = served.finish(outputs, prepared)      # check + postprocess
+
+The runtime holds tensors only (``inference.runtime``); which runtime class serves a format is
+a setting (INFERENCE_RUNTIMES: format -> dotted path), so tests serve a fake one the same way.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.utils.module_loading import import_string
 
 from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
 
-from ..pipeline.base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
+from ..runtime.base import Runtime
+from ..runtime.pytorch import LoadSpec
 from ..tensors import InputError, Limits, check_input_arrays, check_model_inputs, decode_instances
-from .pytorch import LoadSpec, PyTorchRuntime
+from .base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
 
 
 @dataclass
@@ -33,6 +38,15 @@ class Prepared:
 
 def _shape_ok(actual: Sequence[int], declared: Sequence[int]) -> bool:
     return len(actual) == len(declared) and all(d == -1 or a == d for a, d in zip(actual, declared))
+
+
+def runtime_class(format: str) -> type[Runtime]:
+    """The runtime class that serves `format` (settings.INFERENCE_RUNTIMES)."""
+    try:
+        path = settings.INFERENCE_RUNTIMES[format]
+    except KeyError:
+        raise ValueError(f"no runtime serves the format {format!r} (INFERENCE_RUNTIMES)") from None
+    return import_string(path) if isinstance(path, str) else path
 
 
 class ServedVersion:
@@ -62,7 +76,7 @@ class ServedVersion:
         self.version = version
         self.key = key
         self.limits = limits
-        self.runtime = PyTorchRuntime(spec)
+        self.runtime = runtime_class(spec.format)(spec)
 
     @classmethod
     def from_version(cls, version: Any, *, limits: Limits | None = None) -> ServedVersion:
@@ -103,6 +117,11 @@ class ServedVersion:
     def runs_code(self) -> bool:
         return self.spec.format in CODE_FORMATS
 
+    @property
+    def decodes_input(self) -> bool:
+        """Whether a step decodes raw request values (images): never cheap enough for an event loop."""
+        return bool(self.raw_inputs)
+
     def load(self) -> None:
         self.runtime.load()
 
@@ -124,7 +143,7 @@ class ServedVersion:
             n = len(instances)
             arrays = self.pre(arrays, ctx)
         except StepInputError as exc:
-            raise InputError(str(exc), path=exc.path, code=exc.code) from exc
+            raise InputError(str(exc), path=exc.path, code=exc.code, status=exc.status) from exc
         check_model_inputs(arrays, self.inputs)
         return Prepared(arrays, ctx, n)
 
@@ -136,7 +155,7 @@ class ServedVersion:
             n = check_input_arrays(arrays, self.inputs, limits=limits, raw_inputs=self.raw_inputs)
             arrays = self.pre(dict(arrays), ctx)
         except StepInputError as exc:
-            raise InputError(str(exc), path=exc.path, code=exc.code) from exc
+            raise InputError(str(exc), path=exc.path, code=exc.code, status=exc.status) from exc
         check_model_inputs(arrays, self.inputs)
         return Prepared(arrays, ctx, n)
 
@@ -161,6 +180,6 @@ class ServedVersion:
         return per_instance(self.post(outputs, prepared.ctx), prepared.n)
 
     def predict_direct(self, instances: Any, parameters: Any = None) -> list[Any]:
-        """Run instances through pipeline and model without a batcher (validation, tests)."""
+        """Run instances through pipeline and model without a batcher (registration-time validation)."""
         prepared = self.prepare(instances, parameters)
         return self.finish(self.runtime.predict(prepared.arrays), prepared)

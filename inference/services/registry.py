@@ -23,20 +23,12 @@ from registry import services as registry
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 from registry.selectors import is_registry_name, version_number
 
-from .errors import APIError, Conflict, ErrorCode, InvalidInput, NotFound, PayloadTooLarge
-from .keys import APIKey
+from ..errors import APIError, Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
+from ..keys import APIKey
 
 logger = logging.getLogger("inference.registry")
 
 VALIDATE_TASK = "inference.tasks.validate_version"
-
-
-class Forbidden(APIError):
-    """403: the key may not do this (it lacks the scope, or the permission for code artifacts)."""
-
-    status_code = 403
-    default_code = ErrorCode.PERMISSION_DENIED
-    default_detail = "This API key may not do this."
 
 
 # The registry's ValidationError codes that mean something other than "bad input".
@@ -60,7 +52,7 @@ def api_error(exc: ValidationError, *, path: str = "") -> APIError:
     if code in _CONFLICT_CODES:
         return Conflict(message, details=details)
     if code in _FORBIDDEN_CODES:
-        return Forbidden(message, details=details)
+        return PermissionDenied(message, details=details)
     if code in _TOO_LARGE_CODES:
         return PayloadTooLarge(message, details={**details, "limit": settings.INFERENCE_MAX_ARTIFACT_BYTES})
     return InvalidInput(message, path=path, details=details)
@@ -101,10 +93,10 @@ def version_aliases(version: ModelVersion) -> list[str]:
 
 # ---- models and versions ------------------------------------------------------------------------------
 
-def model_create(*, key: Any, name: str, description: str = "", task: str = "") -> RegisteredModel:
+def managed_model_create(*, key: Any, name: str, description: str = "", task: str = "") -> RegisteredModel:
     """Create a model; a key limited to some models may not (it could never see the new one)."""
     if key.models is not None:
-        raise Forbidden(
+        raise PermissionDenied(
             "This key is limited to some models and cannot create one; use a manage key for all models.",
             details={"reason": "key_limited_to_models"},
         )

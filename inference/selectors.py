@@ -1,0 +1,127 @@
+"""Reads of the serving side: which model and version a request means, and what a key may see.
+
+``serving_version`` is the one resolver of every protocol (v1 predict, v2 infer, metadata and
+readiness, job submission): a model the key may not see is 404, the same answer as one that
+does not exist; an unknown version or alias is 404; no version to serve yet is 503.
+
+The request path reads the registry through ``RegistryMemo``, this process's memo of model rows
+and resolved versions: a change anywhere (a promotion in the admin, a version validated by a
+worker) bumps the shared registry generation (``registry.signals``), which each process polls
+every INFERENCE_REGISTRY_POLL_SECONDS; the process that made the change forgets at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from registry.models import ModelVersion, RegisteredModel
+from registry.selectors import is_registry_name, model_list, version_resolve
+from registry.signals import GENERATION_CACHE_KEY, generation_cache
+
+from .errors import NotFound, ServiceUnavailable
+from .offload import WouldBlock
+
+_MISSING = object()
+MEMO_MAX = 10_000  # resolved (model, ref) pairs kept; bounded against random refs
+
+
+class RegistryMemo:
+    """This process's memo of the registry reads on the request path (thread-safe).
+
+    Reads take ``may_block``: with False, a read that needs the database or the shared cache
+    (a miss, or the generation is due a check) raises WouldBlock before it starts.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._memo: dict[tuple[str, str], Any] = {}
+        self._generation: Any = None
+        self._checked = 0.0
+
+    def forget(self, **_: Any) -> None:
+        """Forget everything (the registry changed in this process, or settings did)."""
+        with self._lock:
+            self._memo.clear()
+            self._checked = 0.0
+
+    def _fresh(self, may_block: bool) -> None:
+        now = time.monotonic()
+        if now - self._checked < settings.INFERENCE_REGISTRY_POLL_SECONDS:
+            return
+        if not may_block:
+            raise WouldBlock
+        try:
+            generation = generation_cache().get(GENERATION_CACHE_KEY)
+        except Exception:  # noqa: BLE001 - cache down: fall back to re-reading the database
+            generation = object()
+        with self._lock:
+            if generation != self._generation:
+                self._memo.clear()
+                self._generation = generation
+            self._checked = now
+
+    def _read(self, key: tuple[str, str], read: Any, may_block: bool) -> Any:
+        self._fresh(may_block)
+        found = self._memo.get(key, _MISSING)
+        if found is _MISSING:
+            if not may_block:
+                raise WouldBlock
+            found = read()
+            with self._lock:
+                if len(self._memo) >= MEMO_MAX:
+                    self._memo.clear()
+                self._memo[key] = found
+        return found
+
+    def model(self, name: str, *, may_block: bool = True) -> RegisteredModel | None:
+        return self._read(("model", name), lambda: RegisteredModel.objects.filter(name=name).first(), may_block)
+
+    def version(self, model: RegisteredModel, ref: str | int | None, *, may_block: bool = True) -> ModelVersion | None:
+        """The version `ref` names (a number, an alias, or None: production, else the newest ready)."""
+        return self._read((model.name, "" if ref is None else str(ref)),
+                          lambda: version_resolve(model=model, ref=ref), may_block)
+
+
+memo = RegistryMemo()
+setting_changed.connect(memo.forget, dispatch_uid="inference.selectors.memo")
+
+
+def visible_model(*, model_name: str, key: Any, may_block: bool = True) -> RegisteredModel:
+    """The model if it exists and the key may see it; else NotFound (the same answer for both)."""
+    if not is_registry_name(model_name) or (key is not None and not key.may_see(model_name)):
+        raise NotFound(f"No model named {model_name!r}.")
+    model = memo.model(model_name, may_block=may_block)
+    if model is None:
+        raise NotFound(f"No model named {model_name!r}.")
+    return model
+
+
+def serving_version(*, model_name: str, ref: str | int | None, key: Any, may_block: bool = True) -> ModelVersion:
+    """The version a request for `model_name` (at `ref`) is served by; NotFound (404) or ServiceUnavailable (503)."""
+    model = visible_model(model_name=model_name, key=key, may_block=may_block)
+    version = memo.version(model, ref, may_block=may_block)
+    if version is None:
+        if ref is None:
+            raise ServiceUnavailable(
+                f"Model {model_name!r} has no ready version and no production alias yet.", retry_after=30
+            )
+        raise NotFound(f"Model {model_name!r} has no version or alias {str(ref)!r}.")
+    return version
+
+
+def ready_version_numbers(model: RegisteredModel) -> list[int]:
+    """The numbers of the model's ready, live versions, oldest first (the v2 model metadata's versions)."""
+    return list(model.versions.filter(status=ModelVersion.Status.READY, archived=False)
+                .order_by("version").values_list("version", flat=True))
+
+
+def models_for_key(key: Any, *, names: list[str] | None = None) -> list[RegisteredModel]:
+    """The models a key may see (all, or those of `names`), with versions and aliases prefetched."""
+    if key is not None and key.models is not None:
+        names = sorted(key.models if names is None else set(names) & key.models)
+    return list(model_list(names=names))

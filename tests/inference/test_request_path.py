@@ -1,0 +1,203 @@
+"""The async request path (inference.services.predict) and where its work runs (inference.offload).
+
+What is tested: a function that can answer from memory runs at once and a miss goes to a thread;
+heavy compute leaves the event loop and its queue is bounded; pool threads carry the request's log
+context; a request whose client left is observed as 499 and leaves its batcher's queue; a waiting
+request keeps its parsed body only to capture it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+import weakref
+
+import numpy as np
+import pytest
+
+from inference import offload
+from inference.errors import ServiceUnavailable
+from inference.monitoring.logs import request_id_var
+from inference.offload import WouldBlock
+from inference.pool import get_pool
+from inference.selectors import memo
+from inference.services import predict as predict_service
+
+from .support import ROWS
+
+
+@pytest.fixture
+def pools():
+    """This process with a web process's pools (as the front configures them), for one test."""
+    configured = offload.configure(io_threads=2, compute_threads=1, compute_queue=2)
+    yield configured
+    offload.unconfigure()
+
+
+def memoized(seen: list):
+    """A may_block function: answers from 'memory' only for 'hit'."""
+
+    def read(name: str, *, may_block: bool = True) -> tuple[str, str]:
+        if name != "hit" and not may_block:
+            raise WouldBlock
+        seen.append((name, may_block))
+        return name, threading.current_thread().name
+
+    return read
+
+
+def test_without_blocking_answers_from_memory_on_the_loop_and_sends_a_miss_to_an_io_thread(pools):
+    seen: list = []
+    read = memoized(seen)
+
+    async def main():
+        loop_thread = threading.current_thread().name
+        hit = await offload.without_blocking(read, "hit")
+        miss = await offload.without_blocking(read, "miss")
+        return loop_thread, hit, miss
+
+    loop_thread, hit, miss = asyncio.run(main())
+    assert hit == ("hit", loop_thread)
+    assert miss[0] == "miss" and miss[1].startswith("io") and miss[1] != loop_thread
+    assert seen == [("hit", False), ("miss", True)]  # the miss did nothing before it went to a thread
+
+
+def test_without_pools_a_miss_runs_in_the_calling_thread(settings):
+    """Django's WSGI handler (async_to_sync) and jobs: blocking calls go back to the caller's thread."""
+    from asgiref.sync import async_to_sync
+
+    offload.unconfigure()
+    seen: list = []
+
+    async def main():
+        return await offload.without_blocking(memoized(seen), "miss")
+
+    assert async_to_sync(main)() == ("miss", threading.current_thread().name)
+
+
+def test_heavy_compute_leaves_the_loop_light_compute_stays(pools):
+    async def main():
+        loop_thread = threading.current_thread().name
+        light = await offload.compute(lambda: threading.current_thread().name, heavy=False)
+        heavy = await offload.compute(lambda: threading.current_thread().name, heavy=True)
+        return loop_thread, light, heavy
+
+    loop_thread, light, heavy = asyncio.run(main())
+    assert light == loop_thread and heavy.startswith("compute") and heavy != loop_thread
+
+
+def test_the_compute_queue_is_bounded_and_a_refusal_is_a_503_at_once(pools):
+    release = threading.Event()
+
+    def work():
+        release.wait(10)
+        return "done"
+
+    async def main():
+        running = [asyncio.ensure_future(offload.compute(work, heavy=True)) for _ in range(2)]  # 1 runs, 1 waits
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(ServiceUnavailable) as refused:
+            await offload.compute(work, heavy=True)
+        refused_after = time.perf_counter() - t0
+        release.set()
+        return await asyncio.gather(*running), refused.value, refused_after
+
+    done, refused, refused_after = asyncio.run(main())
+    assert done == ["done", "done"]
+    assert refused.error_code == "overloaded" and refused.headers["Retry-After"] == "1"
+    assert "INFERENCE_COMPUTE_QUEUE" in refused.message and refused_after < 1.0
+    assert pools.waiting == 0
+
+
+def test_pool_threads_log_with_the_requests_id(pools):
+    async def main():
+        request_id_var.set("req-42")
+        io_id = await offload.blocking(request_id_var.get)
+        compute_id = await offload.compute(request_id_var.get, heavy=True)
+        return io_id, compute_id, await offload.blocking(lambda: threading.current_thread().name)
+
+    io_id, compute_id, _ = asyncio.run(main())
+    assert io_id == compute_id == "req-42"
+    assert asyncio.run(offload.blocking(request_id_var.get)) == ""  # reset after each call
+
+
+@pytest.mark.django_db
+def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_queue(iris, monkeypatch):
+    seen = []
+    monkeypatch.setattr(predict_service, "observe", lambda outcome: seen.append(outcome))
+    loaded = get_pool().loaded(memo.version(memo.model("iris"), None))
+    gate = threading.Event()
+    real = loaded.batcher.predict
+
+    def held(arrays):
+        gate.wait(10)
+        return real(arrays)
+
+    monkeypatch.setattr(loaded.batcher, "predict", held)
+
+    def request():
+        return predict_service.predict(model_name="iris", ref=None, key=None, body={"instances": ROWS})
+
+    async def main():
+        first = asyncio.ensure_future(request())  # holds the batcher's thread
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(request())  # queued behind it
+        await asyncio.sleep(0.05)
+        second.cancel()  # what the server does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        gate.set()
+        return await first
+
+    assert len(asyncio.run(main())["predictions"]) == len(ROWS)
+    assert sorted(o.status for o in seen) == [200, 499]
+    assert [o.error_code for o in seen if o.status == 499] == ["cancelled"]
+    assert loaded.batcher.stats.dropped == 1 and loaded.batcher.stats.request_count == 1
+
+
+class Rows(list):
+    """A list a weak reference can watch (the parsed JSON of `instances` is a plain list)."""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("capture", [False, True])
+def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_captured(iris, capture, monkeypatch):
+    """The parsed JSON (a Python object per number) is dropped once converted to arrays, unless
+    the model captures payloads: a web process's heap does not hold every waiting request's body."""
+    from registry.models import RegisteredModel
+
+    RegisteredModel.objects.filter(name="iris").update(capture_payloads=capture)
+    memo.forget()
+    loaded = get_pool().loaded(memo.version(memo.model("iris"), None))
+    waiting, release = threading.Event(), threading.Event()
+    real = loaded.batcher.predict
+
+    def held(arrays):
+        waiting.set()
+        release.wait(10)
+        return real(arrays)
+
+    monkeypatch.setattr(loaded.batcher, "predict", held)
+    instances = Rows(list(row) for row in ROWS[:2])
+    alive = weakref.ref(instances)
+    body = {"instances": instances}
+    del instances
+
+    async def main():
+        nonlocal body
+        task = asyncio.ensure_future(predict_service.predict(model_name="iris", ref=None, key=None, body=body,
+                                                             request_id="r1"))
+        body = None
+        assert await asyncio.to_thread(waiting.wait, 10)
+        gc.collect()
+        kept = alive() is not None
+        release.set()
+        return kept, await task
+
+    kept, response = asyncio.run(main())
+    assert kept == capture
+    assert response["id"] == "r1" and len(response["predictions"]) == 2
+    np.testing.assert_equal(len(response["predictions"][0]), 3)
