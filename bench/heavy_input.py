@@ -20,7 +20,6 @@ import base64
 import io
 import json
 import statistics
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -65,35 +64,40 @@ class Outcome:
         return bool(self.healthz_ms) and not self.healthz_failures and percentile(self.healthz_ms, 99) < HEALTHZ_TARGET_MS
 
 
+def heavy_client(url: str, key: str, body: bytes, stop: float, results) -> None:
+    """One heavy client (its own process, so that the probe's timings share no GIL with it)."""
+    seen: dict[int, list[float]] = {}
+    while time.time() < stop:
+        request = urllib.request.Request(f"{url}/api/v1/models/digits/predict", data=body, method="POST",
+                                         headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            status = exc.code
+        except OSError:
+            status = 0
+        seen.setdefault(status, []).append((time.perf_counter() - t0) * 1000)
+    results.put(seen)
+
+
 def measure(platform: Platform, key: str, *, clients: int, images: int, seconds: float) -> Outcome:
+    import multiprocessing
+
     body = heavy_body(images)
     outcome = Outcome()
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def client() -> None:
-        while time.monotonic() < stop:
-            request = urllib.request.Request(
-                f"{platform.url}/api/v1/models/digits/predict", data=body, method="POST",
-                headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
-            t0 = time.perf_counter()
-            try:
-                with urllib.request.urlopen(request, timeout=120) as response:
-                    response.read()
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                exc.read()
-                status = exc.code
-            except OSError:
-                status = 0
-            with lock:
-                outcome.heavy.setdefault(status, []).append((time.perf_counter() - t0) * 1000)
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)  # the heavy requests are in flight
-    while time.monotonic() < stop:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    stop = time.time() + seconds
+    processes = [context.Process(target=heavy_client, args=(platform.url, key, body, stop, results), daemon=True)
+                 for _ in range(clients)]
+    for p in processes:
+        p.start()
+    time.sleep(1.0)  # the heavy requests are in flight
+    while time.time() < stop:
         t0 = time.perf_counter()
         try:
             urllib.request.urlopen(f"{platform.url}/healthz", timeout=60).read()
@@ -101,8 +105,11 @@ def measure(platform: Platform, key: str, *, clients: int, images: int, seconds:
         except OSError:
             outcome.healthz_failures += 1
         time.sleep(0.02)
-    for t in threads:
-        t.join(150)
+    for _ in processes:
+        for status, ms in results.get(timeout=180).items():
+            outcome.heavy.setdefault(status, []).extend(ms)
+    for p in processes:
+        p.join(10)
     return outcome
 
 

@@ -118,7 +118,10 @@ def _not_int(v: Any) -> bool:
     return isinstance(v, bool) or not isinstance(v, int)
 
 
-def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str, maybe_bools: bool) -> np.ndarray:
+MaybeBools = bool | Callable[[], bool]
+
+
+def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str, maybe_bools: MaybeBools) -> np.ndarray:
     target = np.dtype(DATATYPES[spec.datatype])
     where = f"instances[*]{key_path}" if key_path else "instances"
     try:
@@ -181,7 +184,7 @@ def _convert(values: list[Any], spec: TensorSpec, limits: Limits, key_path: str,
                 code="invalid_datatype",
             )
         return arr
-    if kind == "b" or (maybe_bools and _has_bool(values)):
+    if kind == "b" or ((maybe_bools() if callable(maybe_bools) else maybe_bools) and _has_bool(values)):
         raise InputError(
             f"{spec.name!r} must hold numbers ({spec.datatype}), not true/false",
             path=_locate(values, key_path, lambda v: isinstance(v, bool)),
@@ -220,13 +223,14 @@ def decode_instances(
     *,
     limits: Limits,
     raw_inputs: set[str] = frozenset(),
-    maybe_bools: bool = True,
+    maybe_bools: MaybeBools = True,
 ) -> dict[str, np.ndarray]:
     """Return {input name: array with the instances stacked on axis 0}, or raise InputError.
 
     `raw_inputs` are inputs that a decoding step (e.g. image) turns into tensors: their
     values are passed through as an object array, one value per instance.
-    `maybe_bools=False` skips the scan for true/false among numbers (the caller knows the
+    `maybe_bools=False` (or a callable answering False, asked only when numbers are converted) skips
+    the scan for true/false among numbers (the caller knows the
     body has no such token).
     """
     if not isinstance(instances, list) or not instances:

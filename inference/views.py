@@ -3,8 +3,9 @@
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Return 200 while the process is alive (liveness probe)."""
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Return 200 while the process is alive (liveness probe). An async view: on the web server's
+    front it is answered by the event loop itself, so it says whether the loop is responsive."""
     return JsonResponse({"status": "ok"})
 
 

@@ -7,6 +7,8 @@ listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_error``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -160,6 +162,12 @@ class PredictVersionOperation(PlatformAPIView):
         raise NotImplementedError("described only: requests go to inference.apis.v1.predict")
 
 
+def may_hold_bools(raw: bytes) -> Callable[[], bool]:
+    """Whether the body may hold a true/false, asked only if numbers are converted (a scan of the body:
+    an image model's request never pays for it); without one, no number needs checking for a bool."""
+    return functools.cache(lambda: b"true" in raw or b"false" in raw)
+
+
 async def predict(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
     """POST a predict request: ``{"instances": [...]}`` -> ``{"id", "model", "version", "predictions"}``."""
     try:
@@ -172,7 +180,7 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
         body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
         result = await predict_service.predict(
             model_name=name, ref=ref, key=key, body=body, size=len(raw), request_id=request.request_id,
-            maybe_bools=b"true" in raw or b"false" in raw,
+            maybe_bools=may_hold_bools(raw),
         )
     except Exception as exc:  # noqa: BLE001 - every refusal in the v1 shape; a bug is a logged 500
         return v1_error(exc, request)

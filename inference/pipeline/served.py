@@ -25,7 +25,7 @@ from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_sc
 
 from ..runtime.base import Runtime
 from ..runtime.pytorch import LoadSpec
-from ..tensors import InputError, Limits, check_input_arrays, check_model_inputs, decode_instances
+from ..tensors import InputError, Limits, MaybeBools, check_input_arrays, check_model_inputs, decode_instances
 from .base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
 
 
@@ -132,7 +132,7 @@ class ServedVersion:
     def nbytes(self) -> int:
         return self.runtime.nbytes
 
-    def prepare(self, instances: Any, parameters: Any = None, *, maybe_bools: bool = True) -> Prepared:
+    def prepare(self, instances: Any, parameters: Any = None, *, maybe_bools: MaybeBools = True) -> Prepared:
         """Decode and preprocess a request's instances; raise InputError for bad input."""
         limits = self.limits or Limits.from_settings()
         try:

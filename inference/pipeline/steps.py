@@ -110,6 +110,12 @@ class Cast(Step):
         return out
 
 
+# Bytes of an encoded image read to find its dimensions before anything is decoded: a PNG's header
+# (IHDR) is in its first 33 bytes, a JPEG's frame header after its EXIF and tables, usually well
+# within this; a longer header is read whole.
+HEADER_PREFIX_BYTES = 4096
+
+
 class ImageDecode(Step):
     """Decode base64 PNG/JPEG (or raw v2 BYTES) into the declared image tensor.
 
@@ -149,33 +155,48 @@ class ImageDecode(Step):
         self.max_pixels = int(max_pixels or getattr(settings, "INFERENCE_IMAGE_MAX_PIXELS", 4096 * 4096))
 
     @staticmethod
-    def _raw(value: Any, path: str) -> bytes:
+    def _raw(value: Any, path: str, prefix: int | None = None) -> bytes:
+        """The encoded image's bytes (with `prefix`: about its first `prefix` bytes only, which hold
+        a PNG's header and most JPEGs' dimensions)."""
         if isinstance(value, str):
+            if prefix is not None:
+                value = value[: (prefix // 3) * 4]
             try:
                 return base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise StepInputError("not valid base64", path=path) from exc
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
+            return bytes(value[:prefix] if prefix is not None else value)
         raise StepInputError("an image must be a base64 string", path=path)
 
-    def _pixels(self, raw: bytes, path: str) -> int:
-        """The image's pixel count, read from its header (no pixel is decoded); refused past max_pixels."""
+    def _size(self, raw: bytes, path: str, *, cut: bool = False) -> tuple[int, int] | None:
+        """(width, height) from the image's header; None when `raw`, `cut` short, ends before its header does."""
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(io.BytesIO(raw)) as img:
                 if img.format not in ("PNG", "JPEG", "MPO"):
                     raise StepInputError(f"unsupported image format {img.format}; send PNG or JPEG", path=path)
-                w, h = img.size
+                return img.size
         except StepInputError:
             raise
         except Image.DecompressionBombError as exc:
             raise StepInputError(
                 f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
             ) from exc
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            if cut:
+                return None
             raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
+
+    def _pixels(self, value: Any, path: str) -> int:
+        """The image's pixel count, read from its header alone (no pixel decoded, most of a base64
+        string not even decoded); refused past max_pixels."""
+        head = self._raw(value, path, prefix=HEADER_PREFIX_BYTES)
+        size = self._size(head, path, cut=len(head) < len(value) * (3 / 4 if isinstance(value, str) else 1) - 3)
+        if size is None:  # a header longer than the prefix (a JPEG with a large EXIF block)
+            size = self._size(self._raw(value, path), path)
+        w, h = size
         if w * h > self.max_pixels:
             raise StepInputError(
                 f"image of {w}x{h} pixels is over the limit of {self.max_pixels} pixels",
@@ -214,22 +235,20 @@ class ImageDecode(Step):
         key = self.pick(data, self.input, kind="input")
         values = data[key].reshape(len(data[key]), -1)
         suffix = "" if len(ctx.inputs) == 1 else f".{key}"
-        raws, total = [], 0
+        total = 0
         for i, row in enumerate(values):
-            path = f"instances[{i}]{suffix}"
             if row.size != 1:
-                raise StepInputError("each instance must hold exactly one image", path=path)
-            raw = self._raw(row[0], path)
-            total += self._pixels(raw, path)
-            raws.append((raw, path))
+                raise StepInputError("each instance must hold exactly one image", path=f"instances[{i}]{suffix}")
+            total += self._pixels(row[0], f"instances[{i}]{suffix}")
         budget = settings.INFERENCE_MAX_REQUEST_PIXELS
         if total > budget:
             raise StepInputError(
-                f"the request's {len(raws)} images hold {total} pixels together, over the limit of {budget} "
+                f"the request's {len(values)} images hold {total} pixels together, over the limit of {budget} "
                 "pixels per request (INFERENCE_MAX_REQUEST_PIXELS); send fewer or smaller images per request",
                 path=f"instances{suffix}", code="payload_too_large", status=413,
             )
-        images = [self._decode(raw, path) for raw, path in raws]
+        images = [self._decode(self._raw(row[0], path), path)
+                  for i, row in enumerate(values) for path in [f"instances[{i}]{suffix}"]]
         out = dict(data)
         out[key] = np.stack(images) if images else np.zeros((0,), np.float32)
         return out

@@ -45,7 +45,7 @@ from ..pipeline.served import Prepared
 from ..pool import Loaded, get_pool
 from ..runtime.base import ModelNotReady
 from ..runtime.batcher import BatcherStopped, Overloaded
-from ..tensors import InputError
+from ..tensors import InputError, MaybeBools
 
 logger = logging.getLogger("inference.predict")
 
@@ -217,7 +217,7 @@ def parse_predict_body(body: Any) -> tuple[Any, Any]:
 
 
 async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any, size: int = 0,
-                  request_id: str = "", maybe_bools: bool = True) -> dict[str, Any]:
+                  request_id: str = "", maybe_bools: MaybeBools = True) -> dict[str, Any]:
     """Answer a v1 predict request (its parsed JSON `body`, `size` bytes on the wire): the response body."""
     with observed(model_name, request_id) as outcome:
         instances, parameters = parse_predict_body(body)
