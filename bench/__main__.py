@@ -200,6 +200,9 @@ def main() -> None:
     ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--baseline", default="", metavar="DIR",
+                    help="a checkout of another commit (git worktree add DIR <commit>): its platform runs beside "
+                         "this one as the server 'baseline' (add it to --servers), from the same venv")
     ap.add_argument("--platform-venv", choices=("runtime", "dev"), default="runtime",
                     help="runtime: the platform runs from bench/.envs/platform (requirements.txt only, as "
                          "deployed); dev: from this interpreter's venv (with the test tools)")
@@ -223,7 +226,7 @@ def main() -> None:
         print(f"  wrk against a trivial responder: {run.capacity:.0f} req/s", flush=True)
         run.raw = raw_model()
         print(f"  raw MLP forward, 1 thread: {run.raw['batch1']:.0f}/s at batch 1, {run.raw['batch32']:.0f}/s at batch 32")
-        if args.platform_venv == "runtime" and {"platform", "platform-wsgi"} & set(wanted):
+        if args.platform_venv == "runtime" and {"platform", "platform-wsgi", "baseline"} & set(wanted):
             try:
                 platform_python = runtime_python()
                 run.notes.append("The platform ran from bench/.envs/platform: requirements.txt alone, as deployed.")
@@ -236,6 +239,8 @@ def main() -> None:
             "torchserve": lambda: [("torchserve", TorchServeServer())],
             "mlserver": lambda: [("mlserver", MLServerServer())],
             "platform-wsgi": lambda: [("platform-wsgi", PlatformWSGIServer(platform_python))],
+            "baseline": lambda: [("baseline", PlatformServer(platform_python, Path(args.baseline).resolve(),
+                                                             "baseline"))],
         }
         for name in wanted:
             for key, s in factories[name]():

@@ -73,6 +73,7 @@ class Platform:
     proc: subprocess.Popen | None = None
     extra_env: dict = field(default_factory=dict)
     python: str = PY  # the interpreter of the venv the platform runs from
+    root: Path = ROOT  # the checkout it runs from (another commit's: `python -m bench --baseline DIR`)
 
     @property
     def url(self) -> str:
@@ -88,14 +89,15 @@ class Platform:
             GUNICORN_THREADS=str(self.threads),
             INFERENCE_METRICS_TOKEN=self.metrics_token,
             DJANGO_LOG_LEVEL="WARNING",
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(self.root),
             MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2"),  # as deploy/run.sh starts it
         )
         env.update(self.extra_env)
         return env
 
     def manage(self, *args: str) -> str:
-        out = subprocess.run([self.python, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True)
+        out = subprocess.run([self.python, "manage.py", *args], cwd=self.root, env=self.env, capture_output=True,
+                             text=True)
         if out.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args)} failed: {out.stderr[-2000:]}")
         return out.stdout
@@ -124,7 +126,7 @@ class Platform:
             command = [self.python, "-m", "inference_platform.serve"]
         # The server's log goes to a file: an unread pipe fills up and blocks the server.
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(command, cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_http(f"{self.url}/healthz")
 

@@ -127,9 +127,9 @@ def runtime_python() -> str:
 
 
 class PlatformServer(Server):
-    def __init__(self, python: str = PY) -> None:
-        super().__init__("platform")
-        self.platform = Platform(port=self.port, python=python)
+    def __init__(self, python: str = PY, root: Path = ROOT, name: str = "platform") -> None:
+        super().__init__(name)
+        self.platform = Platform(port=self.port, python=python, root=root)
         self.key = ""
 
     def url(self, model: str) -> str:

@@ -64,6 +64,9 @@ class Pending:
     enqueued: float
     wait_for_more: bool
     future: Future = field(default_factory=Future)
+    # An event-loop caller's wake-up: (its loop, the asyncio future it awaits). The batcher wakes each
+    # loop once per batch for all of its requests (``_wake``), not once per request.
+    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
     started: float = 0.0  # when its batch began computing
     finished: float = 0.0
     batch_size: int = 0
@@ -135,7 +138,8 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, arrays: Arrays) -> Pending:
+    def submit(self, arrays: Arrays, *, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+               ) -> Pending:
         """Queue a request (arrays with the instances on axis 0) and return its Pending at once;
         Overloaded when the queue is full, BatcherStopped once stopped."""
         n = len(next(iter(arrays.values()))) if arrays else 0
@@ -150,7 +154,8 @@ class Batcher:
                     retry_after=1,
                 )
             idle = not self._busy and not self._queue
-            pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle)
+            pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle,
+                              waiter=waiter)
             self._queue.append(pending)
             self._queued_n += n
             # A batcher gathering a partial batch is woken when the batch can be full (else at its
@@ -165,14 +170,19 @@ class Batcher:
         finished Pending (its outputs: ``pending.future.result()``). The model's own error is raised
         as it is; TimeoutError after `timeout` seconds. A request given up (timeout, cancellation)
         while still queued is never computed."""
-        pending = self.submit(arrays)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        pending = self.submit(arrays, waiter=(loop, done))
         try:
             async with asyncio.timeout(timeout):
-                # Cancelling the wrapper (a timeout, a client gone) cancels the queued request too.
-                await asyncio.wrap_future(pending.future)
+                await done
         except TimeoutError:
-            pending.cancel()
+            pending.cancel()  # still queued: never computed
             raise TimeoutError(f"no result within {timeout:.1f} s") from None
+        except asyncio.CancelledError:
+            pending.cancel()  # the client went away
+            raise
+        pending.future.result(0)  # the model's own error, raised here
         return pending
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -262,6 +272,7 @@ class Batcher:
             for p in batch:
                 p.started, p.finished, p.batch_size = started, finished, total
                 p.future.set_exception(exc)
+            _wake(batch)
             return
         finished = time.perf_counter()
         self._compute_ewma = 0.9 * self._compute_ewma + 0.1 * (finished - started) if self._compute_ewma else finished - started
@@ -277,11 +288,31 @@ class Batcher:
             part = {k: v[offset : offset + p.n] for k, v in outputs.items()}
             offset += p.n
             p.future.set_result(part)
+        _wake(batch)
         if self.on_batch is not None:
             try:
                 self.on_batch(len(batch), total, finished - started)
             except Exception:  # noqa: BLE001 - observers never break serving
                 logger.exception("%s: on_batch observer failed", self.name)
+
+
+def _wake(batch: list[Pending]) -> None:
+    """Wake the event loops awaiting a finished batch: one call per loop, whatever its number of requests."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for p in batch:
+        if p.waiter is not None:
+            by_loop.setdefault(p.waiter[0], []).append(p.waiter[1])
+    for loop, waiters in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_done, waiters)
+        except RuntimeError:  # that loop is closed: its callers are gone
+            pass
+
+
+def _set_done(waiters: list[asyncio.Future]) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a caller that timed out or was cancelled meanwhile
+            waiter.set_result(None)
 
 
 __all__ = ["Batcher", "BatcherStopped", "CancelledError", "Overloaded", "Pending", "signature_of"]

@@ -76,3 +76,41 @@ def test_the_host_check_still_applies_on_the_short_path(iris, key):
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
     assert json.loads(response.content)["error"]["code"]
+
+
+def test_the_fronts_edge_middleware_is_settings_middleware_above_the_boundary(settings):
+    """The front runs exactly what settings.MIDDLEWARE lists above the boundary, in order (no copy of it),
+    and refuses a middleware there that it could not run around an async view."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from inference_platform.front import EdgeMiddleware
+
+    edge = EdgeMiddleware.from_settings()
+    above = django_settings.MIDDLEWARE[: django_settings.MIDDLEWARE.index(ROUTE_MW)]
+    assert [f"{type(m).__module__}.{type(m).__qualname__}" for m in edge.middleware] == above
+    settings.MIDDLEWARE = ["whitenoise.middleware.WhiteNoiseMiddleware", *django_settings.MIDDLEWARE]
+    with pytest.raises(ImproperlyConfigured, match="WhiteNoiseMiddleware"):
+        EdgeMiddleware.from_settings()
+    settings.MIDDLEWARE = [m for m in django_settings.MIDDLEWARE if m != ROUTE_MW]
+    with pytest.raises(ImproperlyConfigured, match="APIBoundaryMiddleware"):
+        EdgeMiddleware.from_settings()
+
+
+@pytest.mark.django_db
+def test_an_exception_in_edge_middleware_is_djangos_answer_and_earlier_hooks_still_run(iris, key, settings):
+    """As under Django's handler: a middleware above the view that raises gives Django's response for the
+    exception (here a JSON 400 for a disallowed host), and the middleware before it still add their headers."""
+    import asyncio
+
+    from django.test import RequestFactory
+
+    from inference.middleware import api_route
+    from inference_platform.front import EdgeMiddleware
+
+    edge = EdgeMiddleware.from_settings()
+    request = RequestFactory().post("/api/v1/models/iris/predict", BODY, content_type="application/json",
+                                    HTTP_AUTHORIZATION=f"Api-Key {key}", HTTP_HOST="evil.example.com",
+                                    HTTP_X_REQUEST_ID="edge-1")
+    response = asyncio.run(edge(request, api_route(request.path)))
+    assert response.status_code == 400 and response["X-Request-ID"] == "edge-1"
+    assert response["X-Frame-Options"] == "DENY"

@@ -553,3 +553,70 @@ def test_hooks_follow_the_setting(settings, api, key, iris, hook_calls):
     settings.INFERENCE_HOOKS = [recording_hook]  # a callable works as well as a dotted path
     assert api.post("/api/v1/models/iris/predict", {"instances": ROWS}, key).status_code == 200
     assert len(hook_calls) == 1
+
+
+# --- per-request decoding budget ------------------------------------------------------------------
+
+
+def test_a_requests_images_together_are_refused_past_the_per_request_pixel_budget(settings, monkeypatch):
+    """Each image within max_pixels, all of them together over INFERENCE_MAX_REQUEST_PIXELS: 413 (status on
+    the error), decided from the headers alone: not one pixel is decoded."""
+    settings.INFERENCE_MAX_REQUEST_PIXELS = 3 * 64 * 64
+    step = ImageDecode(size=[8, 8], mode="L")
+    png = encode(np.zeros((64, 64), np.uint8))
+    decoded: list[int] = []
+    real = ImageDecode._decode
+    monkeypatch.setattr(ImageDecode, "_decode", lambda self, raw, path: decoded.append(1) or real(self, raw, path))
+    assert step(images(png, png, png), CTX)["image"].shape == (3, 1, 8, 8)  # exactly at the budget
+    decoded.clear()
+    with pytest.raises(StepInputError) as info:
+        step(images(png, png, png, png), CTX)
+    assert (info.value.status, info.value.code) == (413, "payload_too_large")
+    assert "16384 pixels" in str(info.value) and "INFERENCE_MAX_REQUEST_PIXELS" in str(info.value)
+    assert decoded == []
+
+
+def test_the_pixel_budget_reads_a_jpeg_header_past_the_prefix(settings):
+    """A JPEG whose frame header comes after a large EXIF block (past the prefix read first) is measured
+    from its whole header, not refused."""
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 20_000  # ImageDescription
+    Image.fromarray(np.full((32, 48), 200, np.uint8)).save(buffer, format="JPEG", exif=exif.tobytes())
+    assert len(buffer.getvalue()) > 20_000
+    settings.INFERENCE_MAX_REQUEST_PIXELS = 32 * 48
+    out = ImageDecode(size=[8, 8], mode="L")(images(base64.b64encode(buffer.getvalue()).decode()), CTX)
+    assert out["image"].shape == (1, 1, 8, 8)
+    settings.INFERENCE_MAX_REQUEST_PIXELS = 32 * 48 - 1
+    with pytest.raises(StepInputError) as info:
+        ImageDecode(size=[8, 8], mode="L")(images(base64.b64encode(buffer.getvalue()).decode()), CTX)
+    assert info.value.status == 413
+
+
+@pytest.mark.django_db
+def test_over_the_pixel_budget_a_predict_is_a_json_413_naming_the_setting(settings, api, key, digits_demo):
+    from .support import register_demo
+
+    register_demo(digits_demo)
+    settings.INFERENCE_MAX_REQUEST_PIXELS = 2 * 64 * 64
+    png = encode(np.zeros((64, 64), np.uint8))
+    assert api.post("/api/v1/models/digits/predict", {"instances": [png, png]}, key).status_code == 200
+    r = api.post("/api/v1/models/digits/predict", {"instances": [png, png, png]}, key)
+    assert r.status_code == 413
+    err = error_of(r)
+    assert err["code"] == "payload_too_large" and "INFERENCE_MAX_REQUEST_PIXELS" in err["message"]
+    assert err["details"]["path"] == "instances"
+
+
+@pytest.mark.django_db
+def test_over_the_element_budget_a_request_is_a_413_on_both_protocols(settings, api, key, iris):
+    """INFERENCE_MAX_REQUEST_ELEMENTS bounds all of a request's tensors together (per tensor:
+    INFERENCE_MAX_TENSOR_ELEMENTS, a 400)."""
+    settings.INFERENCE_MAX_REQUEST_ELEMENTS = 8
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+    assert api.post("/api/v1/models/iris/predict", {"instances": rows}, key).status_code == 200
+    r = api.post("/api/v1/models/iris/predict", {"instances": rows + rows[:1]}, key)
+    assert r.status_code == 413 and "INFERENCE_MAX_REQUEST_ELEMENTS" in error_of(r)["message"]
+    v2 = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": sum(rows + rows[:1], [])}]}
+    r = api.post("/v2/models/iris/infer", v2, key)
+    assert r.status_code == 413 and "INFERENCE_MAX_REQUEST_ELEMENTS" in r.json()["error"]

@@ -201,3 +201,41 @@ def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_
     assert kept == capture
     assert response["id"] == "r1" and len(response["predictions"]) == 2
     np.testing.assert_equal(len(response["predictions"][0]), 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_fronts_pools_the_event_loop_never_computes(pools, digits_demo, monkeypatch):
+    """A request for an image model, as the front serves it: the registry read and the model load (with its
+    warm-up forward) go to an I/O thread, decoding the images to a compute thread, the request's forward to
+    the batcher's thread; the loop's thread does none of them."""
+    from inference.pipeline.steps import ImageDecode
+    from inference.runtime.pytorch import PyTorchRuntime
+
+    from .support import register_demo
+
+    register_demo(digits_demo)
+    threads: dict[str, list[str]] = {"decode": [], "forward": [], "load": []}
+    for cls, name, kind in ((ImageDecode, "__call__", "decode"), (PyTorchRuntime, "predict", "forward"),
+                            (PyTorchRuntime, "load", "load")):
+        real = getattr(cls, name)
+
+        def spy(self, *args, _real=real, _kind=kind, **kwargs):
+            threads[_kind].append(threading.current_thread().name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, spy)
+    from inference.demo import digit_png_base64, digits_split
+
+    _, _, images, labels = digits_split()
+    body = {"instances": [digit_png_base64(image) for image in images[:4]]}
+
+    async def main():
+        response = await predict_service.predict(model_name="digits", ref=None, key=None, body=body)
+        return threading.current_thread().name, response
+
+    loop_thread, response = asyncio.run(main())
+    assert [p[0]["label"] for p in response["predictions"]] == [str(label) for label in labels[:4]]
+    assert [t[:2] for t in threads["load"]] == ["io"]
+    assert [t[:7] for t in threads["decode"]] == ["compute"]
+    assert threads["forward"][-1].startswith("batcher:digits")  # the ones before: the load's warm-up, in io
+    assert loop_thread not in threads["load"] + threads["decode"] + threads["forward"]
