@@ -90,7 +90,6 @@ class Platform:
             INFERENCE_METRICS_TOKEN=self.metrics_token,
             DJANGO_LOG_LEVEL="WARNING",
             PYTHONPATH=str(self.root),
-            MALLOC_ARENA_MAX=os.environ.get("MALLOC_ARENA_MAX", "2"),  # as deploy/run.sh starts it
         )
         env.update(self.extra_env)
         return env

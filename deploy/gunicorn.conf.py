@@ -19,8 +19,7 @@ def default_workers() -> int:
     """Two worker processes where there are two cores to run them, else one.
 
     One process's Python (HTTP parsing, auth, JSON, pipelines) runs under one GIL, so a
-    second process puts a second core to work: on the 2-core development machine 1.5-1.8x
-    the requests/s of one process (docs/benchmarks.md). Not more by default: each process
+    second process puts a second core to work (docs/benchmarks.md). Not more by default: each process
     holds its own copy of every model it serves (set WEB_CONCURRENCY to choose)."""
     try:
         cores = len(os.sched_getaffinity(0))

@@ -7,10 +7,6 @@ PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 export HOST PORT
-# glibc gives each thread that allocates concurrently its own malloc arena (up to 8 per
-# core); with 32 request threads that fragments the heap: the web process's RSS after a
-# benchmark run was 497 MiB with the default, 469 MiB with 2 arenas (docs/benchmarks.md).
-export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 
 pids=()
 stop() {

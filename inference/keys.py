@@ -37,8 +37,8 @@ class VerifiedKeys:
     """This process's memo of keys it verified lately: prefix -> (until, SHA-256 of the key, info).
 
     A request whose key was verified less than ``INFERENCE_KEY_MEMO_SECONDS`` ago in this process
-    skips the shared cache's read and the SHA-512 check (a third of the authentication's cost on
-    the hot path). A change to a key drops its entry here at once (``key_info_forget``); the other
+    skips the shared cache's read and the SHA-512 check: the event loop authenticates it from
+    memory, without a thread (``inference.access``). A change to a key drops its entry here at once (``key_info_forget``); the other
     web processes see the change when their entry ends, within those seconds. Only keys that passed
     the hash check are kept (a wrong key never enters), and never the key itself, only its digest.
     """

@@ -4,7 +4,7 @@ The count is django-ratelimit's: a fixed window per key (its ``_get_window``, wi
 jitter), a counter in ``RATELIMIT_USE_CACHE`` under django-ratelimit's cache key, so every web
 process on every machine counts against one number. Counting one request at a time costs a
 shared-cache write per request (an ``add`` and an ``incr``: a SQLite write in embedded mode, a
-Redis round trip with Redis), a tenth of the loop's time per predict on the benchmark machine.
+Redis round trip with Redis) on the request path (docs/benchmarks.md).
 
 So a process takes its share of a key's window in leases: one ``incr`` by ``n`` reserves ``n``
 requests, which the process then spends from memory. ``n`` is 1% of the key's limit (at most

@@ -8,6 +8,9 @@ import os
 
 import django
 
+from inference.runtime.memory import limit_arenas
+
+limit_arenas()  # before the process allocates much: the allocator policy (inference.runtime.memory)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
 django.setup(set_prefix=False)
 

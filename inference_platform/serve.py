@@ -65,9 +65,6 @@ def server(**overrides):
 
     workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
     metrics_dir(workers)
-    # glibc gives each thread that allocates concurrently its own malloc arena; 2 keep the
-    # heap compact (docs/benchmarks.md). Inherited by the worker processes.
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     options = dict(
         target="inference_platform.asgi:application",
         address=os.environ.get("HOST", "127.0.0.1"),

@@ -29,8 +29,8 @@ _INFO = logging.INFO
 class AccessRecord(logging.LogRecord):
     """The access line's LogRecord, built in about a microsecond.
 
-    ``logger.info()`` costs ~10 µs a line, most of it looking up the caller's frame and
-    the thread and process names; an access line needs none of them, so it is built from
+    ``logger.info()`` spends most of a line's cost looking up the caller's frame and the
+    thread and process names (docs/benchmarks.md); an access line needs none of them, so it is built from
     fixed defaults and handed to ``logger.handle()``: same handlers, filters and
     formatters as any other record (every standard attribute is there, for %-style formats).
     """
@@ -86,7 +86,7 @@ def observe(outcome: Any, *, count: bool = True, record: bool = True) -> None:
             "instances": outcome.instances, "error_code": outcome.error_code or None,
         }
         sinks = _fast_sinks()
-        if sinks is not None:  # the same line JsonFormatter writes, without a LogRecord (~3 µs less)
+        if sinks is not None:  # the same line JsonFormatter writes, without building a LogRecord
             for h in sinks:
                 h.emit_line(h.formatter.format_fields("inference.access", "INFO", "predict", now, fields))
         else:

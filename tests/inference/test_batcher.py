@@ -407,3 +407,16 @@ def test_release_free_memory_gives_freed_heap_pages_back_through_glibc():
     del blocks
     assert memory.release_free_memory() is True
     assert len(keep) == 4000
+
+
+def test_the_allocator_policy_caps_malloc_arenas_unless_the_operator_chose(monkeypatch):
+    """limit_arenas() is MALLOC_ARENA_MAX from inside the process (glibc's mallopt); an operator's own
+    MALLOC_ARENA_MAX wins."""
+    from inference.runtime import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "_mallopt", lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert memory.limit_arenas() is True and calls == [(memory.M_ARENA_MAX, memory.ARENA_MAX)]
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert memory.limit_arenas() is False and len(calls) == 1
