@@ -18,13 +18,11 @@ Guarantees, and how:
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import io
 import logging
 import os
 import socket
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import IO, Any
 
@@ -38,6 +36,15 @@ from django.utils import timezone
 
 from registry.models import ModelVersion
 
+from ..jobs.inputs import (
+    JobInputError,
+    JobInputTooLarge,
+    chunks,
+    count_jsonl,
+    csv_rows,
+    instances_in,
+    jsonl_from_instances,
+)
 from ..jobs.models import InferenceJob
 
 logger = logging.getLogger("inference.jobs")
@@ -51,84 +58,6 @@ def worker_id() -> str:
 
 class JobConflict(Exception):
     """The request conflicts with the job's state (e.g. cancel a finished job, reuse an idempotency key)."""
-
-
-class JobInputError(ValueError):
-    """The submitted instances or file cannot be a job's input."""
-
-
-class JobInputTooLarge(JobInputError):
-    """The submitted file is over INFERENCE_JOB_MAX_FILE_BYTES (a 413 over REST)."""
-
-
-# ---- input files ------------------------------------------------------------------------------
-
-def _jsonl_from_instances(instances: list[Any]) -> bytes:
-    return b"".join(orjson.dumps(i) + b"\n" for i in instances)
-
-
-def _check_jsonl(fileobj: IO[bytes]) -> int:
-    """Return the number of instances in a JSONL file; raise JobInputError naming a bad line."""
-    count = 0
-    fileobj.seek(0)
-    for number, line in enumerate(fileobj, start=1):
-        if not line.strip():
-            continue
-        try:
-            orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise JobInputError(f"line {number} is not valid JSON: {exc}") from None
-        count += 1
-    return count
-
-
-def _csv_rows(fileobj: IO[bytes]) -> Iterator[list[float]]:
-    """Yield the numeric rows of a CSV file (a header row of names is skipped)."""
-    fileobj.seek(0)
-    # Decode line by line: a TextIOWrapper would close the caller's file when collected.
-    reader = csv.reader(_text_lines(fileobj))
-    try:
-        for number, row in enumerate(reader, start=1):
-            if not row or all(not c.strip() for c in row):
-                continue
-            try:
-                yield [float(c) for c in row]
-            except ValueError:
-                if number == 1:
-                    continue  # header
-                raise JobInputError(f"CSV line {number} has a value that is not a number: {row[:8]}") from None
-    except csv.Error as exc:
-        raise JobInputError(f"CSV line {reader.line_num} cannot be read: {exc}") from None
-
-
-def _text_lines(fileobj: IO[bytes]) -> Iterator[str]:
-    for number, line in enumerate(fileobj, start=1):
-        try:
-            yield line.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise JobInputError(f"CSV line {number} is not UTF-8 text.") from None
-
-
-def _instances_in(job: InferenceJob) -> Iterator[Any]:
-    """Yield the job's instances in order, from its stored input file."""
-    with job.input_file.open("rb") as fh:
-        if job.input_format == InferenceJob.InputFormat.CSV:
-            yield from _csv_rows(fh)
-            return
-        for line in fh:
-            if line.strip():
-                yield orjson.loads(line)
-
-
-def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 # ---- submit -------------------------------------------------------------------------------------
@@ -213,7 +142,7 @@ def job_submit(
     if instances is not None:
         if not isinstance(instances, list) or not instances:
             raise JobInputError("instances must be a non-empty list.")
-        data = _jsonl_from_instances(instances)
+        data = jsonl_from_instances(instances)
         total = len(instances)
         input_format = InferenceJob.InputFormat.JSON
         content: File = ContentFile(data, name="input.jsonl")
@@ -226,9 +155,9 @@ def job_submit(
         if input_format == InferenceJob.InputFormat.CSV:
             if len(version.input_schema) != 1:
                 raise JobInputError("CSV input is for one-input models; send JSONL objects for several inputs.")
-            total = sum(1 for _ in _csv_rows(upload))
+            total = sum(1 for _ in csv_rows(upload))
         else:
-            total = _check_jsonl(upload)
+            total = count_jsonl(upload)
         if total == 0:
             raise JobInputError("The file holds no instances.")
         upload.seek(0)
@@ -424,7 +353,7 @@ def job_run(job_id: Any) -> str:
         loaded = get_pool().loaded(job.version)
         buffer = io.BytesIO()
         done = 0
-        for chunk in _chunks(_instances_in(job), settings.INFERENCE_JOB_CHUNK_SIZE):
+        for chunk in chunks(instances_in(job), settings.INFERENCE_JOB_CHUNK_SIZE):
             predictions = asyncio.run(predict_instances(loaded, chunk, job.parameters,
                                                         timeout=settings.INFERENCE_JOB_TIMEOUT))
             buffer.write(b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for p in predictions))

@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from inference.apis.parsing import loads
 from inference.errors import InvalidInput
+from inference.jobs.inputs import JobInputError, count_jsonl, csv_rows
 from inference.oip import ProtocolError, parse_infer_request
 from inference.pipeline.base import StepInputError, clean_parameters
 from inference.pipeline.steps import TopK
-from inference.services.jobs import JobInputError, _check_jsonl, _csv_rows
 from inference.tensors import InputError, Limits, check_input_arrays, decode_instances
 from registry.schemas import DATATYPES, TensorSpec, parse_tensor_schema, parse_version_config
 from registry.selectors import MAX_VERSION, is_registry_name, version_number
@@ -255,7 +255,7 @@ def test_request_parameters_are_cleaned_or_refused(raw):
 @example(b'a,b\n"1,2\n')
 @example(b"[" * 5000 + b"\n")
 def test_job_files_count_or_are_job_input_errors(data):
-    for read in (_check_jsonl, lambda f: sum(1 for _ in _csv_rows(f))):
+    for read in (count_jsonl, lambda f: sum(1 for _ in csv_rows(f))):
         try:
             count = read(io.BytesIO(data))
         except JobInputError:
