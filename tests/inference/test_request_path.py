@@ -155,6 +155,9 @@ def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_que
     assert len(asyncio.run(main())["predictions"]) == len(ROWS)
     assert sorted(o.status for o in seen) == [200, 499]
     assert [o.error_code for o in seen if o.status == 499] == ["cancelled"]
+    deadline = time.monotonic() + 5
+    while loaded.batcher.queue_depth and time.monotonic() < deadline:  # the batcher's thread reaches it
+        time.sleep(0.01)
     assert loaded.batcher.stats.dropped == 1 and loaded.batcher.stats.request_count == 1
 
 
