@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
 
 from ..pipeline.base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
 from ..tensors import InputError, Limits, check_input_arrays, check_model_inputs, decode_instances
+from .optimizers import optimizer_for
 from .pytorch import LoadSpec, PyTorchRuntime
 
 
@@ -86,7 +86,7 @@ class ServedVersion:
             device_type=target.device_type,
             device_index=target.device_index,
             cpu_threads=target.cpu_threads,
-            pack_linear=settings.INFERENCE_CPU_PACK_LINEAR,
+            optimizer=optimizer_for(target_name=target.name, device_type=target.device_type),
         )
         return cls(
             spec,
