@@ -459,8 +459,10 @@ INFERENCE_KEY_MEMO_SECONDS = env.float("INFERENCE_KEY_MEMO_SECONDS", default=1.0
 # The load-time optimiser of each hardware target (inference/runtime/optimizers): a hardware
 # target's name or a device type -> none, onednn, jit or compile; a target's name is looked up
 # first, then its device type, else none. E.g. INFERENCE_OPTIMIZERS=cpu=onednn,big-cpu=compile.
-# The CPU default, onednn (large fp32 linear layers on oneDNN), is the one bench.optimizers
-# measured fastest at batch 8 and 32 (docs/benchmarks.md).
+# The CPU default stays onednn (large fp32 linear layers on oneDNN): bench.optimizers measured
+# it the fastest of none, onednn, jit and compile at batch 8 and 32. compile is faster only with
+# TORCHINDUCTOR_FREEZING=1 in the environment, at seconds of compiling per version and memory
+# that unloading does not give back (docs/benchmarks.md, "Load-time optimisers").
 INFERENCE_OPTIMIZERS = env.dict("INFERENCE_OPTIMIZERS", default={"cpu": "onednn"})
 _OPTIMIZER_NAMES = ("none", "onednn", "jit", "compile")  # optimizers.OPTIMIZERS, without importing torch here
 if _unknown := {k: v for k, v in INFERENCE_OPTIMIZERS.items() if v not in _OPTIMIZER_NAMES}:

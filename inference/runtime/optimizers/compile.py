@@ -14,7 +14,9 @@ oneDNN's prepacked linear and convolution kernels) is asked for through the publ
 whether parameters become constants of the graph from the process-wide Inductor setting,
 which only the ``TORCHINDUCTOR_FREEZING=1`` environment variable sets without touching
 private attributes. Without it the weights stay inputs of the compiled graph (outputs are
-still right); docs/benchmarks.md measures both.
+still right). With it, the frozen weights live in torch's compile cache, which keeps them after
+the version is unloaded (only ``torch.compiler.reset()`` clears it, for every model at once),
+so a process that loads and unloads versions grows. docs/benchmarks.md measures both.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 with their weights converted once, linear layers on pre-transposed weights, fused
 elementwise ops). The module is scripted; where scripting fails it is traced on the example
 inputs, and a trace records one run, so it is checked on other batch sizes before it is kept.
+``optimize_for_inference`` leaves the original weights in the graph beside the transposed
+copies it computes with: the module holds its linear weights twice.
 TorchScript is deprecated upstream in favour of ``torch.compile`` (torch warns at each load);
 it stays here because it compiles in a fraction of a second, where ``compile`` takes seconds.
 """
