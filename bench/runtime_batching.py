@@ -24,7 +24,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
 def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact: Path) -> dict:
     import numpy as np
 
-    from inference.pipeline.served import ServedVersion
+    from inference.pipeline.served import ServedVersion, optimizer_for
     from inference.runtime.batcher import Batcher
     from inference.runtime.pytorch import LoadSpec
     from registry.schemas import parse_tensor_schema
@@ -38,6 +38,7 @@ def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact
         outputs=parse_tensor_schema([{"name": "output", "datatype": "FP32", "shape": [10]}], where="outputs"),
         architecture="registry.architectures.MLP", architecture_args=MLP_ARGS,
         device_type=dtype, device_index=int(index), cpu_threads=1,
+        optimizer=optimizer_for(target_name=dtype, device_type=dtype),  # as the platform serves it
     )
     served = ServedVersion(spec)
     served.load()

@@ -478,10 +478,19 @@ INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")
 # cache again; a change to the key is seen at once by the process that made it, by the
 # others within this time. 0: every request reads the shared cache (inference.keys.VerifiedKeys).
 INFERENCE_KEY_MEMO_SECONDS = env.float("INFERENCE_KEY_MEMO_SECONDS", default=1.0)
-# Large fp32 linear layers of models on the CPU are computed by oneDNN with weights packed at
-# load (1.5x faster at batch 8-32 for 4096x4096), once checked against the plain layers on an
-# example (inference/runtime/cpu_kernels.py). False: PyTorch's plain GEMM.
-INFERENCE_CPU_PACK_LINEAR = env.bool("INFERENCE_CPU_PACK_LINEAR", default=True)
+# The load-time optimiser of each hardware target (inference/runtime/optimizers): a hardware
+# target's name or a device type -> none, onednn, jit or compile; a target's name is looked up
+# first, then its device type, else none. E.g. INFERENCE_OPTIMIZERS=cpu=onednn,big-cpu=compile.
+# The CPU default stays onednn (large fp32 linear layers on oneDNN): bench.optimizers measured
+# it the fastest of none, onednn, jit and compile at batch 8 and 32. compile is faster only with
+# TORCHINDUCTOR_FREEZING=1 in the environment, at seconds of compiling per version and memory
+# that unloading does not give back (docs/benchmarks.md, "Load-time optimisers").
+INFERENCE_OPTIMIZERS = env.dict("INFERENCE_OPTIMIZERS", default={"cpu": "onednn"})
+_OPTIMIZER_NAMES = ("none", "onednn", "jit", "compile")  # optimizers.OPTIMIZERS, without importing torch here
+if _unknown := {k: v for k, v in INFERENCE_OPTIMIZERS.items() if v not in _OPTIMIZER_NAMES}:
+    raise ImproperlyConfigured(
+        f"INFERENCE_OPTIMIZERS names unknown optimizers {_unknown}; the optimizers are {', '.join(_OPTIMIZER_NAMES)}."
+    )
 
 # --- Monitoring (docs/monitoring.md) -----------------------------------------------------------
 

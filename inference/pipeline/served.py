@@ -40,6 +40,16 @@ def _shape_ok(actual: Sequence[int], declared: Sequence[int]) -> bool:
     return len(actual) == len(declared) and all(d == -1 or a == d for a, d in zip(actual, declared))
 
 
+def optimizer_for(*, target_name: str, device_type: str) -> str:
+    """The load-time optimiser of a hardware target (``inference.runtime.optimizers``): INFERENCE_OPTIMIZERS's
+    entry for the target's name, else for its device type, else "none"."""
+    chosen = settings.INFERENCE_OPTIMIZERS
+    for key in (target_name, device_type):
+        if key in chosen:
+            return chosen[key]
+    return "none"
+
+
 def runtime_class(format: str) -> type[Runtime]:
     """The runtime class that serves `format` (settings.INFERENCE_RUNTIMES)."""
     try:
@@ -100,7 +110,7 @@ class ServedVersion:
             device_type=target.device_type,
             device_index=target.device_index,
             cpu_threads=target.cpu_threads,
-            pack_linear=settings.INFERENCE_CPU_PACK_LINEAR,
+            optimizer=optimizer_for(target_name=target.name, device_type=target.device_type),
         )
         return cls(
             spec,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +14,10 @@ from registry.artifacts import ArtifactError, load_module
 from registry.schemas import DATATYPES, TensorSpec
 
 from .base import ModelNotReady, Runtime
-from .cpu_kernels import pack_large_linears
 from .devices import check_available, device_string, use_threads
+from .optimizers import OPTIMIZERS
+
+logger = logging.getLogger("inference.runtime")
 
 
 @dataclass
@@ -34,7 +37,7 @@ class LoadSpec:
     cpu_threads: int = 1
     allow_code: bool | None = None
     warmup: bool = True
-    pack_linear: bool = True  # large fp32 linear layers on the CPU: oneDNN's packed weights (cpu_kernels)
+    optimizer: str = "none"  # applied at load: a name in optimizers.OPTIMIZERS (settings.INFERENCE_OPTIMIZERS)
 
 
 def zeros_for(specs: Sequence[TensorSpec], batch: int = 1) -> dict[str, np.ndarray]:
@@ -63,13 +66,15 @@ class PyTorchRuntime(Runtime):
         self.spec = spec
         self.device = torch.device("cpu")
         self.module: Any = None
-        self.packed_layers = 0  # linear layers packed for oneDNN (cpu_kernels)
+        self.optimizer_applied = "none"  # the optimizer in effect once loaded ("none" after a fallback)
         self.input_names = [s.name for s in spec.inputs]
         self.input_dtypes = {s.name: np.dtype(DATATYPES[s.datatype]) for s in spec.inputs if s.datatype != "BYTES"}
         self.output_names = [s.name for s in spec.outputs]
 
     def load(self) -> None:
         spec = self.spec
+        if spec.optimizer not in OPTIMIZERS:
+            raise ModelNotReady(f"{spec.label}: unknown optimizer {spec.optimizer!r} (one of {', '.join(OPTIMIZERS)})")
         check_available(spec.device_type, spec.device_index)  # raises ModelNotReady: never a silent fallback
         self.device = torch.device(device_string(spec.device_type, spec.device_index))
         try:
@@ -90,15 +95,32 @@ class PyTorchRuntime(Runtime):
         del data
         self.module = module.to(self.device) if hasattr(module, "to") else module
         self.nbytes = sum(t.numel() * t.element_size() for t in _tensors_of(self.module))
-        if spec.pack_linear and self.device.type == "cpu":
-            example = random_for(spec.inputs)
-            use_threads(spec.cpu_threads)
-            self.packed_layers = pack_large_linears(
-                self.module, lambda m: m(*[self._to_tensor(n, example[n]) for n in self.input_names]), label=spec.label
-            )
+        self.module, self.optimizer_applied = self._optimize(self.module)
         self.ready = True
         if spec.warmup:
             self.predict(zeros_for(spec.inputs))
+
+    def _optimize(self, module: Any) -> tuple[Any, str]:
+        """Return the module to serve, made by the spec's optimizer, and the optimizer in effect."""
+        spec = self.spec
+        if spec.optimizer == "none":
+            return module, "none"
+        if self.device.type == "cpu":
+            use_threads(spec.cpu_threads)  # the count the batcher computes with: compiled code is built for it
+        example = random_for(spec.inputs)
+        if any(n not in example for n in self.input_names):
+            logger.warning("%s: optimizer %s not applied (no example of BYTES inputs)", spec.label, spec.optimizer)
+            return module, "none"
+        inputs = [self._to_tensor(n, example[n]) for n in self.input_names]
+        kinds = _kinds(module)
+        try:
+            served = OPTIMIZERS[spec.optimizer]().optimize(module, inputs, label=spec.label)
+        except Exception:  # noqa: BLE001 - optimizers fall back themselves; a bug in one must not fail the load
+            logger.warning("%s: optimizer %s failed; serving the module as loaded", spec.label, spec.optimizer,
+                           exc_info=True)
+            return module, "none"
+        changed = served is not module or _kinds(served) != kinds  # onednn replaces layers in place
+        return served, spec.optimizer if changed else "none"
 
     def _to_tensor(self, name: str, arr: np.ndarray) -> torch.Tensor:
         dtype = self.input_dtypes.get(name)
@@ -140,6 +162,11 @@ class PyTorchRuntime(Runtime):
         self.ready = False
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _kinds(module: Any) -> list[type]:
+    """The classes of a module's submodules: what an optimizer that works in place changes."""
+    return [type(m) for m in module.modules()] if isinstance(module, torch.nn.Module) else [type(module)]
 
 
 def _tensors_of(module: Any) -> list[torch.Tensor]:

@@ -1,25 +1,27 @@
-"""Large linear layers on the CPU with oneDNN's packed weights.
+"""``onednn``: large linear layers on the CPU computed by oneDNN, their weights packed at load.
 
-PyTorch computes ``nn.Linear`` on the CPU with a BLAS GEMM on the weight as stored. oneDNN
-(``torch.utils.mkldnn.MkldnnLinear``, here in ``PackedLinear``) keeps the weight in its own blocked layout, packed once
-at load, which for a large layer at the batch sizes that dynamic batching forms is much
-faster: a 4096x4096 layer with 1 thread took 8.8 ms instead of 13.7 ms at batch 8, 16.7
-instead of 26.9 at batch 32 (docs/benchmarks.md). At batch 1 oneDNN is the slower one, so a
-single row is computed by PyTorch over the same weight memory (``PackedLinear``). For a small layer
-it is slower: each call converts its input and output (~60 µs). So only fp32 layers with at
-least ``MIN_WEIGHT_NUMEL`` weights are packed (2048x1024, 512x4096 and up). At that size oneDNN
-is about as fast as PyTorch (512x4096, 1 thread: 1.13x at batch 32, 0.92x at batch 8) and the
-process is smaller: PyTorch's BLAS keeps a ~9 MB buffer for such a weight after a batch, a
-packed weight needs none (the benchmark's web process: 446-456 MiB instead of 459-467).
+PyTorch computes an fp32 ``nn.Linear`` on the CPU with a BLAS GEMM on the weight as stored.
+``torch.utils.mkldnn.MkldnnLinear`` (held by ``PackedLinear``) copies the weight once, at load,
+into a oneDNN tensor ("packed" in the names here) and calls oneDNN's inner-product kernel on
+it, which for large layers at the batch sizes that dynamic batching forms is faster than the
+GEMM; docs/benchmarks.md has the measurements. The copy does not change the layout: for a 2-D
+weight the oneDNN tensor is plain row-major memory, like the dense weight (``_dense_view``
+checks that before relying on it).
 
-oneDNN keeps a compiled kernel for each batch size it sees (~0.7 MB each: 22 MB for the 32
-sizes of a 4096x4096 layer), so a packed layer pads its rows to a multiple of ``ROW_MULTIPLE``
-(1 and 2 rows as they are): at most 10 kernels for batches up to 32, for a few rows of
-compute.
+That layout is what the single-row path uses: at batch 1 oneDNN is the slower of the two, so a
+single row is computed by PyTorch's GEMV over the oneDNN tensor's own memory, read as a dense
+tensor without a copy. Small layers are left alone, because each oneDNN call converts its input
+and output and that costs more than a small layer's compute: only fp32 layers with at least
+``MIN_WEIGHT_NUMEL`` weights are packed. A packed weight also spares the process the scratch
+buffer that PyTorch's BLAS keeps for a large weight after a batch.
 
-A packed module is checked before it is kept: a random example of the declared inputs must
-give the same outputs as the plain module (to float32 rounding); if not, or if anything
-fails, the plain layers are put back and the version serves as before (logged).
+oneDNN keeps a compiled kernel for each batch size it sees, so a packed layer pads its rows to
+a multiple of ``ROW_MULTIPLE`` (1 and 2 rows as they are): a few kernels for batches up to 32,
+for a few rows of compute.
+
+A packed module is checked before it is kept: the example inputs must give the same outputs as
+the plain module (to float32 rounding); if not, or if anything fails, the plain layers are put
+back and the version serves as before (logged). On another device than the CPU nothing changes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .base import Optimizer, same_outputs
 
 logger = logging.getLogger("inference.runtime")
 
@@ -42,7 +46,7 @@ class PackedLinear(nn.Module):
 
     A single row is computed by PyTorch's own GEMV instead, on the same weight memory (oneDNN
     keeps a 2-D weight in row-major order, read here as a dense tensor without a copy): at
-    batch 1 oneDNN is the slower of the two (4096x4096, 1 thread: 4.29 vs 3.85 ms).
+    batch 1 oneDNN is the slower of the two.
     """
 
     def __init__(self, dense: nn.Linear):
@@ -103,32 +107,6 @@ def _candidates(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     return found
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for item in out for t in _tensors(item)]
-    return []
-
-
-def _same(got: Any, want: Any) -> bool:
-    a, b = _tensors(got), _tensors(want)
-    if len(a) != len(b) or not a:
-        return False
-    for x, y in zip(a, b):
-        if x.shape != y.shape or x.dtype != y.dtype:
-            return False
-        if x.is_floating_point():
-            scale = float(y.abs().max()) if y.numel() else 0.0
-            if not torch.allclose(x, y, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
-                return False
-        elif not torch.equal(x, y):
-            return False
-    return True
-
-
 def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label: str = "model") -> int:
     """Replace `module`'s large fp32 ``nn.Linear`` layers with oneDNN-packed ones; return how many
     distinct layers were packed.
@@ -155,7 +133,7 @@ def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label:
                 if id(child) not in packed:  # a layer used twice is packed once
                     packed[id(child)] = PackedLinear(child)
                 setattr(parent, name, packed[id(child)])
-            ok = _same(run_example(module), want)
+            ok = same_outputs(run_example(module), want)
         reason = "its outputs differ from the plain layers'"
     except Exception as exc:  # noqa: BLE001 - unsupported here: serve the plain layers
         ok, reason = False, f"{type(exc).__name__}: {exc}"
@@ -167,3 +145,15 @@ def pack_large_linears(module: Any, run_example: Callable[[Any], Any], *, label:
     # A layer used at several places is one packed layer: counted once.
     logger.info("%s: %d linear layer(s) packed for oneDNN", label, len(packed))
     return len(packed)
+
+
+class OneDNNOptimizer(Optimizer):
+    """Pack the large fp32 linear layers of a module on the CPU for oneDNN (``pack_large_linears``)."""
+
+    name = "onednn"
+
+    def optimize(self, module: Any, example_inputs: list[torch.Tensor], *, label: str) -> Any:
+        if any(t.device.type != "cpu" for t in example_inputs):
+            return module  # oneDNN's packed layers are a CPU kernel
+        pack_large_linears(module, lambda m: m(*example_inputs), label=label)
+        return module  # its layers replaced in place, or put back
