@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 from django.conf import settings as django_settings
-from inference.runtime.served import ServedVersion
 from torch import nn
 
-from inference.pipeline.served import optimizer_for
+from inference.pipeline.served import ServedVersion, optimizer_for
 from inference.runtime.base import ModelNotReady
 from inference.runtime.optimizers import OPTIMIZERS, Optimizer, compile, jit
 from inference.runtime.optimizers.onednn import MIN_WEIGHT_NUMEL, OneDNNOptimizer, pack_large_linears
