@@ -1,9 +1,11 @@
 """In-process batching benchmark (no HTTP): the request path below the view, on any device.
 
-32 client threads each send one-instance requests through ServedVersion.prepare ->
-Batcher -> finish, as the API does, for the 512-4096-4096-10 MLP. Batching on
-(max_batch_size 32) vs off (1), side by side in one run. Used on GPU hosts, where wrk and
-gunicorn are not the point:
+32 clients each send one-instance requests through ServedVersion.prepare -> Batcher -> finish,
+as the API does, for the 512-4096-4096-10 MLP. Batching on (max_batch_size 32) vs off (1), side
+by side in one run. Clients are coroutines on one event loop awaiting ``Batcher.run``, as the web
+server's front serves them (``--clients-as loop``, the default), or threads blocking on
+``submit().result()`` (``--clients-as threads``, as the WSGI deployment's threads did). Used on GPU
+hosts, where wrk and the web server are not the point:
 
     python -m bench.runtime_batching --device cuda --seconds 10
 """
@@ -11,6 +13,7 @@ gunicorn are not the point:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import tempfile
@@ -21,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
 
 
-def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact: Path) -> dict:
+def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact: Path, mode: str = "loop") -> dict:
     import numpy as np
 
     from inference.pipeline.served import ServedVersion, optimizer_for
@@ -59,12 +62,26 @@ def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact
         with lock:
             latencies.extend(local)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    async def coroutine_client() -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            prepared = served.prepare(instance)
+            pending = await batcher.run(prepared.arrays, timeout=30)
+            served.finish(pending.future.result(0), prepared)
+            latencies.append(time.perf_counter() - t0)
+
+    async def loop_clients() -> None:
+        await asyncio.gather(*[coroutine_client() for _ in range(clients)])
+
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if mode == "loop":
+        asyncio.run(loop_clients())
+    else:
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     elapsed = time.perf_counter() - started
     batcher.stop()
     served.unload()
@@ -88,19 +105,21 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--clients-as", choices=("loop", "threads"), default="loop")
     args = ap.parse_args()
     artifact = write_mlp_safetensors(Path(tempfile.mkdtemp()) / "mlp.safetensors")
     results: dict[int, list[dict]] = {32: [], 1: []}
     for _ in range(args.rounds):
         for mbs in results:
-            r = run(args.device, mbs, args.clients, args.seconds, artifact)
+            r = run(args.device, mbs, args.clients, args.seconds, artifact, args.clients_as)
             results[mbs].append(r)
             print(f"max_batch_size {mbs:3d}: {r['rps']:9.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                   f"p99 {r['p99_ms']:7.2f} ms  mean batch {r['mean_batch']:.1f}", flush=True)
     import torch
 
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
-    print(f"\n{args.device} ({name}), torch {torch.__version__}, {args.clients} client threads, medians of {args.rounds}:")
+    print(f"\n{args.device} ({name}), torch {torch.__version__}, {args.clients} clients as {args.clients_as}, "
+          f"medians of {args.rounds}:")
     print("| max_batch_size | req/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|")
     for mbs, rs in results.items():
         print(f"| {mbs} | {statistics.median(r['rps'] for r in rs):.1f} | {statistics.median(r['p50_ms'] for r in rs):.2f} | "
