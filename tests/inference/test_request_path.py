@@ -191,7 +191,7 @@ def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_
     np.testing.assert_allclose(response["predictions"], echo_rows(ROWS[:2], 3), rtol=1e-6)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_with_the_fronts_pools_the_event_loop_never_computes(pools, digits_demo, monkeypatch):
     """A request for an image model, as the front serves it: the registry read and the model load (with its
     warm-up forward) go to an I/O thread, decoding the images to a compute thread, the request's forward to
