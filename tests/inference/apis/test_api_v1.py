@@ -22,8 +22,7 @@ from inference.selectors import memo
 from registry.models import ModelVersion
 from tests.conftest import small_mlp
 from tests.fakes import echo_rows
-
-from .support import ROWS, config, error_of, forward, make_key, ready
+from tests.inference.support import ROWS, config, error_of, forward, make_key, ready
 
 pytestmark = pytest.mark.django_db
 

@@ -25,9 +25,8 @@ from django.test import Client
 
 from registry.architectures import MLP
 from tests.conftest import small_mlp
+from tests.inference.support import ROWS, config, forward, make_key, ready
 from tests.processes import Gunicorn, WebServer
-
-from .support import ROWS, config, forward, make_key, ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 

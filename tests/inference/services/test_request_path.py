@@ -25,8 +25,7 @@ from inference.pool import get_pool
 from inference.selectors import memo
 from inference.services import predict as predict_service
 from tests.fakes import echo_rows
-
-from .support import ROWS
+from tests.inference.support import ROWS
 
 
 @pytest.fixture
@@ -198,8 +197,7 @@ def test_with_the_fronts_pools_the_event_loop_never_computes(pools, digits_demo,
     the batcher's thread; the loop's thread does none of them."""
     from inference.pipeline.steps import ImageDecode
     from inference.runtime.pytorch import PyTorchRuntime
-
-    from .support import register_demo
+    from tests.inference.support import register_demo
 
     register_demo(digits_demo)
     threads: dict[str, list[str]] = {"decode": [], "forward": [], "load": []}
