@@ -134,16 +134,24 @@ def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_que
     def request():
         return predict_service.predict(model_name="iris", ref=None, key=None, body={"instances": ROWS})
 
+    async def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.005)
+
     async def main():
-        first = asyncio.ensure_future(request())  # holds the batcher's thread
-        await asyncio.sleep(0.05)
-        second = asyncio.ensure_future(request())  # queued behind it
-        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(request())
+        await until(gated.entered.is_set)  # it holds the batcher's thread
+        second = asyncio.ensure_future(request())
+        await until(lambda: loaded.batcher.queue_depth == 1)  # queued behind it
         second.cancel()  # what the server does when the client disconnects
         with pytest.raises(asyncio.CancelledError):
             await second
         gated.gate.set()
-        return await first
+        answer = await first
+        await until(lambda: loaded.batcher.stats.dropped > 0)  # the batcher thread reaches the cancelled one
+        return answer
 
     np.testing.assert_allclose(asyncio.run(main())["predictions"], echo_rows(ROWS, 3), rtol=1e-6)
     assert [n for n, _ in gated.forwards] == [len(ROWS)]  # the cancelled request was never computed
