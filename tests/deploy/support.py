@@ -1,4 +1,4 @@
-"""Helpers of the scale-out tests: a tiny TCP proxy, and the processes of a process group.
+"""Helpers of the scale-out tests: a tiny TCP proxy and a JSON call over a fresh connection.
 
 TcpProxy: round-robin over backends, one per connection.
 
@@ -17,20 +17,6 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from pathlib import Path
-
-
-def group_pids(pgid: int) -> set[int]:
-    """The live processes of a process group (a qcluster and the workers it forked); not zombies."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            pids.add(int(stat.parent.name))
-    return pids
 
 
 class TcpProxy:

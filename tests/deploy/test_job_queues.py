@@ -23,10 +23,8 @@ from inference.jobs.models import InferenceJob
 from inference.services.jobs import job_queue, job_submit
 from registry.models import HardwareTarget
 from tests.conftest import small_mlp
-from tests.inference.processes import Cluster
 from tests.inference.support import config, ready
-
-from .support import group_pids
+from tests.processes import Cluster
 
 QUEUES = "edge=edge-queue"
 
@@ -57,10 +55,10 @@ def test_a_jobs_queue_is_its_targets_or_the_default(settings):
 def clusters(tmp_path_factory, django_db_setup):
     media = tmp_path_factory.mktemp("queues") / "media"
     media.mkdir()
-    default = Cluster(media, env={"INFERENCE_JOB_QUEUES": QUEUES, "INFERENCE_WORKERS": "2"})
+    default = Cluster(media, env={"INFERENCE_JOB_QUEUES": QUEUES, "INFERENCE_WORKERS": "2"},
+                      log_name="qcluster-default.log")
     edge = Cluster(media, env={"INFERENCE_JOB_QUEUES": QUEUES, "INFERENCE_WORKER_QUEUE": "edge-queue",
-                               "INFERENCE_WORKERS": "2"})
-    default.log_name, edge.log_name = "qcluster-default.log", "qcluster-edge.log"
+                               "INFERENCE_WORKERS": "2"}, log_name="qcluster-edge.log")
     try:
         default.start()
         edge.start()
@@ -88,8 +86,8 @@ def test_jobs_run_only_on_the_workers_of_their_targets_queue(settings, clusters)
     everything = ids["edge"] + ids["default"]
     deadline = time.time() + 90
     while InferenceJob.objects.filter(pk__in=everything, status="succeeded").count() < len(everything):
-        groups["edge"] |= group_pids(edge.proc.pid)
-        groups["default"] |= group_pids(default.proc.pid)
+        groups["edge"] |= edge.pids()
+        groups["default"] |= default.pids()
         assert time.time() < deadline, (
             f"{list(InferenceJob.objects.filter(pk__in=everything).values('status', 'worker', 'error'))}\n"
             f"{default.log_tail()}\n{edge.log_tail()}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from inference.jobs.models import InferenceJob
 from inference.services.jobs import job_submit, jobs_reconcile
 from tests.helpers import JOB_ARCHS, SlowMLP
 from tests.inference.support import config, forward, ready
+from tests.processes import Cluster
 
 from .support import TcpProxy
 
@@ -58,18 +58,24 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
-class Host:
-    """A worker machine: a network namespace on the bridge running a qcluster."""
+class Host(Cluster):
+    """A worker machine: a network namespace on the bridge running a qcluster under a host name of its own."""
+
+    stop_timeout = 0.0  # a machine switched off: SIGKILL at once
 
     def __init__(self, index: int, media_root: Path):
-        self.name = f"worker-h{index}"
+        self.hostname = f"worker-h{index}"
         self.netns = f"inf{TAG}h{index}"
         self.veth_host = f"iv{TAG}h{index}"
         self.veth_ns = f"iv{TAG}n{index}"
         self.address = f"{SUBNET}.{10 + index}"
-        self.media_root = media_root
-        self.proc: subprocess.Popen | None = None
-        self.log_path = media_root.parent / f"{self.name}.log"
+        # ip netns exec and unshare exec in place, and so does the host name's setter: the process
+        # started is the qcluster itself, the leader of the process group that stop() ends.
+        super().__init__(media_root, log_name=f"{self.hostname}.log", prefix=[
+            "ip", "netns", "exec", self.netns, "unshare", "--uts", sys.executable, "-c",
+            "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.argv[2], sys.argv[2:])",
+            self.hostname,
+        ])
 
     def create(self, bridge: str) -> None:
         ip("netns", "add", self.netns)
@@ -81,37 +87,15 @@ class Host:
         ip("netns", "exec", self.netns, "ip", "link", "set", self.veth_ns, "up")
         ip("netns", "exec", self.netns, "ip", "link", "set", "lo", "up")
 
-    def start(self, env: dict[str, str]) -> None:
-        # ip netns exec and unshare exec in place: the Popen pid is the qcluster's.
-        command = ["ip", "netns", "exec", self.netns, "unshare", "--uts", sys.executable, "-c",
-                   "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execv(sys.executable, "
-                   "[sys.executable, 'manage.py', 'qcluster'])", self.name]
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(command, cwd=django_settings.BASE_DIR, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
     def cut(self) -> None:
         ip("link", "set", self.veth_host, "down")
 
     def restore(self) -> None:
         ip("link", "set", self.veth_host, "up")
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(10)
-            self.proc = None
-            self.log.close()
-
     def destroy(self) -> None:
         ip("link", "del", self.veth_host, check=False)
         ip("netns", "del", self.netns, check=False)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
 
 class Network:
@@ -134,24 +118,19 @@ class Network:
         redis_forward = TcpProxy([(redis.hostname, redis.port or 6379)], host=BRIDGE_IP).start()
         self.forwarders = [pg_forward, redis_forward]
         password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-        env = dict(os.environ)
-        env.update(
-            DATABASE_URL=f"postgres://{db.get('USER') or ''}{password}@{BRIDGE_IP}:{pg_forward.port}/{db['NAME']}",
-            REDIS_URL=urlunsplit(redis._replace(netloc=f"{BRIDGE_IP}:{redis_forward.port}")),
-            INFERENCE_DATA_DIR=str(self.media_root.parent),
-            DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
-            DJANGO_DEBUG="false",
-            DJANGO_SECURE_SSL_REDIRECT="false",
-            DJANGO_LOG_LEVEL="WARNING",
-            INFERENCE_EXTRA_ARCHITECTURES=",".join(JOB_ARCHS),
-            INFERENCE_WORKERS="2",
-            INFERENCE_JOB_LEASE_SECONDS=str(LEASE),
-            INFERENCE_JOB_CHUNK_SIZE="10",
-            INFERENCE_JOB_TIMEOUT="60",
-            INFERENCE_JOB_RETRY="90",
-        )
+        env = {  # the services through the bridge, as remote machines reach them
+            "DATABASE_URL": f"postgres://{db.get('USER') or ''}{password}@{BRIDGE_IP}:{pg_forward.port}/{db['NAME']}",
+            "REDIS_URL": urlunsplit(redis._replace(netloc=f"{BRIDGE_IP}:{redis_forward.port}")),
+            "INFERENCE_EXTRA_ARCHITECTURES": ",".join(JOB_ARCHS),
+            "INFERENCE_WORKERS": "2",
+            "INFERENCE_JOB_LEASE_SECONDS": str(LEASE),
+            "INFERENCE_JOB_CHUNK_SIZE": "10",
+            "INFERENCE_JOB_TIMEOUT": "60",
+            "INFERENCE_JOB_RETRY": "90",
+        }
         for host in self.hosts:
-            host.start(env)
+            host.extra_env.update(env)
+            host.start()
 
     def down(self) -> None:
         for host in self.hosts:
@@ -163,7 +142,7 @@ class Network:
         ip("link", "del", self.bridge, check=False)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {h.name}\n{h.log_tail()}" for h in self.hosts)
+        return "\n".join(f"--- {h.hostname}\n{h.log_tail()}" for h in self.hosts)
 
 
 @pytest.fixture(scope="module")
@@ -230,22 +209,22 @@ def test_jobs_of_a_host_cut_off_mid_job_finish_on_the_other_host_exactly_once(ne
     while True:  # both hosts at work; host 1 has finished a job and is in the middle of another
         rows = _rows(ids)
         busy = {_host(j) for j in rows.values() if j["status"] in ("running", "succeeded")}
-        done_on_h1 = [j for j in rows.values() if j["status"] == "succeeded" and _host(j) == h1.name]
-        mid_job_on_h1 = [j for j in rows.values() if j["status"] == "running" and _host(j) == h1.name
+        done_on_h1 = [j for j in rows.values() if j["status"] == "succeeded" and _host(j) == h1.hostname]
+        mid_job_on_h1 = [j for j in rows.values() if j["status"] == "running" and _host(j) == h1.hostname
                          and j["progress_done"] >= 10]
-        if {h1.name, h2.name} <= busy and done_on_h1 and mid_job_on_h1:
+        if {h1.hostname, h2.hostname} <= busy and done_on_h1 and mid_job_on_h1:
             break
         assert time.time() < deadline, f"the hosts never got going: {rows}\n{network.logs()}"
         time.sleep(0.1)
     network.hosts[0].cut()
     time.sleep(0.5)
-    held = {j["id"] for j in _rows(ids).values() if j["status"] == "running" and _host(j) == h1.name}
+    held = {j["id"] for j in _rows(ids).values() if j["status"] == "running" and _host(j) == h1.hostname}
     assert held, "host 1 held no job when its link went down"
 
     final = _wait_all(ids, network, timeout=120)
     for job_id in held:  # recovered by the reconciler, finished on host 2
-        assert _host(final[job_id]) == h2.name and final[job_id]["attempts"] >= 2, final[job_id]
-    assert {_host(j) for j in final.values()} == {h1.name, h2.name}  # the work was spread over both hosts
+        assert _host(final[job_id]) == h2.hostname and final[job_id]["attempts"] >= 2, final[job_id]
+    assert {_host(j) for j in final.values()} == {h1.hostname, h2.hostname}  # the work was spread over both hosts
     media = Path(django_settings.MEDIA_ROOT)
     for job_id in ids:
         results = sorted((media / "jobs" / job_id).glob("result-*"))
@@ -264,7 +243,7 @@ def test_jobs_of_a_host_cut_off_mid_job_finish_on_the_other_host_exactly_once(ne
         extra.append(str(job.pk))
         time.sleep(2)
         jobs_reconcile()
-        back_on_h1 = any(_host(j) == h1.name and j["status"] == "succeeded" for j in _rows(extra).values())
+        back_on_h1 = any(_host(j) == h1.hostname and j["status"] == "succeeded" for j in _rows(extra).values())
     assert back_on_h1, f"host 1 did not take work again after its link came back\n{network.logs()}"
     assert _rows(ids) == final
     for job_id in ids:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import time
 import urllib.error
@@ -42,10 +41,10 @@ from inference.services.jobs import jobs_reconcile
 from registry.services import alias_set
 from tests.conftest import small_mlp
 from tests.helpers import JOB_ARCHS, SlowMLP
-from tests.inference.processes import Cluster, WebServer
 from tests.inference.support import config, forward, ready
+from tests.processes import Cluster, WebServer
 
-from .support import TcpProxy, call_json, group_pids
+from .support import TcpProxy, call_json
 
 pytestmark = [
     pytest.mark.services,
@@ -74,13 +73,10 @@ class Stack:
     def __init__(self, root: Path):
         self.media_root = root / "media"
         self.media_root.mkdir(parents=True)
-        self.web_a = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "2"})
-        self.web_b = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "1"})
-        self.cluster_a = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV})
-        self.cluster_b = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV})
-        for name, process in [("web-a", self.web_a), ("web-b", self.web_b), ("qcluster-a", self.cluster_a),
-                              ("qcluster-b", self.cluster_b)]:
-            process.log_name = f"{name}.log"
+        self.web_a = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "2"}, log_name="web-a.log")
+        self.web_b = WebServer(self.media_root, env={**COMMON_ENV, "WEB_CONCURRENCY": "1"}, log_name="web-b.log")
+        self.cluster_a = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV}, log_name="qcluster-a.log")
+        self.cluster_b = Cluster(self.media_root, env={**COMMON_ENV, **WORKER_ENV}, log_name="qcluster-b.log")
         self.proxy: TcpProxy | None = None
 
     @property
@@ -272,7 +268,7 @@ def test_jobs_spread_over_two_clusters_and_each_completes_once_when_one_is_kille
     for web in (stack.web_a, stack.web_b):  # submissions went through both web servers
         assert stack.proxy.connections[("127.0.0.1", web.port)] - before.get(("127.0.0.1", web.port), 0) == 16
 
-    groups = {"a": group_pids(stack.cluster_a.proc.pid), "b": group_pids(stack.cluster_b.proc.pid)}
+    groups = {"a": stack.cluster_a.pids(), "b": stack.cluster_b.pids()}
     fields = ("id", "status", "worker", "progress_done", "attempts")
 
     def rows() -> list[dict]:
@@ -281,8 +277,8 @@ def test_jobs_spread_over_two_clusters_and_each_completes_once_when_one_is_kille
     # Kill cluster A once it has finished a job and is in the middle of another.
     deadline = time.time() + 60
     while True:
-        groups["a"] |= group_pids(stack.cluster_a.proc.pid)
-        groups["b"] |= group_pids(stack.cluster_b.proc.pid)
+        groups["a"] |= stack.cluster_a.pids()
+        groups["b"] |= stack.cluster_b.pids()
         now = rows()
         done_by_a = [j for j in now if j["status"] == "succeeded" and _owner(j, groups) == "a"]
         running_on_a = [j for j in now if j["status"] == "running" and j["progress_done"] >= 10
@@ -291,10 +287,9 @@ def test_jobs_spread_over_two_clusters_and_each_completes_once_when_one_is_kille
             break
         assert time.time() < deadline, f"cluster A never got going: {now}\n{stack.logs()}"
         time.sleep(0.05)
-    os.killpg(stack.cluster_a.proc.pid, signal.SIGKILL)
-    stack.cluster_a.proc.wait(10)
+    stack.cluster_a.kill()
     deadline = time.time() + 5
-    while group_pids(stack.cluster_a.proc.pid):
+    while stack.cluster_a.pids():
         assert time.time() < deadline, "processes of the killed cluster survived"
         time.sleep(0.05)
     interrupted = {j["id"] for j in rows() if j["status"] == "running" and _owner(j, groups) == "a"}
@@ -303,7 +298,7 @@ def test_jobs_spread_over_two_clusters_and_each_completes_once_when_one_is_kille
     # The reconciler (every second here, every minute in production) re-queues A's jobs.
     deadline = time.time() + 75
     while True:
-        groups["b"] |= group_pids(stack.cluster_b.proc.pid)
+        groups["b"] |= stack.cluster_b.pids()
         now = rows()
         if all(j["status"] == "succeeded" for j in now):
             break

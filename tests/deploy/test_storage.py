@@ -29,8 +29,8 @@ from inference.jobs.selectors import job_predictions
 from inference.pool import reset_pool
 from inference.services.jobs import job_run, job_submit
 from tests.conftest import small_mlp
-from tests.inference.processes import WebServer
 from tests.inference.support import ROWS, error_of, forward, make_key, ready
+from tests.processes import WebServer
 
 ROOT = Path(django_settings.BASE_DIR)
 BUCKET = "inference-test-artifacts"

@@ -23,8 +23,8 @@ from django.conf import settings as django_settings
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.conftest import small_mlp
-from tests.inference.processes import WebServer
 from tests.inference.support import ROWS, make_key, ready
+from tests.processes import WebServer
 
 CONF = Path(django_settings.BASE_DIR) / "deploy" / "gunicorn.conf.py"
 

@@ -1,5 +1,6 @@
 """Fixtures of the serving-side tests: a fresh serving pool per test, API keys, a JSON client,
-small real models registered in the test's database, and the demo models trained once."""
+small real models registered in the test's database, fake runtimes (tests/fakes.py), and the demo
+models trained once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from inference.pool import reset_pool
+from tests import fakes
 from tests.conftest import small_mlp
 
 from .support import Api, make_key, ready
@@ -32,6 +34,25 @@ def _keep_torch_threads():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_runtime(settings):
+    """Serve every artifact format with a fake runtime of tests/fakes.py for this test:
+    ``fake_runtime("slow", delay=0.5)`` sets INFERENCE_RUNTIMES and returns the runtime class (its
+    parameters, `forwards`, a gated one's `gate` and `entered`). Versions load with it from then on;
+    at the end of the test every held forward is let go, before the pool is reset."""
+    made: list[type[fakes.FakeRuntime]] = []
+
+    def serve(kind: str, **params) -> type[fakes.FakeRuntime]:
+        cls = fakes.runtime(kind, **params)
+        settings.INFERENCE_RUNTIMES = {fmt: cls for fmt in settings.INFERENCE_RUNTIMES}
+        made.append(cls)
+        return cls
+
+    yield serve
+    for cls in made:
+        cls.release()
 
 
 @pytest.fixture

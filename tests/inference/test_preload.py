@@ -13,7 +13,7 @@ from inference.pool import get_pool
 from registry.models import ModelVersion
 from tests.conftest import safetensors_bytes, small_mlp
 from tests.helpers import register
-from tests.inference.processes import WebServer
+from tests.processes import WebServer
 
 from .support import ROWS, config, make_key, ready
 

@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -44,10 +43,10 @@ from inference.jobs.models import InferenceJob
 from inference.keys import api_key_create
 from inference.services.jobs import job_submit, jobs_reconcile
 from tests.conftest import small_mlp
-from tests.deploy.support import TcpProxy, call_json, group_pids
+from tests.deploy.support import TcpProxy, call_json
 from tests.helpers import JOB_ARCHS, SlowMLP
-from tests.inference.processes import Cluster, WebServer, free_port
 from tests.inference.support import config, forward, ready
+from tests.processes import Cluster, Process, WebServer, free_port
 
 from .loadgen import Load
 
@@ -154,12 +153,12 @@ def test_workers_killed_mid_job_lose_no_job_and_no_job_completes_twice(kills, tm
             if time.time() - last_reconcile > 1:
                 jobs_reconcile()
                 last_reconcile = time.time()
-            pgroup = group_pids(cluster.proc.pid)
+            pgroup = cluster.pids()
             running = list(InferenceJob.objects.filter(
                 pk__in=list(inputs), status="running", progress_done__gte=10, progress_done__lte=170,
             ).values("id", "worker", "attempts").order_by("attempts"))
             target = next((j for j in running if j["worker"] and int(j["worker"].rsplit(":", 1)[1]) in pgroup
-                           and int(j["worker"].rsplit(":", 1)[1]) != cluster.proc.pid), None)
+                           and int(j["worker"].rsplit(":", 1)[1]) != cluster.pid), None)
             if target is None:
                 if not InferenceJob.objects.filter(pk__in=list(inputs), status="queued").exists():
                     submit(2)  # keep work in the queue until every kill is done
@@ -258,37 +257,30 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by
 # --- 4 and 5. Redis and PostgreSQL restarted under load -------------------------------------------------------
 
 
-class RedisServer:
+class RedisServer(Process):
     """A private redis-server on a free port (no persistence): killed and started again by the test."""
 
+    log_name = "redis.log"
+    name = "the private redis-server"
+
     def __init__(self, root: Path):
-        self.root = root
+        super().__init__(root / "media")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server): the Redis fault test needs it"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the private redis-server did not start")
+        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.media_root.parent)]
 
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
+    def ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 class PostgresLink:
@@ -312,20 +304,6 @@ class PostgresLink:
             self.up = True
 
 
-class LinkedWebServer(WebServer):
-    database_url = ""
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "DATABASE_URL": self.database_url}
-
-
-class LinkedCluster(Cluster):
-    database_url = ""
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "DATABASE_URL": self.database_url}
-
-
 class FaultyStack:
     """One web server and one qcluster on a private Redis (cache, rate limits, broker) and on
     PostgreSQL through a PostgresLink."""
@@ -338,20 +316,19 @@ class FaultyStack:
         user = db.get("USER") or ""
         password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
         database_url = f"postgres://{user}{password}@127.0.0.1:{self.link.port}/{db['NAME']}"
-        env = {**JOB_ENV, "REDIS_URL": self.redis.url, "INFERENCE_BROKER": "redis", "WEB_THREADS": "8",
-               "INFERENCE_JOB_LEASE_SECONDS": "10", "DJANGO_CONN_MAX_AGE": "60", "WEB_GRACEFUL_TIMEOUT": "2"}
-
-        self.web = LinkedWebServer(self.media_root, env=env)
-        self.cluster = LinkedCluster(self.media_root, env=env)
-        self.web.database_url = self.cluster.database_url = database_url
+        env = {**JOB_ENV, "DATABASE_URL": database_url, "REDIS_URL": self.redis.url, "INFERENCE_BROKER": "redis",
+               "WEB_THREADS": "8", "INFERENCE_JOB_LEASE_SECONDS": "10", "DJANGO_CONN_MAX_AGE": "60",
+               "WEB_GRACEFUL_TIMEOUT": "2"}
+        self.web = WebServer(self.media_root, env=env)
+        self.cluster = Cluster(self.media_root, env=env)
 
     def start(self) -> None:
-        self.redis.start()
+        self.redis.start(timeout=10)
         self.cluster.start()
         self.web.start(timeout=90)
 
     def stop(self) -> None:
-        for step in (self.web.stop, self.cluster.stop, self.redis.kill, self.link.cut):
+        for step in (self.web.stop, self.cluster.stop, self.redis.stop, self.link.cut):
             try:
                 step()
             except Exception:  # noqa: BLE001 - stop everything, whatever failed
@@ -410,7 +387,7 @@ def test_redis_killed_under_load_rate_limits_fail_open_and_jobs_go_on_once_it_is
         during_limited = [call_json(stack.web.url, path, limited, body)[0] for _ in range(6)]
         time.sleep(3)
         up_at = load.now()
-        stack.redis.start()  # empty: what it held (counters, queued tasks) is gone
+        stack.redis.start(timeout=10)  # empty: what it held (counters, queued tasks) is gone
         time.sleep(4)
         load.stop()
         after_limited = [call_json(stack.web.url, path, limited, body)[0] for _ in range(5)]

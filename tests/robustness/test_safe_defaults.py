@@ -1,6 +1,6 @@
 """Safe by default (issue 9, item 7), in fresh processes: settings are read once, at import.
 
-tests/test_settings.py covers `check --deploy` with PostgreSQL + Redis and the refusal of a
+tests/inference_platform/test_settings.py covers `check --deploy` with PostgreSQL + Redis and the refusal of a
 missing secret key with a PostgreSQL URL; this file adds production on SQLite, the security
 headers of API and admin responses in production mode, the size limits and the code-format
 switch as shipped, and a secret key that is never generated in production, whatever the
@@ -14,7 +14,7 @@ import secrets
 
 import pytest
 
-from tests.test_settings import run
+from tests.inference_platform.test_settings import run
 
 PROBE = r"""
 import json, django

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import threading
 import time
@@ -33,8 +32,8 @@ from django.conf import settings as django_settings
 from inference.demo import train_iris
 from inference.jobs.models import InferenceJob
 from inference.keys import api_key_create
-from tests.inference.processes import Cluster, WebServer
 from tests.inference.support import register_demo
+from tests.processes import Cluster, Process, WebServer
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -43,16 +42,6 @@ LOADGENS = 2
 CONNECTIONS = 8  # per load generator
 JOB_EVERY = 250
 BAD_EVERY = 80
-
-
-def _worker_pid(master: int, timeout: float = 30) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.1)
-    raise AssertionError("the web server has no worker process")
 
 
 def _proc(pid: int) -> dict:
@@ -84,19 +73,21 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
     _, key = api_key_create(name="soak", rate="1000000/s")
     web = WebServer(settings.MEDIA_ROOT, env={"WEB_GRACEFUL_TIMEOUT": "5"})
     cluster = Cluster(settings.MEDIA_ROOT)
-    cluster.start()
-    web.start(timeout=120)
+    gens: list[Process] = []
     try:
-        worker = _worker_pid(web.proc.pid)
+        cluster.start()
+        web.start(timeout=120)
+        (worker,) = web.workers()
         # Warm up, then let it go idle: the model loads; more connections than the server has
         # threads grow its (lazily started) thread pool to its size, and job listings give each
         # thread its persistent database connection (SQLite: 3 fds each), so that what is
         # compared later is a steady state, not a pool still growing.
         warm = [_loadgen(web.url, key, 12, tmp_path / f"warm-{i}.json", connections=24, list_every=3)
                 for i in range(LOADGENS)]
+        gens += [gen for gen, _ in warm]
         warm_jobs = []
-        for proc, out in warm:
-            assert proc.wait(60) == 0
+        for gen, out in warm:
+            assert gen.wait(60) == 0, gen.log_tail()
             warm_jobs += json.loads(out.read_text())["job_ids"]
         time.sleep(7)  # past the keep-alive: the load's connections are closed
         idle_before = _proc(worker)
@@ -105,15 +96,16 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
         sampler.start()
         started = time.monotonic()
         loads = [_loadgen(web.url, key, SOAK_SECONDS, tmp_path / f"load-{i}.json") for i in range(LOADGENS)]
-        for proc, _ in loads:
-            assert proc.wait(SOAK_SECONDS + 120) == 0
+        gens += [gen for gen, _ in loads]
+        for gen, _ in loads:
+            assert gen.wait(SOAK_SECONDS + 120) == 0, gen.log_tail()
         elapsed = time.monotonic() - started
         sampler.stopped.set()
         sampler.join()
         time.sleep(7)
         idle_after = _proc(worker)
         assert web.proc.poll() is None and cluster.proc.poll() is None
-        assert _worker_pid(web.proc.pid) == worker, "the web process was replaced during the soak"
+        assert web.workers() == [worker], "the web process was replaced during the soak"
 
         summaries = [json.loads(out.read_text()) for _, out in loads]
         job_ids = [j for s in summaries for j in s["job_ids"]] + warm_jobs
@@ -123,8 +115,8 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
             time.sleep(1)
         job_statuses = Counter(InferenceJob.objects.filter(pk__in=job_ids).values_list("status", flat=True))
     finally:
-        web.stop()
-        cluster.stop()
+        for process in (*gens, web, cluster):
+            process.stop()
 
     by_status: Counter = Counter()
     by_kind: dict[str, Counter] = {}
@@ -181,11 +173,11 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
 
 
 def _loadgen(url: str, key: str, seconds: float, out: Path, *, connections: int = CONNECTIONS,
-             list_every: int = 0) -> tuple[subprocess.Popen, Path]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.robustness.loadgen", "--url", url, "--key", key, "--model", "iris",
-         "--seconds", str(seconds), "--connections", str(connections), "--job-every", str(JOB_EVERY),
-         "--bad-every", str(BAD_EVERY), "--list-every", str(list_every), "--out", str(out)],
-        cwd=django_settings.BASE_DIR,
-    )
-    return proc, out
+             list_every: int = 0) -> tuple[Process, Path]:
+    """Start a load generator (tests/robustness/loadgen.py) in its own process; its summary goes to `out`."""
+    gen = Process(django_settings.MEDIA_ROOT, log_name=f"{out.stem}.log", command=[
+        sys.executable, "-m", "tests.robustness.loadgen", "--url", url, "--key", key, "--model", "iris",
+        "--seconds", str(seconds), "--connections", str(connections), "--job-every", str(JOB_EVERY),
+        "--bad-every", str(BAD_EVERY), "--list-every", str(list_every), "--out", str(out)])
+    gen.start()
+    return gen, out

@@ -24,8 +24,8 @@ from inference.offload import WouldBlock
 from inference.pool import get_pool
 from inference.selectors import memo
 from inference.services import predict as predict_service
-
-from .support import ROWS
+from tests.fakes import echo_rows
+from tests.inference.support import ROWS
 
 
 @pytest.fixture
@@ -125,34 +125,36 @@ def test_pool_threads_log_with_the_requests_id(pools):
 
 
 @pytest.mark.django_db
-def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_queue(iris, monkeypatch):
+def test_a_request_cancelled_while_waiting_is_observed_as_499_and_leaves_the_queue(iris, monkeypatch, fake_runtime):
     seen = []
     monkeypatch.setattr(predict_service, "observe", lambda outcome: seen.append(outcome))
+    gated = fake_runtime("gated")
     loaded = get_pool().loaded(memo.version(memo.model("iris"), None))
-    gate = threading.Event()
-    real = loaded.batcher.predict
-
-    def held(arrays):
-        gate.wait(10)
-        return real(arrays)
-
-    monkeypatch.setattr(loaded.batcher, "predict", held)
 
     def request():
         return predict_service.predict(model_name="iris", ref=None, key=None, body={"instances": ROWS})
 
+    async def until(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.005)
+
     async def main():
-        first = asyncio.ensure_future(request())  # holds the batcher's thread
-        await asyncio.sleep(0.05)
-        second = asyncio.ensure_future(request())  # queued behind it
-        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(request())
+        await until(gated.entered.is_set)  # it holds the batcher's thread
+        second = asyncio.ensure_future(request())
+        await until(lambda: loaded.batcher.queue_depth == 1)  # queued behind it
         second.cancel()  # what the server does when the client disconnects
         with pytest.raises(asyncio.CancelledError):
             await second
-        gate.set()
-        return await first
+        gated.gate.set()
+        answer = await first
+        await until(lambda: loaded.batcher.stats.dropped > 0)  # the batcher thread reaches the cancelled one
+        return answer
 
-    assert len(asyncio.run(main())["predictions"]) == len(ROWS)
+    np.testing.assert_allclose(asyncio.run(main())["predictions"], echo_rows(ROWS, 3), rtol=1e-6)
+    assert [n for n, _ in gated.forwards] == [len(ROWS)]  # the cancelled request was never computed
     assert sorted(o.status for o in seen) == [200, 499]
     assert [o.error_code for o in seen if o.status == 499] == ["cancelled"]
     deadline = time.monotonic() + 5
@@ -167,23 +169,16 @@ class Rows(list):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("capture", [False, True])
-def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_captured(iris, capture, monkeypatch):
+def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_captured(iris, capture,
+                                                                                         fake_runtime):
     """The parsed JSON (a Python object per number) is dropped once converted to arrays, unless
     the model captures payloads: a web process's heap does not hold every waiting request's body."""
     from registry.models import RegisteredModel
 
     RegisteredModel.objects.filter(name="iris").update(capture_payloads=capture)
     memo.forget()
-    loaded = get_pool().loaded(memo.version(memo.model("iris"), None))
-    waiting, release = threading.Event(), threading.Event()
-    real = loaded.batcher.predict
-
-    def held(arrays):
-        waiting.set()
-        release.wait(10)
-        return real(arrays)
-
-    monkeypatch.setattr(loaded.batcher, "predict", held)
+    gated = fake_runtime("gated")
+    get_pool().loaded(memo.version(memo.model("iris"), None))  # read in this thread: its transaction has the rows
     instances = Rows(list(row) for row in ROWS[:2])
     alive = weakref.ref(instances)
     body = {"instances": instances}
@@ -194,16 +189,16 @@ def test_while_a_predict_waits_for_its_batch_the_parsed_body_is_kept_only_to_be_
         task = asyncio.ensure_future(predict_service.predict(model_name="iris", ref=None, key=None, body=body,
                                                              request_id="r1"))
         body = None
-        assert await asyncio.to_thread(waiting.wait, 10)
+        assert await asyncio.to_thread(gated.entered.wait, 10)
         gc.collect()
         kept = alive() is not None
-        release.set()
+        gated.gate.set()
         return kept, await task
 
     kept, response = asyncio.run(main())
     assert kept == capture
-    assert response["id"] == "r1" and len(response["predictions"]) == 2
-    np.testing.assert_equal(len(response["predictions"][0]), 3)
+    assert response["id"] == "r1"
+    np.testing.assert_allclose(response["predictions"], echo_rows(ROWS[:2], 3), rtol=1e-6)
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -213,8 +208,7 @@ def test_with_the_fronts_pools_the_event_loop_never_computes(pools, digits_demo,
     the batcher's thread; the loop's thread does none of them."""
     from inference.pipeline.steps import ImageDecode
     from inference.runtime.pytorch import PyTorchRuntime
-
-    from .support import register_demo
+    from tests.inference.support import register_demo
 
     register_demo(digits_demo)
     threads: dict[str, list[str]] = {"decode": [], "forward": [], "load": []}

@@ -15,8 +15,7 @@ from inference.monitoring import records
 from inference.monitoring.models import RequestRecord, RequestRollup
 from inference.monitoring.rollups import rollup_requests
 from registry.models import ModelVersion
-
-from .support import ROWS
+from tests.inference.support import ROWS
 
 PAGE = "/admin/monitoring/"
 

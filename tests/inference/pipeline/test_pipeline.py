@@ -35,8 +35,7 @@ from inference.pipeline.steps import (
 )
 from registry.schemas import parse_tensor_schema
 from tests.conftest import small_mlp
-
-from .support import ROWS, config, error_of, forward, ready
+from tests.inference.support import ROWS, config, error_of, forward, ready
 
 CTX = StepContext()
 
@@ -595,7 +594,7 @@ def test_the_pixel_budget_reads_a_jpeg_header_past_the_prefix(settings):
 
 @pytest.mark.django_db
 def test_over_the_pixel_budget_a_predict_is_a_json_413_naming_the_setting(settings, api, key, digits_demo):
-    from .support import register_demo
+    from tests.inference.support import register_demo
 
     register_demo(digits_demo)
     settings.INFERENCE_MAX_REQUEST_PIXELS = 2 * 64 * 64

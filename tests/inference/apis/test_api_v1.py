@@ -21,16 +21,12 @@ from inference.pool import get_pool
 from inference.selectors import memo
 from registry.models import ModelVersion
 from tests.conftest import small_mlp
-
-from .support import ROWS, error_of, forward, make_key, ready
+from tests.fakes import echo_rows
+from tests.inference.support import ROWS, config, error_of, forward, make_key, ready
 
 pytestmark = pytest.mark.django_db
 
 PREDICT = "/api/v1/models/iris/predict"
-
-
-def iris_v1() -> ModelVersion:
-    return ModelVersion.objects.select_related("model", "hardware").get(model__name="iris", version=1)
 
 
 def prefix_of(plain: str) -> str:
@@ -198,45 +194,40 @@ def test_too_many_instances(api, iris, key, settings):
     assert r.status_code == 400 and error_of(r)["code"] == "too_many_instances"
 
 
-def test_a_full_queue_is_503_overloaded_with_retry_after(api, iris, key):
-    loaded = get_pool().loaded(iris_v1())
-    loaded.batcher.max_queue_size = 0  # every submit finds the queue full
-    r = api.post(PREDICT, {"instances": ROWS}, key)
+def test_a_full_queue_is_503_overloaded_with_retry_after(api, key, fake_runtime):
+    gated = fake_runtime("gated")
+    version = ready(small_mlp(0), config(batching={"max_batch_size": 8, "max_batch_delay_ms": 2, "max_queue_size": 1}),
+                    model_name="queued", aliases=["production"])
+    loaded = get_pool().loaded(version)
+    running = loaded.batcher.submit({"input": np.zeros((1, 4), np.float32)})
+    assert gated.entered.wait(10)  # the batcher's thread holds this one
+    queued = loaded.batcher.submit({"input": np.ones((1, 4), np.float32)})  # the queue (of 1) is full
+    r = api.post("/api/v1/models/queued/predict", {"instances": ROWS}, key)
     assert r.status_code == 503
     assert error_of(r)["code"] == "overloaded"
     assert int(r["Retry-After"]) >= 1
+    gated.gate.set()
+    running.result(10), queued.result(10)
+    r = api.post("/api/v1/models/queued/predict", {"instances": ROWS}, key)  # drained: served again
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["predictions"], echo_rows(ROWS, 3), rtol=1e-6)
 
 
-def test_the_models_error_fails_its_request_as_a_json_model_error(api, iris, key, monkeypatch):
-    loaded = get_pool().loaded(iris_v1())
-
-    def broken(arrays):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    monkeypatch.setattr(loaded.batcher, "predict", broken)
-    r = api.post(PREDICT, {"instances": ROWS}, key)
+def test_the_models_error_fails_its_request_as_a_json_model_error(api, iris, key, fake_runtime):
+    failing = fake_runtime("failing", marker=666)
+    r = api.post(PREDICT, {"instances": [[666, 1, 2, 3]]}, key)
     assert r.status_code == 500
     err = error_of(r)
-    assert err["code"] == "model_error" and "mat1 and mat2" in err["message"]
-    monkeypatch.undo()
-    assert api.post(PREDICT, {"instances": ROWS}, key).status_code == 200  # the batcher kept serving
+    assert err["code"] == "model_error" and failing.message in err["message"]
+    r = api.post(PREDICT, {"instances": ROWS}, key)  # the batcher kept serving
+    assert r.status_code == 200
+    np.testing.assert_allclose(r.json()["predictions"], echo_rows(ROWS, 3), rtol=1e-6)
 
 
-def test_a_request_that_waits_too_long_is_503_timeout(api, iris, key, settings, monkeypatch):
+def test_a_request_that_waits_too_long_is_503_timeout(api, iris, key, settings, fake_runtime):
     settings.INFERENCE_PREDICT_TIMEOUT = 0.1
-    loaded = get_pool().loaded(iris_v1())
-    real = loaded.batcher.predict
-
-    def slow(arrays):
-        time.sleep(0.4)
-        return real(arrays)
-
-    monkeypatch.setattr(loaded.batcher, "predict", slow)
-    # The timeout bounds waiting for a batch; a request that finds the batcher idle runs
-    # inline, so queue this one behind a slow batch already computing on the batcher thread.
-    blocker = loaded.batcher.submit({"input": np.zeros((1, 4), np.float32)})
+    fake_runtime("slow", delay=0.5)
     r = api.post(PREDICT, {"instances": ROWS}, key)
-    blocker.result(5)
     assert r.status_code == 503
     assert error_of(r)["code"] == "timeout" and int(r["Retry-After"]) >= 1
 

@@ -32,9 +32,8 @@ from registry import services as registry_services
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from tests.conftest import safetensors_bytes, small_mlp, torchscript_bytes
 from tests.helpers import stored_files
-
-from .processes import Cluster, WebServer
-from .support import ROWS, config, error_of, forward, make_key, ready
+from tests.inference.support import ROWS, config, error_of, forward, make_key, ready
+from tests.processes import Cluster, WebServer
 
 
 def live(test):

@@ -12,8 +12,7 @@ from django.test import Client
 
 from inference.pool import get_pool
 from tests.conftest import small_mlp
-
-from .support import config, forward, make_key, ready
+from tests.inference.support import config, forward, make_key, ready
 
 # Requests run on their own threads, each with its own database connection: the data they
 # read must be committed. serialized_rollback gives the migrations' rows (the "cpu" target)

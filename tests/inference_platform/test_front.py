@@ -10,8 +10,6 @@ without a thread each; and that a stopping server writes what it buffered.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import threading
 import time
@@ -27,9 +25,8 @@ from django.test import Client
 
 from registry.architectures import MLP
 from tests.conftest import small_mlp
-
-from .processes import WebServer
-from .support import ROWS, config, forward, make_key, ready
+from tests.inference.support import ROWS, config, forward, make_key, ready
+from tests.processes import Gunicorn, WebServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -180,8 +177,7 @@ def test_waiting_requests_are_batched_without_a_thread_each(settings, tmp_path):
         metrics = raw.decode()
 
         # Stopping writes the request records still buffered (the flush interval is an hour).
-        os.killpg(web.proc.pid, signal.SIGTERM)
-        web.proc.wait(30)
+        web.stop(timeout=30)
     finally:
         web.stop()
     assert statuses.count(200) == clients * per_client, sorted(set(statuses))
@@ -246,8 +242,6 @@ def _sample(metrics: str, name: str) -> float:
 def test_a_wsgi_server_still_serves_the_platform(settings, tmp_path):
     """`inference_platform.wsgi:application` under gunicorn (deploy/gunicorn.conf.py): the same
     request path, run blocking on a thread per request."""
-    from .processes import Gunicorn
-
     settings.MEDIA_ROOT = tmp_path / "media"
     module = small_mlp(0)
     ready(module, model_name="mlp", aliases=["production"])

@@ -17,8 +17,7 @@ import torch
 from inference.pool import get_pool, reset_pool
 from registry import services
 from registry.models import HardwareTarget
-
-from ..conftest import IRIS_CONFIG, safetensors_bytes, small_mlp
+from tests.conftest import IRIS_CONFIG, safetensors_bytes, small_mlp
 
 pytestmark = [pytest.mark.cuda, pytest.mark.django_db(transaction=True)]
 

@@ -11,8 +11,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from django.conf import settings as django_settings
 from django.db import connection
 from django.test import Client
 
@@ -30,7 +27,7 @@ from inference.services.jobs import jobs_reconcile
 from registry.models import ModelVersion
 from tests.conftest import IRIS_CONFIG, safetensors_bytes, small_mlp
 from tests.helpers import JOB_ARCHS, register
-from tests.inference.processes import database_url
+from tests.processes import Cluster
 
 pytestmark = [pytest.mark.django_db(transaction=True, serialized_rollback=True), pytest.mark.slow]
 
@@ -61,45 +58,6 @@ def _job_settings(settings, media_root):
     settings.INFERENCE_JOB_REQUEUE_AFTER = 600
 
 
-class Cluster:
-    """A `manage.py qcluster` process on the test database."""
-
-    def __init__(self, media_root: Path):
-        self.media_root = media_root
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, **JOB_ENV)
-        env.update(
-            DATABASE_URL=database_url(),
-            INFERENCE_DATA_DIR=str(self.media_root.parent),
-            DJANGO_SECRET_KEY=django_settings.SECRET_KEY,
-            DJANGO_DEBUG="false",
-        )
-        self.log = open(self.media_root.parent / "qcluster.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"], cwd=django_settings.BASE_DIR, env=env,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-            try:  # workers left behind by a cluster that did not stop in time
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
-        self.proc = None
-
-    def log_tail(self) -> str:
-        return (self.media_root.parent / "qcluster.log").read_text(errors="replace")[-3000:]
-
-
 @pytest.fixture(scope="module")
 def cluster(media_root, django_db_setup):
     """One cluster for the module (starting one costs seconds); tests may stop and restart it.
@@ -107,7 +65,7 @@ def cluster(media_root, django_db_setup):
     It starts after the test database exists (django_db_setup), or it would open a file
     that pytest-django then replaces.
     """
-    c = Cluster(media_root)
+    c = Cluster(media_root, JOB_ENV)
     c.start()
     yield c
     c.stop()

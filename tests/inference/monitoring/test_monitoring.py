@@ -22,8 +22,7 @@ from inference.monitoring.logs import JsonFormatter, key_prefix_var, request_id_
 from inference.monitoring.models import RequestRecord, RequestRollup
 from inference.monitoring.rollups import percentile, purge_monitoring, rollup_requests
 from registry.models import RegisteredModel
-
-from .support import ROWS, error_of, make_key
+from tests.inference.support import ROWS, error_of, make_key
 
 PREDICT = "/api/v1/models/iris/predict"
 PREDICT_V2 = "/api/v1/models/iris/versions/2/predict"

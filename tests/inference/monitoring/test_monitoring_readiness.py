@@ -8,8 +8,7 @@ from django.db import OperationalError, connection
 from django_q.conf import Conf
 
 from registry.models import ModelVersion
-
-from .support import ROWS
+from tests.inference.support import ROWS
 
 TOKEN = "ready-token"
 

@@ -20,8 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from registry.models import HardwareTarget
 from tests.helpers import TwoTowerNet
-
-from .support import ROWS, config, forward, make_key, ready, register_demo
+from tests.inference.support import ROWS, config, forward, make_key, ready, register_demo
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

@@ -17,8 +17,7 @@ from registry.models import HardwareTarget, ModelVersion
 from registry.schemas import parse_tensor_schema
 from registry.services import model_version_register
 from tests.conftest import safetensors_bytes, small_mlp
-
-from .support import ROWS, config, error_of, forward, ready
+from tests.inference.support import ROWS, config, error_of, forward, ready
 
 # --- devices -------------------------------------------------------------------------------------
 
