@@ -26,8 +26,7 @@ from registry.architectures import MLP, SmallCNN
 from registry.models import HardwareTarget
 from registry.schemas import parse_tensor_schema
 from tests.conftest import safetensors_bytes, small_mlp
-
-from .support import config, ready
+from tests.inference.support import config, ready
 
 # TorchScript warns that it is deprecated at each use; the jit optimiser uses it knowingly.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
