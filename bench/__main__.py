@@ -123,6 +123,9 @@ class Run:
     overload: list[WrkResult] = field(default_factory=list)
     # the overload check's requests as the platform recorded them: status -> (count, p50 ms, p99 ms)
     overload_server: dict[int, tuple[int, float, float]] = field(default_factory=dict)
+    # the heavy-input check (bench.heavy_input): "refused" with the default budgets, "accepted" with a per-request
+    # pixel budget that lets the requests through, to be decoded off the event loop
+    heavy: dict[str, object] = field(default_factory=dict)
 
 
 def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> tuple[list[WrkResult], dict]:
@@ -198,6 +201,8 @@ def main() -> None:
                     help="comma list; platform-wsgi adds the platform under gunicorn (its WSGI deployment)")
     ap.add_argument("--scenarios", default="", help="comma list like mlp:32:1 (default: all)")
     ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
+    ap.add_argument("--no-heavy", action="store_true",
+                    help="skip the heavy-input check (/healthz while clients send 200 4096x4096 images per request)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--baseline", default="", metavar="DIR",
@@ -294,6 +299,16 @@ def main() -> None:
             run.overload, run.overload_server = overload(platform_python, run.artifacts, args.seconds, args.rounds)
         except Exception as exc:  # noqa: BLE001 - report the rest
             run.notes.append(f"the overload check could not run: {str(exc)[-300:]}")
+    if "platform" in wanted and not args.no_heavy:  # alone too: its clients load the whole machine
+        from . import heavy_input
+
+        for case, pixels in (("refused", None), ("accepted", heavy_input.ACCEPTED_PIXELS)):
+            try:
+                run.heavy[case] = heavy_input.run(seconds=max(15, 2 * args.seconds), request_pixels=pixels,
+                                                  python=platform_python)
+                print(f"heavy input ({case}): {run.heavy[case].line()}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - report the rest
+                run.notes.append(f"the heavy-input check ({case}) could not run: {str(exc)[-300:]}")
 
     run.baseline_rss = torch_baseline_rss(platform_python)
     report = render(run)
@@ -343,6 +358,10 @@ def render(run: Run) -> str:
         f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in run.rss.items()) + "."]
     if run.overload:
         lines += ["", overload_line(run.overload, run.overload_server)]
+    if run.heavy:
+        lines += ["", "Heavy input (bench.heavy_input; the platform alone, the digits demo): 4 client processes each "
+                  "send requests of 200 base64 PNGs of 4096x4096 pixels in a loop while a probe asks /healthz every "
+                  "20 ms; with the default budgets, and with a per-request pixel budget that accepts them."]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(run)]
     if run.notes:
@@ -417,6 +436,11 @@ def targets(run: Run) -> list[str]:
                        f"{'timeouts!' if shed.timeouts else 'no timeouts'}")
     if run.overload:
         out.append(overload_target(run.overload))
+    for case, outcome in run.heavy.items():
+        verdict = "PASS" if outcome.passed else "FAIL"
+        what = ("refused by the per-request pixel budget" if case == "refused" else
+                "accepted (INFERENCE_MAX_REQUEST_PIXELS raised) and decoded off the event loop")
+        out.append(f"{verdict}: heavy input, {what}: {outcome.line()} (p99 < 50 ms)")
     if PER_PROCESS in run.rss:
         weights = sum(p.stat().st_size for p, _ in run.artifacts.values())
         limit = run.baseline_rss + weights + 120 * 2**20

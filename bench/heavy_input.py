@@ -47,6 +47,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
+ACCEPTED_PIXELS = 4_000_000_000  # a per-request budget that lets the heavy request through (`--request-pixels`)
+
+
 @dataclass
 class Outcome:
     healthz_ms: list[float] = field(default_factory=list)
@@ -113,11 +116,12 @@ def measure(platform: Platform, key: str, *, clients: int, images: int, seconds:
     return outcome
 
 
-def run(*, clients: int = 4, images: int = 200, seconds: float = 20.0, request_pixels: int | None = None) -> Outcome:
+def run(*, clients: int = 4, images: int = 200, seconds: float = 20.0, request_pixels: int | None = None,
+        python: str | None = None) -> Outcome:
     from inference.demo import train_digits
 
     env = {} if request_pixels is None else {"INFERENCE_MAX_REQUEST_PIXELS": str(request_pixels)}
-    platform = Platform(extra_env=env)
+    platform = Platform(extra_env=env, **({"python": python} if python else {}))
     try:
         platform.setup()
         demo = train_digits()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from typing import Any
 
 import numpy as np
@@ -110,10 +111,20 @@ class Cast(Step):
         return out
 
 
-# Bytes of an encoded image read to find its dimensions before anything is decoded: a PNG's header
-# (IHDR) is in its first 33 bytes, a JPEG's frame header after its EXIF and tables, usually well
-# within this; a longer header is read whole.
+# Bytes of an encoded image read to find its dimensions before anything is decoded: a PNG's are
+# at a fixed place (its IHDR chunk), a JPEG's frame header comes after its EXIF and tables, usually
+# well within HEADER_PREFIX_BYTES; a longer header is read whole.
+PNG_HEADER_BYTES = 24
 HEADER_PREFIX_BYTES = 4096
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG from its first 24 bytes (signature, then the IHDR chunk); None for
+    anything else. What the bytes claim is only the budget's measure: decoding checks the rest."""
+    if len(head) < PNG_HEADER_BYTES or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
 
 
 class ImageDecode(Step):
@@ -192,8 +203,10 @@ class ImageDecode(Step):
     def _pixels(self, value: Any, path: str) -> int:
         """The image's pixel count, read from its header alone (no pixel decoded, most of a base64
         string not even decoded); refused past max_pixels."""
-        head = self._raw(value, path, prefix=HEADER_PREFIX_BYTES)
-        size = self._size(head, path, cut=len(head) < len(value) * (3 / 4 if isinstance(value, str) else 1) - 3)
+        size = _png_size(self._raw(value, path, prefix=PNG_HEADER_BYTES))  # a PNG: its IHDR, 24 bytes in
+        if size is None:
+            head = self._raw(value, path, prefix=HEADER_PREFIX_BYTES)
+            size = self._size(head, path, cut=len(head) < len(value) * (3 / 4 if isinstance(value, str) else 1) - 3)
         if size is None:  # a header longer than the prefix (a JPEG with a large EXIF block)
             size = self._size(self._raw(value, path), path)
         w, h = size
