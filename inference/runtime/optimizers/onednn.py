@@ -92,18 +92,26 @@ def _dense_view(mkldnn_weight: torch.Tensor, dense_weight: torch.Tensor) -> torc
 def _candidates(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """Every place a large fp32 layer is held: (parent, attribute name, layer). A layer held under
     two names, or by two parents, is listed at each, so that every reference is replaced (else
-    one name would keep the plain weight alive beside the packed one)."""
-    found = []
-    for parent in module.modules():
-        for name, child in parent._modules.items():  # named_children() would skip a second name
-            if (
-                type(child) is nn.Linear  # a subclass may compute differently
-                and child.weight.dtype == torch.float32
-                and child.weight.numel() >= MIN_WEIGHT_NUMEL
-                and child.weight.device.type == "cpu"
-                and not (child._forward_hooks or child._forward_pre_hooks)
-            ):
-                found.append((parent, name, child))
+    one name would keep the plain weight alive beside the packed one).
+
+    A layer with forward hooks would lose them when replaced; PyTorch offers no public way to see
+    them, but one that changes the outputs makes the packed module differ from the plain one on the
+    example, and then nothing is packed."""
+    found, seen = [], set()
+    # Every path to every module (remove_duplicate=False): named_children() would skip a second name.
+    for path, child in module.named_modules(remove_duplicate=False):
+        if not path or not (
+            type(child) is nn.Linear  # a subclass may compute differently
+            and child.weight.dtype == torch.float32
+            and child.weight.numel() >= MIN_WEIGHT_NUMEL
+            and child.weight.device.type == "cpu"
+        ):
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = module.get_submodule(parent_path) if parent_path else module
+        if (id(parent), name) not in seen:  # a parent reached by two paths holds the layer once
+            seen.add((id(parent), name))
+            found.append((parent, name, child))
     return found
 
 

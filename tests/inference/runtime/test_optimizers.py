@@ -193,6 +193,20 @@ def test_a_layer_used_twice_is_packed_once_and_counted_once(caplog):
         np.testing.assert_allclose(tied(x).numpy(), plain(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_layer_whose_hook_changes_its_outputs_is_left_plain_with_its_hook(caplog):
+    """Replacing a layer would drop its forward hooks: a hook that changes the outputs makes the packed
+    module differ on the example, so nothing is packed and the hook still runs."""
+    plain = wide_mlp()
+    hooked = copy.deepcopy(plain)
+    hooked[2].register_forward_hook(lambda module, args, out: out + 1.0)  # the packable 2048x1024 layer
+    assert pack_large_linears(hooked, example(hooked), label="hooked") == 0
+    assert kinds(hooked) == ["Linear", "Linear", "Linear"]
+    assert "hooked: linear layers not packed" in caplog.text
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        assert not np.allclose(hooked(x).numpy(), plain(x).numpy())  # the hook still acts
+
+
 # --- every optimiser, through the loader and the runtime -------------------------------------------
 
 MODELS = {
