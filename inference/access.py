@@ -9,6 +9,9 @@ functions through ``inference.apis.authentication`` and ``PlatformAPIView.check_
   prefix (cached briefly in the shared cache), its hash verified in constant time; revoked and
   expired keys are refused. A key this process verified within ``INFERENCE_KEY_MEMO_SECONDS`` is
   trusted from memory (``inference.keys.VerifiedKeys``).
+* Failed authentications (unknown keys, wrong secrets) are counted per client address
+  (``INFERENCE_AUTH_FAILURE_RATE``); past that rate, keys this process has not verified are refused
+  with a 429 before any lookup, until the window ends.
 * Rates are counted in the shared cache, in leases for fast keys (``inference.ratelimit``). An
   unreachable cache never fails a request: the check is skipped, logged and counted (fail-open).
 
@@ -28,7 +31,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from .errors import NotAuthenticated, PermissionDenied, RateLimited
+from .errors import AuthenticationThrottled, NotAuthenticated, PermissionDenied, RateLimited
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name, verified_keys
 from .monitoring import metrics
 from .monitoring.logs import key_prefix_var
@@ -121,10 +124,13 @@ def authenticate(request: Any, *, may_block: bool = True) -> KeyInfo:
     digest = verified_keys.digest(key)
     info = verified_keys.get(prefix, digest)
     if info is None:
+        address = client_address(request)
+        refuse_throttled(address)
         if not may_block:
             raise WouldBlock
         info = key_info_for_prefix(prefix)
         if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):
+            count_failure(address)
             raise NotAuthenticated("Invalid API key.")
         verified_keys.put(prefix, digest, info, settings.INFERENCE_KEY_MEMO_SECONDS)
     if info.revoked:
@@ -132,6 +138,36 @@ def authenticate(request: Any, *, may_block: bool = True) -> KeyInfo:
     if info.expired:
         raise NotAuthenticated("This API key has expired.")
     return info
+
+
+AUTH_FAILURES = "auth-failures"
+
+
+def client_address(request: Any) -> str:
+    """The address failed authentications are counted for: the connection's peer (REMOTE_ADDR). Behind a
+    reverse proxy that is the proxy's, for every client (docs/api.md, "Failed authentication")."""
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
+def refuse_throttled(address: str) -> None:
+    """AuthenticationThrottled (429) when `address` used up INFERENCE_AUTH_FAILURE_RATE in this window, as far
+    as this process knows: from memory, so a throttled client costs no database query and no cache access.
+    Keys this process verified recently (``verified_keys``) are not asked about: they pass before this."""
+    rate = settings.INFERENCE_AUTH_FAILURE_RATE
+    if rate and (wait := limiter.spent(AUTH_FAILURES, address, rate)):
+        metrics.AUTH_FAILURES_THROTTLED.inc()
+        raise AuthenticationThrottled(wait)
+
+
+def count_failure(address: str) -> None:
+    """Count a failed authentication of `address` (shared by every process through the cache)."""
+    rate = settings.INFERENCE_AUTH_FAILURE_RATE
+    if not rate:
+        return
+    try:
+        limiter.hit(AUTH_FAILURES, address, rate)
+    except CacheUnavailable as exc:  # fail open, as rate limits do
+        logger.warning("failed authentications not counted: the cache is unreachable (%s)", exc)
 
 
 def bind(request: Any, info: KeyInfo) -> None:

@@ -127,6 +127,29 @@ class RateLimited(APIError):
                          details={"retry_after": self.wait}, headers={"Retry-After": str(self.wait)})
 
 
+class AuthenticationThrottled(APIError):
+    """429 with Retry-After: too many failed authentications from this client address
+    (INFERENCE_AUTH_FAILURE_RATE); unknown keys are refused without looking them up."""
+
+    status_code = 429
+    default_code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, wait: float | None = None):
+        self.wait = max(1, int(wait or 1))
+        super().__init__(
+            f"Too many failed authentications from this address; retry in {self.wait} s with a valid API key.",
+            details={"retry_after": self.wait}, headers={"Retry-After": str(self.wait)})
+
+
+class ClientGone(APIError):
+    """The client closed the connection before its request's body arrived: nobody reads the answer,
+    which only the request's record and logs keep (nginx's 499)."""
+
+    status_code = 499
+    default_code = ErrorCode.CANCELLED
+    default_detail = "The client closed the connection before sending its whole request."
+
+
 class ServiceUnavailable(APIError):
     """503 with Retry-After: the model is not ready, or its queue is full."""
 

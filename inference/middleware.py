@@ -89,6 +89,16 @@ async def serve_api_view(request: HttpRequest, match: ResolverMatch) -> HttpResp
     return response
 
 
+async def receive_body(request: HttpRequest) -> None:
+    """Make the request's body readable (``request.body``). The web server's front reads it only when
+    the view asks, after authentication (``inference_platform.front``); under WSGI it is there
+    already. Raises ClientGone when the client leaves before sending all of it."""
+    fill = getattr(request, "fill_body", None)
+    if fill is not None:
+        request.fill_body = None
+        await fill()
+
+
 class APIBoundaryMiddleware:
     """The boundary of settings.MIDDLEWARE (see the module's docstring): under WSGI, a request for an
     async API view goes from here to the view (run by asgiref's ``async_to_sync``, as Django runs any

@@ -29,6 +29,7 @@ from django_ratelimit.core import EXPIRATION_FUDGE, _get_window, _make_cache_key
 from .offload import WouldBlock
 
 MAX_LEASE = 64
+MAX_LEASES = 4096  # leases held before those of ended windows are dropped (one per key, per client address)
 
 
 @dataclass
@@ -51,6 +52,7 @@ def lease_size(limit: int) -> int:
 class _Lease:
     cache_key: str
     left: int  # requests reserved and not yet used
+    ends: int  # the window's end (epoch seconds): then the lease is worth nothing
     exhausted: bool = False  # the window's limit is reached: refuse without asking the cache
 
 
@@ -58,11 +60,12 @@ class LeasedRateLimiter:
     """Count requests against per-key rates; one instance per process (``limiter``)."""
 
     def __init__(self) -> None:
-        self._leases: dict[str, _Lease] = {}  # per counted key (the API key's prefix)
+        self._leases: dict[tuple[str, str], _Lease] = {}  # per group and counted value (a key's prefix, an address)
         self._lock = threading.Lock()
 
     def hit(self, group: str, value: str, rate: str, *, may_block: bool = True) -> Usage:
-        """Count one request of `value` (a key's prefix) at `rate`; raise CacheUnavailable if it cannot be counted.
+        """Count one request of `value` (a key's prefix, a client's address) in `group` at `rate`; raise
+        CacheUnavailable if it cannot be counted.
 
         With `may_block` False, a request that this process's lease cannot answer raises WouldBlock
         before anything is counted (the shared cache would have to be asked)."""
@@ -71,7 +74,7 @@ class LeasedRateLimiter:
         cache_key = _make_cache_key(group, window, rate, value, ALL)
         time_left = window - int(time.time())
         with self._lock:
-            lease = self._leases.get(value)
+            lease = self._leases.get((group, value))
             if lease is not None and lease.cache_key == cache_key:
                 if lease.left > 0:  # before `exhausted`: another thread's last grant may still be here
                     lease.left -= 1
@@ -83,14 +86,28 @@ class LeasedRateLimiter:
         size = lease_size(limit)
         granted = self._reserve(cache_key, size, limit, period)
         with self._lock:
-            lease = self._leases.get(value)
+            lease = self._leases.get((group, value))
             if lease is None or lease.cache_key != cache_key:
-                lease = self._leases[value] = _Lease(cache_key, 0)
+                if len(self._leases) >= MAX_LEASES:
+                    self._drop_ended()
+                lease = self._leases[(group, value)] = _Lease(cache_key, 0, window)
             if granted == 0:
                 lease.exhausted = True
                 return Usage(False, time_left)
             lease.left += granted - 1  # this request takes one
         return Usage(True, time_left)
+
+    def spent(self, group: str, value: str, rate: str) -> int:
+        """Seconds left in the window if this process already knows `value`'s rate in `group` is used up
+        for it (a count it made was refused), else 0. From memory only: it never asks the cache."""
+        limit, period = _split_rate(rate)
+        window = _get_window(value, period)
+        cache_key = _make_cache_key(group, window, rate, value, ALL)
+        with self._lock:
+            lease = self._leases.get((group, value))
+            if lease is not None and lease.cache_key == cache_key and lease.exhausted and lease.left <= 0:
+                return max(1, window - int(time.time()))
+        return 0
 
     @staticmethod
     def _reserve(cache_key: str, size: int, limit: int, period: int) -> int:
@@ -109,6 +126,11 @@ class LeasedRateLimiter:
         if count is None or count is False:
             raise CacheUnavailable("the cache returned no count")
         return max(0, min(size, limit - (count - size)))
+
+    def _drop_ended(self) -> None:
+        now = int(time.time())
+        for name in [name for name, lease in self._leases.items() if lease.ends <= now]:
+            del self._leases[name]
 
     def forget(self) -> None:
         """Drop every lease of this process (tests; a lease left unused is simply not spent)."""

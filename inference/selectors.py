@@ -19,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from registry.models import ModelVersion, RegisteredModel
+from registry.models import ModelAlias, ModelVersion, RegisteredModel
 from registry.selectors import is_registry_name, model_list, version_resolve
 from registry.signals import GENERATION_CACHE_KEY, generation_cache
 
@@ -86,6 +86,11 @@ class RegistryMemo:
         return self._read((model.name, "" if ref is None else str(ref)),
                           lambda: version_resolve(model=model, ref=ref), may_block)
 
+    def aliased(self, model: RegisteredModel, *, may_block: bool = True) -> frozenset[int]:
+        """The ids of the model's versions that an alias points at."""
+        return self._read((model.name, "#aliased"), lambda: frozenset(
+            ModelAlias.objects.filter(model=model).values_list("version_id", flat=True)), may_block)
+
 
 memo = RegistryMemo()
 setting_changed.connect(memo.forget, dispatch_uid="inference.selectors.memo")
@@ -112,6 +117,19 @@ def serving_version(*, model_name: str, ref: str | int | None, key: Any, may_blo
             )
         raise NotFound(f"Model {model_name!r} has no version or alias {str(ref)!r}.")
     return version
+
+
+def may_load_on_demand(*, version: ModelVersion, key: Any, may_block: bool = True) -> bool:
+    """Whether a request may make this process load `version` (and so evict others from its model cache):
+    the version an alias points at, the one a request without a version gets, or any version of a model
+    the key is restricted to (its allowed models name it). Any other version answers only once it is
+    loaded (preloaded, or loaded by a request that may load it)."""
+    if key is not None and key.models is not None and version.model.name in key.models:
+        return True
+    if version.pk in memo.aliased(version.model, may_block=may_block):
+        return True
+    default = memo.version(version.model, None, may_block=may_block)
+    return default is not None and default.pk == version.pk
 
 
 def ready_version_numbers(model: RegisteredModel) -> list[int]:

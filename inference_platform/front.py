@@ -35,6 +35,7 @@ from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
 from inference import offload
+from inference.errors import ClientGone
 from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
 
 logger = logging.getLogger("inference_platform.front")
@@ -170,11 +171,24 @@ class Front:
                 return
 
     async def api(self, scope: Scope, receive: Any, send: Any, match: ResolverMatch) -> None:
-        body = await self.read_body(scope, receive)
-        if body is None:
-            return  # the client went away
-        request = ASGIRequest(scope, io.BytesIO(body))
+        # The body is read when the view asks for it (``inference.middleware.receive_body``), after it
+        # has authenticated the request from its headers: an unauthenticated client cannot make the
+        # process read, and hold, up to INFERENCE_MAX_BODY_BYTES.
+        body_file = io.BytesIO()
+        request = ASGIRequest(scope, body_file)
+
+        async def fill_body() -> None:
+            body = await self.read_body(scope, receive)
+            if body is None:
+                request.client_gone = True
+                raise ClientGone()
+            body_file.write(body)
+            body_file.seek(0)
+
+        request.fill_body = fill_body
         response = await self.edge(request, match)
+        if getattr(request, "client_gone", False):
+            return  # nobody to answer
         if response.status_code >= 400:
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]

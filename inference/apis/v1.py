@@ -25,6 +25,7 @@ from registry.models import ModelVersion
 from .. import access, offload, selectors
 from ..errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from ..keys import APIKey
+from ..middleware import receive_body
 from ..pipeline.base import Pipeline, StepConfigError
 from ..services import predict as predict_service
 from . import serializers as s
@@ -176,6 +177,7 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
             raise MethodNotAllowed(request.method, "POST")
         # Visible before the body is read: an unknown model is a 404 whatever is sent.
         await offload.without_blocking(selectors.visible_model, model_name=name, key=key)
+        await receive_body(request)
         raw = json_bytes(request)
         body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
         result = await predict_service.predict(

@@ -23,8 +23,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .. import access, offload, selectors
 from ..errors import PayloadTooLarge
+from ..middleware import receive_body
 from ..oip import ProtocolError, output_metadata, tensor_metadata
-from ..pool import get_pool
 from ..services import predict as predict_service
 from .errors import v2_error
 from .parsing import read_body
@@ -99,7 +99,7 @@ async def model_ready(request: HttpRequest, name: str, ref: str | None = None) -
         await access.authorize(request, model=name)
         version = await offload.without_blocking(selectors.serving_version, model_name=name, ref=ref, key=request.auth)
         try:
-            await offload.without_blocking(get_pool().loaded, version)
+            await predict_service.loaded_version(version, key=request.auth)
         except Exception as exc:  # noqa: BLE001 - not ready, with the reason
             return _json({"name": name, "ready": False, "error": str(exc)}, 400)
         return _json({"name": name, "ready": True})
@@ -145,6 +145,7 @@ async def infer(request: HttpRequest, name: str, ref: str | None = None) -> Http
         return refused
     try:
         await access.authorize(request, model=name)
+        await receive_body(request)
         header = request.headers.get("Inference-Header-Content-Length")
         try:
             header_length = int(header) if header is not None else None

@@ -38,6 +38,10 @@ RATELIMIT_REJECTED = Counter("inference_ratelimit_rejected", "Requests refused w
 RATELIMIT_FAIL_OPEN = Counter(
     "inference_ratelimit_fail_open", "Requests let through because the rate-limit cache was unreachable."
 )
+AUTH_FAILURES_THROTTLED = Counter(
+    "inference_auth_failures_throttled",
+    "Requests refused with 429 because their address failed authentication too often (INFERENCE_AUTH_FAILURE_RATE).",
+)
 MODEL_LOAD_SECONDS = Histogram(
     "inference_model_load_duration_seconds", "Time to load a version (read, verify, build, warm up).",
     ["model", "version"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),

@@ -128,11 +128,23 @@ async def serving(*, model_name: str, ref: str | int | None, key: Any) -> tuple[
     """The version that answers and its loaded form in this process (404, 503 with the reason)."""
     version = await offload.without_blocking(selectors.serving_version, model_name=model_name, ref=ref, key=key)
     try:
-        loaded = await offload.without_blocking(get_pool().loaded, version)
+        loaded = await loaded_version(version, key=key)
     except ModelNotReady as exc:
         raise ServiceUnavailable(f"model not ready: {exc}", retry_after=30,
                                  details={"model": model_name, "version": version.version}) from exc
     return version, loaded
+
+
+async def loaded_version(version: ModelVersion, *, key: Any) -> Loaded:
+    """The loaded form of `version` in this process; it is loaded now only when a request with `key` may
+    make it load (``selectors.may_load_on_demand``), else ModelNotReady says how to have it loaded."""
+    pool = get_pool()
+    if version.status == ModelVersion.Status.READY and not pool.is_loaded(version) and not await offload.without_blocking(
+            selectors.may_load_on_demand, version=version, key=key):
+        raise ModelNotReady(
+            f"version {version.version} is not loaded in this process, and no alias points at it: move an alias "
+            "to it (or use a key restricted to this model) to have it loaded on demand")
+    return await offload.without_blocking(pool.loaded, version)
 
 
 def input_error(exc: InputError) -> APIError:

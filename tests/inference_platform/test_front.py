@@ -112,6 +112,20 @@ def test_predict_and_infer_answer_as_the_wsgi_path_does(served):
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b'"payload_too_large"' in reply
 
+    # The body is read after authentication: a request with a wrong key is answered from its headers,
+    # while the client has sent none of the 4,000 bytes it announced (before: the front waited for them).
+    for path in (PREDICT, "/v2/models/mlp/infer"):
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+            sock.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Authorization: Api-Key guess.wrong\r\nContent-Length: 4000\r\n\r\n")
+            reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 401"), (path, reply[:200])
+    # A client that leaves halfway through its body is not answered and costs nothing after.
+    with socket.create_connection(("127.0.0.1", web.port), timeout=10) as sock:
+        sock.sendall(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Api-Key " + key.encode() + b"\r\nContent-Length: 4000\r\n\r\n{\"instances\": [")
+    assert call(web.url, PREDICT, data=body, headers=auth)[0] == 200
+
     # The Host check (ALLOWED_HOSTS) applies as in the middleware chain: a 400.
     status, _, _ = call(web.url, PREDICT, data=body, headers={**auth, "Host": "evil.example"})
     assert status == 400
