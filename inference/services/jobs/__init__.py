@@ -19,12 +19,13 @@ Modules: ``queueing`` (a job's task, the broker), ``submit`` (checks and the row
 """
 
 from .control import job_cancel, job_retry
+from .limits import JobLimitReached, StoredBytesFull, TooManyJobs
 from .queueing import JobConflict, job_queue, worker_id
 from .reconcile import jobs_reconcile
 from .run import job_run
 from .submit import check_parameters, job_request_submit, job_submit
 
 __all__ = [
-    "JobConflict", "check_parameters", "job_cancel", "job_queue", "job_request_submit", "job_retry", "job_run",
+    "JobConflict", "JobLimitReached", "StoredBytesFull", "TooManyJobs", "check_parameters", "job_cancel", "job_queue", "job_request_submit", "job_retry", "job_run",
     "job_submit", "jobs_reconcile", "worker_id",
 ]

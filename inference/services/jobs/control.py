@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from ...jobs.models import InferenceJob
 from . import queueing
+from .limits import check_key_limits
 from .queueing import JobConflict
 
 
@@ -26,9 +27,12 @@ def job_cancel(*, job: InferenceJob) -> InferenceJob:
     raise JobConflict(f"The job is {job.status}; only queued or running jobs can be cancelled.")
 
 
-def job_retry(*, job: InferenceJob) -> InferenceJob:
-    """Run a failed or cancelled job again from the start (attempts reset)."""
+def job_retry(*, job: InferenceJob, key_limits: bool = False) -> InferenceJob:
+    """Run a failed or cancelled job again from the start (attempts reset). With `key_limits` (the jobs
+    API), a key at INFERENCE_JOB_MAX_QUEUED_PER_KEY gets TooManyJobs: a retry queues a job too."""
     with transaction.atomic():
+        if key_limits:
+            check_key_limits(key_prefix=job.key_prefix, new_bytes=None)
         updated = InferenceJob.objects.filter(
             pk=job.pk, status__in=[InferenceJob.Status.FAILED, InferenceJob.Status.CANCELLED]
         ).update(

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import tempfile
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ...jobs.inputs import JobInputError, chunks, instances_in
+from ...jobs.inputs import JobInputError, chunks, stored_instances
 from ...jobs.models import InferenceJob
 from . import queueing
+from .checks import locate
 
 logger = logging.getLogger("inference.jobs")
+
+RESULT_SPOOL_BYTES = 8 * 1024**2
 
 
 def _claim(job_id: Any) -> InferenceJob | None:
@@ -62,34 +65,43 @@ def job_run(job_id: Any) -> str:
 
     result_name = f"jobs/{job.pk}/result-{attempt}.jsonl"
     storage = job.result_file.storage
+    lines_named = job.input_format != InferenceJob.InputFormat.JSON  # a client's file: its line numbers
     try:
         loaded = get_pool().loaded(job.version)
-        buffer = io.BytesIO()
-        done = 0
-        for chunk in chunks(instances_in(job), settings.INFERENCE_JOB_CHUNK_SIZE):
-            predictions = asyncio.run(predict_instances(loaded, chunk, job.parameters,
-                                                        timeout=settings.INFERENCE_JOB_TIMEOUT))
-            buffer.write(b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for p in predictions))
-            done += len(chunk)
-            still_mine = InferenceJob.objects.filter(
-                pk=job.pk, status=InferenceJob.Status.RUNNING, attempts=attempt
-            ).update(progress_done=done, lease_expires_at=queueing.lease())
-            if not still_mine:
-                return "superseded: another run took the job over"
-            if InferenceJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
-                _finish(job, attempt, status=InferenceJob.Status.CANCELLED)
-                return "cancelled"
-        saved = storage.save(result_name, ContentFile(buffer.getvalue()))
+        # The result is spooled to a temporary file past RESULT_SPOOL_BYTES: a large job's predictions
+        # are not all held in memory, like its input (read a line and a chunk at a time).
+        with tempfile.SpooledTemporaryFile(max_size=RESULT_SPOOL_BYTES) as buffer:
+            done = 0
+            for rows in chunks(stored_instances(job), settings.INFERENCE_JOB_CHUNK_SIZE):
+                chunk = [instance for _, instance in rows]
+                try:
+                    predictions = asyncio.run(predict_instances(loaded, chunk, job.parameters,
+                                                                timeout=settings.INFERENCE_JOB_TIMEOUT))
+                except APIError as exc:  # named in the whole input, not in the chunk
+                    where, _, _ = locate(exc.details.get("path", ""), offset=done, size=len(chunk),
+                                         lines=[line for line, _ in rows] if lines_named else None)
+                    raise JobInputError(f"{where}: {exc.message}") from exc
+                del chunk, rows
+                buffer.write(b"".join(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                                      for p in predictions))
+                done += len(predictions)
+                still_mine = InferenceJob.objects.filter(
+                    pk=job.pk, status=InferenceJob.Status.RUNNING, attempts=attempt
+                ).update(progress_done=done, lease_expires_at=queueing.lease())
+                if not still_mine:
+                    return "superseded: another run took the job over"
+                if InferenceJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
+                    _finish(job, attempt, status=InferenceJob.Status.CANCELLED)
+                    return "cancelled"
+            buffer.seek(0)
+            saved = storage.save(result_name, File(buffer, name="result.jsonl"))
         if not _finish(job, attempt, status=InferenceJob.Status.SUCCEEDED, result_file=saved, error=""):
             storage.delete(saved)
             return "superseded: another run finished the job"
         return "succeeded"
     except (APIError, JobInputError, ValueError) as exc:
         # The input (or the model's answer to it) is wrong: running again will not help.
-        message = getattr(exc, "message", None) or str(exc)
-        path = getattr(exc, "details", {}).get("path") if hasattr(exc, "details") else None
-        _finish(job, attempt, status=InferenceJob.Status.FAILED,
-                error=f"{message}" + (f" (at {path}, counting instances from the start of a chunk)" if path else ""))
+        _finish(job, attempt, status=InferenceJob.Status.FAILED, error=getattr(exc, "message", None) or str(exc))
         return "failed"
     except Exception as exc:  # noqa: BLE001 - anything else may pass on another attempt
         logger.exception("job %s attempt %d failed", job.pk, attempt)

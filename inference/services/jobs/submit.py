@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import IO, Any
 
 import orjson
@@ -13,9 +14,11 @@ from django.db import transaction
 
 from registry.models import ModelVersion
 
-from ...jobs.inputs import JobInputError, JobInputTooLarge, count_jsonl, csv_rows, jsonl_from_instances
+from ...jobs.inputs import JobInputError, JobInputTooLarge, file_instances, jsonl_from_instances
 from ...jobs.models import InferenceJob
 from . import queueing
+from .checks import JobInstanceError, check_chunk, served_for_checks
+from .limits import StoredBytesFull, TooManyJobs, check_key_limits
 from .queueing import JobConflict
 
 
@@ -52,7 +55,10 @@ def job_submit(
 
     Give either JSON `instances` or an `upload` (JSONL or CSV). With an idempotency key,
     the same key and the same input return the existing job (created=False); the same
-    key with other input raises JobConflict. The task is queued after the row commits.
+    key with other input raises JobConflict. The input is checked as predict checks it
+    (JSON instances whole, a file's first chunk; JobInputError naming the instance), and a
+    key's limits (JobLimitReached) before anything is stored; the task is queued after the
+    row commits. A refusal leaves nothing behind: no row, no file, no task.
     """
     if version.status != ModelVersion.Status.READY or version.archived:
         raise JobConflict(f"{version} is not ready to serve ({version.status}).")
@@ -63,32 +69,18 @@ def job_submit(
     if instances is not None:
         if not isinstance(instances, list) or not instances:
             raise JobInputError("instances must be a non-empty list.")
-        data = jsonl_from_instances(instances)
-        total = len(instances)
         input_format = InferenceJob.InputFormat.JSON
-        content: File = ContentFile(data, name="input.jsonl")
-        size = len(data)
+        content: File = ContentFile(jsonl_from_instances(instances), name="input.jsonl")
+        size = content.size
     else:
-        size = upload.size if hasattr(upload, "size") else len(upload.read())
+        size = upload.size if hasattr(upload, "size") else upload.seek(0, io.SEEK_END)
         if size > settings.INFERENCE_JOB_MAX_FILE_BYTES:
             raise JobInputTooLarge(f"The file is {size} bytes; the limit is {settings.INFERENCE_JOB_MAX_FILE_BYTES} "
                                    "(INFERENCE_JOB_MAX_FILE_BYTES).")
-        if input_format == InferenceJob.InputFormat.CSV:
-            if len(version.input_schema) != 1:
-                raise JobInputError("CSV input is for one-input models; send JSONL objects for several inputs.")
-            total = sum(1 for _ in csv_rows(upload))
-        else:
-            total = count_jsonl(upload)
-        if total == 0:
-            raise JobInputError("The file holds no instances.")
-        upload.seek(0)
+        if input_format == InferenceJob.InputFormat.CSV and len(version.input_schema) != 1:
+            raise JobInputError("CSV input is for one-input models; send JSONL objects for several inputs.")
         content = File(upload, name=f"input.{'csv' if input_format == 'csv' else 'jsonl'}")
-    digest = hashlib.sha256()
-    digest.update(f"{version.pk}|{orjson.dumps(parameters).decode()}|".encode())
-    content.seek(0)
-    for chunk in content.chunks():
-        digest.update(chunk)
-    request_sha = digest.hexdigest()
+    request_sha = _request_sha256(version, parameters, content)
     key_prefix = getattr(api_key, "prefix", "") or ""
     if idempotency_key:
         existing = InferenceJob.objects.filter(key_prefix=key_prefix, idempotency_key=idempotency_key).first()
@@ -96,12 +88,18 @@ def job_submit(
             if existing.request_sha256 != request_sha:
                 raise JobConflict("This Idempotency-Key was used for a different request.")
             return existing, False
-    from inference.keys import APIKey
-
+    check_key_limits(key_prefix=key_prefix, new_bytes=size)  # before the work of reading the input
+    served = served_for_checks(version)
+    if instances is not None:
+        total = len(instances)
+        chunk = settings.INFERENCE_JOB_CHUNK_SIZE
+        for offset in range(0, total, chunk):
+            check_chunk(served, instances[offset:offset + chunk], parameters, offset=offset)
+    else:
+        total = _count_and_check_file(upload, input_format, served, parameters)
     job = InferenceJob(
         model_id=version.model_id,
         version=version,
-        api_key=APIKey.objects.filter(pk=getattr(api_key, "id", None)).first() if api_key else None,
         key_prefix=key_prefix,
         submitted_by=submitted_by,
         max_attempts=max_attempts or settings.INFERENCE_JOB_MAX_ATTEMPTS,
@@ -114,9 +112,12 @@ def job_submit(
         callback_url=callback_url,
     )
     content.seek(0)
+    # Stored before the transaction: a slow upload to the storage holds no lock. Deleted on any refusal.
     job.input_file.save(content.name, content, save=False)
     try:
         with transaction.atomic():
+            job.api_key = _locked_key(api_key)  # concurrent submits of one key count its jobs one at a time
+            check_key_limits(key_prefix=key_prefix, new_bytes=size)
             job.save()
             transaction.on_commit(lambda: queueing.enqueue_committed(job.pk))
     except Exception:
@@ -127,6 +128,48 @@ def job_submit(
                 return existing, False
         raise
     return job, True
+
+
+def _request_sha256(version: ModelVersion, parameters: Any, content: File) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{version.pk}|{orjson.dumps(parameters).decode()}|".encode())
+    content.seek(0)
+    for chunk in content.chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _locked_key(api_key: Any) -> Any:
+    """The job's APIKey row, locked until the transaction ends (PostgreSQL; SQLite writes one at a time)."""
+    if not api_key:
+        return None
+    from inference.keys import APIKey
+
+    return APIKey.objects.select_for_update().filter(pk=getattr(api_key, "id", None)).first()
+
+
+def _count_and_check_file(upload: IO[bytes], input_format: str, served: Any, parameters: Any) -> int:
+    """Return the number of instances of an uploaded file, read line by line (JobInputError naming a bad
+    line); its first chunk is checked as predict checks instances, the rest as JSON or CSV only."""
+    size = settings.INFERENCE_JOB_CHUNK_SIZE
+    total = 0
+    first: list[tuple[int, Any]] | None = []
+    for line, instance in file_instances(upload, input_format):
+        total += 1
+        if first is not None:
+            first.append((line, instance))
+            if len(first) == size:
+                _check_first(served, first, parameters)
+                first = None  # the rest is counted, not held
+    if first:
+        _check_first(served, first, parameters)
+    if total == 0:
+        raise JobInputError("The file holds no instances.")
+    return total
+
+
+def _check_first(served: Any, rows: list[tuple[int, Any]], parameters: Any) -> None:
+    check_chunk(served, [instance for _, instance in rows], parameters, offset=0, lines=[line for line, _ in rows])
 
 
 def check_parameters(version: ModelVersion, parameters: Any) -> None:
@@ -157,9 +200,12 @@ def job_request_submit(
     idempotency_key: str = "",
 ) -> tuple[InferenceJob, bool]:
     """Submit a job for an API key (the jobs API): resolve the version as predict does, check what can
-    be checked now, then ``job_submit``; every refusal is an API error (400, 404, 409, 413, 503)."""
+    be checked now, then ``job_submit``; every refusal is an API error (400, 404, 409, 413, 429, 503)."""
     from ... import selectors
     from ...errors import Conflict, InvalidInput, PayloadTooLarge
+    from ...errors import TooManyJobs as TooManyJobsError
+    from ...tensors import InputError
+    from ..predict import input_error
 
     if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (str, int))):
         raise InvalidInput("version must be a version number or an alias name.", path="version")
@@ -179,8 +225,17 @@ def job_request_submit(
         )
     except JobInputTooLarge as exc:
         raise PayloadTooLarge(str(exc), details={"path": "file", "limit": settings.INFERENCE_JOB_MAX_FILE_BYTES}) from exc
+    except JobInstanceError as exc:
+        if upload is None:  # what predict answers for these instances, the path counted in the whole list
+            raise input_error(InputError(exc.reason, path=exc.path, code=exc.code, status=exc.status)) from exc
+        raise InvalidInput(str(exc), path="file", code=exc.code, details=exc.details) from exc
     except JobInputError as exc:
-        raise InvalidInput(str(exc), path="file" if upload is not None else "instances") from exc
+        raise InvalidInput(str(exc), path="file" if upload is not None else "instances", details=exc.details) from exc
+    except TooManyJobs as exc:
+        raise TooManyJobsError(str(exc), retry_after=exc.details["retry_after"], details=exc.details) from exc
+    except StoredBytesFull as exc:
+        raise PayloadTooLarge(str(exc), details={"path": "file" if upload is not None else "instances",
+                                                 **exc.details}) from exc
     except ValidationError as exc:
         raise InvalidInput("; ".join(exc.messages), path="callback_url") from exc
     except JobConflict as exc:

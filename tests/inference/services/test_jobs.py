@@ -197,10 +197,19 @@ def test_a_csv_file_job(client, mlp, cluster):
 
 
 def test_a_bad_row_fails_the_job_with_the_reason(client, mlp, cluster):
-    job_id = _submit(client, "mlp", [[1, 2, 3, 4], [1, 2, 3]])["id"]
+    # JSON instances are checked at submit, as predict checks them: a 400, no job.
+    r = client.post("/api/v1/models/mlp/jobs", json.dumps({"instances": [[1, 2, 3, 4], [1, 2, 3]]}),
+                    content_type="application/json")
+    assert r.status_code == 400 and r.json()["error"]["details"]["path"] == "instances[1]", r.content
+    # A file's first chunk (10 rows here) is checked at submit; a bad row after it fails the job in the worker.
+    rows = [json.dumps(r) for r in _rows(15)]
+    rows[12] = "[1, 2, 3]"
+    upload = io.BytesIO(("\n".join(rows) + "\n").encode())
+    upload.name = "rows.jsonl"
+    job_id = client.post("/api/v1/models/mlp/jobs", {"file": upload}).json()["id"]
     status = _wait(client, job_id, cluster=cluster)
     assert status["status"] == "failed"
-    assert "shape" in status["error"]
+    assert "shape" in status["error"] and "instance 12 (line 13), at instances[12]" in status["error"], status
     assert client.get(f"/api/v1/jobs/{job_id}/result").status_code == 409
 
 
