@@ -140,7 +140,9 @@ def _request_sha256(version: ModelVersion, parameters: Any, content: File) -> st
 
 
 def _locked_key(api_key: Any) -> Any:
-    """The job's APIKey row, locked until the transaction ends (PostgreSQL; SQLite writes one at a time)."""
+    """The job's APIKey row, locked until the transaction ends: on PostgreSQL two submits of one key
+    count its jobs one after the other. (SQLite has no row locks: two submits at the same instant may
+    both pass a limit by one.)"""
     if not api_key:
         return None
     from inference.keys import APIKey
