@@ -323,7 +323,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(client,
     assert _wait(client, job_ok, cluster=cluster)["status"] == "succeeded"
 
 
-def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster, media_root):
+def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster, media_root, settings):
+    settings.INFERENCE_JOB_MAX_QUEUED_PER_KEY = 1000  # one key, 200 jobs at once
     ids: list[str] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
