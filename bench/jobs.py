@@ -34,7 +34,9 @@ def _pg_fresh(url: str, name: str) -> str:
 def run_stack(label: str, extra_env: dict, jobs: int, threads: int, workers: int, clusters: int = 1) -> dict:
     from .__main__ import iris_artifacts
 
-    platform = Platform(extra_env={**extra_env, "INFERENCE_WORKERS": str(workers)})
+    # One key submits every job at once: its per-key queued limit is lifted.
+    platform = Platform(extra_env={**extra_env, "INFERENCE_WORKERS": str(workers),
+                                   "INFERENCE_JOB_MAX_QUEUED_PER_KEY": "1000000"})
     running: list[subprocess.Popen] = []
     try:
         platform.setup()

@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     NOT_READY = "not_ready"  # /readyz: a dependency (database, broker, cache, a production model) is down
     DATABASE_UNAVAILABLE = "database_unavailable"  # the database cannot be reached: retry later
     CANCELLED = "cancelled"  # the client closed the connection before the answer (status 499, in records only)
+    TOO_MANY_JOBS = "too_many_jobs"  # the key has INFERENCE_JOB_MAX_QUEUED_PER_KEY jobs queued or running
 
 
 class APIError(Exception):
@@ -148,6 +149,16 @@ class ClientGone(APIError):
     status_code = 499
     default_code = ErrorCode.CANCELLED
     default_detail = "The client closed the connection before sending its whole request."
+
+
+class TooManyJobs(APIError):
+    """429 with Retry-After: the key has as many jobs queued or running as it may (INFERENCE_JOB_MAX_QUEUED_PER_KEY)."""
+
+    status_code = 429
+    default_code = ErrorCode.TOO_MANY_JOBS
+
+    def __init__(self, message: str, *, retry_after: int, details: dict | None = None):
+        super().__init__(message, details=details, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
 class ServiceUnavailable(APIError):

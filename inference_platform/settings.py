@@ -217,6 +217,14 @@ if INFERENCE_JOB_RETRY <= INFERENCE_JOB_TIMEOUT:
 INFERENCE_JOB_MAX_ATTEMPTS = env.int("INFERENCE_JOB_MAX_ATTEMPTS", default=3)
 INFERENCE_JOB_CHUNK_SIZE = env.int("INFERENCE_JOB_CHUNK_SIZE", default=256)
 INFERENCE_JOB_MAX_FILE_BYTES = env.int("INFERENCE_JOB_MAX_FILE_BYTES", default=512 * 1024**2)
+# Job files are read a line at a time, in the web process (checked at submit) and in the worker:
+# a line is capped so that one huge line cannot make either hold it (and its parsed form, ~14x
+# the bytes) in memory; a longer line is a 400 at submit.
+INFERENCE_JOB_MAX_LINE_BYTES = env.int("INFERENCE_JOB_MAX_LINE_BYTES", default=1024**2)
+# Per API key: jobs queued or running at once (more: 429 too_many_jobs), and the bytes of stored
+# input files of its jobs (more: 413), so that one key cannot fill the queue or the disk for all.
+INFERENCE_JOB_MAX_QUEUED_PER_KEY = env.int("INFERENCE_JOB_MAX_QUEUED_PER_KEY", default=20)
+INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY = env.int("INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY", default=2 * 1024**3)
 # A job queued this long without starting gets its task queued again by the reconciler.
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
 INFERENCE_CALLBACK_ALLOWED_HOSTS = env.list("INFERENCE_CALLBACK_ALLOWED_HOSTS", default=[])

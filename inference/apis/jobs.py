@@ -13,9 +13,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import selectors
-from ..errors import Conflict, InvalidInput, UnsupportedMediaType
+from ..errors import Conflict, InvalidInput, TooManyJobs, UnsupportedMediaType
 from ..jobs.models import InferenceJob
 from ..jobs.selectors import job_predictions, job_state, job_url, jobs_of_key, own_job
+from ..services import jobs as job_services
 from ..services.jobs import JobConflict, job_cancel, job_request_submit, job_retry
 from . import serializers as s
 from .parsing import OrjsonParser, loads, refuse_oversized_upload
@@ -148,7 +149,9 @@ class JobRetryView(PlatformAPIView):
     def post(self, request: Request, job_id: str) -> Response:
         job = own_job(key_prefix=request.auth.prefix, job_id=job_id)
         try:
-            job = job_retry(job=job)
+            job = job_retry(job=job, key_limits=True)
         except JobConflict as exc:
             raise Conflict(str(exc), details={"status": job.status}) from exc
+        except job_services.TooManyJobs as exc:
+            raise TooManyJobs(str(exc), retry_after=exc.details["retry_after"], details=exc.details) from exc
         return Response(job_state(job), status=202)

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import orjson
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
 
 from ..errors import NotFound
 from .models import InferenceJob
@@ -56,3 +56,12 @@ def job_predictions(job: InferenceJob) -> list[Any]:
     """A finished job's predictions (from its result file)."""
     with job.result_file.open("rb") as fh:
         return [orjson.loads(line) for line in fh if line.strip()]
+
+
+def key_job_usage(*, key_prefix: str) -> tuple[int, int]:
+    """(jobs queued or running, bytes of stored input files) of a key's jobs: what its per-key limits count."""
+    usage = InferenceJob.objects.filter(key_prefix=key_prefix).aggregate(
+        active=Count("pk", filter=Q(status__in=[InferenceJob.Status.QUEUED, InferenceJob.Status.RUNNING])),
+        stored=Sum("input_bytes", filter=~Q(input_file="")),
+    )
+    return usage["active"] or 0, usage["stored"] or 0

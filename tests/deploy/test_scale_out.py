@@ -66,6 +66,7 @@ COMMON_ENV = {
     "INFERENCE_METRICS_TOKEN": TOKEN,
     "INFERENCE_REGISTRY_POLL_SECONDS": "0.2",
     "WEB_THREADS": "4",
+    "INFERENCE_JOB_MAX_QUEUED_PER_KEY": "1000",  # one key submits 32 jobs at once here
 }
 
 

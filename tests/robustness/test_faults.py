@@ -238,7 +238,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by
     def broker_down(job_id):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(services, "_enqueue", broker_down)
+    monkeypatch.setattr(services.queueing, "enqueue", broker_down)
     with caplog.at_level(logging.WARNING, logger="inference.jobs"):
         r = client.post("/api/v1/models/nobroker/jobs", {"instances": [[1, 2, 3, 4]]}, content_type="application/json",
                         headers={"Authorization": f"Api-Key {key}"})
@@ -248,7 +248,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by
     assert any(job_id in m and "could not be queued" in m and "reconciler" in m for m in caplog.messages), \
         caplog.messages
     # The broker is back; the reconciler queues jobs left queued past INFERENCE_JOB_REQUEUE_AFTER.
-    monkeypatch.setattr(services, "_enqueue", lambda pk: queued.append(str(pk)))
+    monkeypatch.setattr(services.queueing, "enqueue", lambda pk: queued.append(str(pk)))
     assert jobs_reconcile()["queued"] == 0  # not yet: younger than INFERENCE_JOB_REQUEUE_AFTER
     settings.INFERENCE_JOB_REQUEUE_AFTER = 0
     assert jobs_reconcile()["queued"] == 1 and queued == [job_id]

@@ -71,7 +71,8 @@ def test_soak_at_saturation_with_a_mixed_workload(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     register_demo(train_iris())
     _, key = api_key_create(name="soak", rate="1000000/s")
-    web = WebServer(settings.MEDIA_ROOT, env={"WEB_GRACEFUL_TIMEOUT": "5"})
+    # The load's one key may have more than INFERENCE_JOB_MAX_QUEUED_PER_KEY (20) jobs queued at once.
+    web = WebServer(settings.MEDIA_ROOT, env={"WEB_GRACEFUL_TIMEOUT": "5", "INFERENCE_JOB_MAX_QUEUED_PER_KEY": "100000"})
     cluster = Cluster(settings.MEDIA_ROOT)
     gens: list[Process] = []
     try:

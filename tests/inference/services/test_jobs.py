@@ -197,10 +197,19 @@ def test_a_csv_file_job(client, mlp, cluster):
 
 
 def test_a_bad_row_fails_the_job_with_the_reason(client, mlp, cluster):
-    job_id = _submit(client, "mlp", [[1, 2, 3, 4], [1, 2, 3]])["id"]
+    # JSON instances are checked at submit, as predict checks them: a 400, no job.
+    r = client.post("/api/v1/models/mlp/jobs", json.dumps({"instances": [[1, 2, 3, 4], [1, 2, 3]]}),
+                    content_type="application/json")
+    assert r.status_code == 400 and r.json()["error"]["details"]["path"] == "instances[1]", r.content
+    # A file's first chunk (10 rows here) is checked at submit; a bad row after it fails the job in the worker.
+    rows = [json.dumps(r) for r in _rows(15)]
+    rows[12] = "[1, 2, 3]"
+    upload = io.BytesIO(("\n".join(rows) + "\n").encode())
+    upload.name = "rows.jsonl"
+    job_id = client.post("/api/v1/models/mlp/jobs", {"file": upload}).json()["id"]
     status = _wait(client, job_id, cluster=cluster)
     assert status["status"] == "failed"
-    assert "shape" in status["error"]
+    assert "shape" in status["error"] and "instance 12 (line 13), at instances[12]" in status["error"], status
     assert client.get(f"/api/v1/jobs/{job_id}/result").status_code == 409
 
 
@@ -314,7 +323,8 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(client,
     assert _wait(client, job_ok, cluster=cluster)["status"] == "succeeded"
 
 
-def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster, media_root):
+def test_200_jobs_from_16_threads_give_200_rows_and_200_results(client, key, mlp, cluster, media_root, settings):
+    settings.INFERENCE_JOB_MAX_QUEUED_PER_KEY = 1000  # one key, 200 jobs at once
     ids: list[str] = []
     errors: list[BaseException] = []
     lock = threading.Lock()

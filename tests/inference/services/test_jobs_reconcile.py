@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def queued(monkeypatch):
     sent: list[str] = []
-    monkeypatch.setattr(job_services, "_enqueue", lambda pk: sent.append(str(pk)))
+    monkeypatch.setattr(job_services.queueing, "enqueue", lambda pk: sent.append(str(pk)))
     version = ready(small_mlp(0), model_name="iris")
     job, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
     sent.clear()  # the submit's own task
@@ -62,7 +62,7 @@ def test_a_broker_down_during_reconcile_loses_nothing(queued, settings, monkeypa
     def down(pk):
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr(job_services, "_enqueue", down)
+    monkeypatch.setattr(job_services.queueing, "enqueue", down)
     _age(job, created_at=timezone.now() - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER + 5))
     assert job_services.jobs_reconcile()["queued"] == 1  # logged, no exception
     assert InferenceJob.objects.get(pk=job.pk).status == "queued"
