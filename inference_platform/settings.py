@@ -16,6 +16,7 @@ docs/configuration.md lists every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import time
@@ -219,7 +220,22 @@ INFERENCE_JOB_CHUNK_SIZE = env.int("INFERENCE_JOB_CHUNK_SIZE", default=256)
 INFERENCE_JOB_MAX_FILE_BYTES = env.int("INFERENCE_JOB_MAX_FILE_BYTES", default=512 * 1024**2)
 # A job queued this long without starting gets its task queued again by the reconciler.
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
+# Job callbacks (inference/jobs/callbacks.py). A callback URL's host must be listed here:
+# `name` allows the scheme's default port (80, 443), `name:port` that port only. Checked at
+# submit and again at delivery.
 INFERENCE_CALLBACK_ALLOWED_HOSTS = env.list("INFERENCE_CALLBACK_ALLOWED_HOSTS", default=[])
+# A listed name is still refused at delivery when it resolves to a private, loopback,
+# link-local (cloud metadata), multicast, reserved or unspecified address (SSRF, DNS
+# rebinding), unless the address is in one of these networks (CIDRs, e.g. 10.0.5.0/24):
+# how an operator allows an internal receiver.
+INFERENCE_CALLBACK_ALLOWED_NETWORKS = env.list("INFERENCE_CALLBACK_ALLOWED_NETWORKS", default=[])
+for _network in INFERENCE_CALLBACK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"INFERENCE_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
+# The HMAC key of callback signatures; required to submit a job with a callback (never the
+# SECRET_KEY, which also signs sessions and django-q2's task packages).
 INFERENCE_CALLBACK_SECRET = env.str("INFERENCE_CALLBACK_SECRET", default="")
 
 Q_CLUSTER = {

@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from registry.models import ModelVersion
 
+from ..jobs.callbacks import callback_check
 from ..jobs.inputs import (
     JobInputError,
     JobInputTooLarge,
@@ -61,21 +62,6 @@ class JobConflict(Exception):
 
 
 # ---- submit -------------------------------------------------------------------------------------
-
-def _callback_allowed(url: str) -> None:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    allowed = settings.INFERENCE_CALLBACK_ALLOWED_HOSTS
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("callback_url must be an http(s) URL.", code="invalid_callback")
-    if parts.hostname not in allowed:
-        raise ValidationError(
-            f"callback_url host {parts.hostname!r} is not allowed (INFERENCE_CALLBACK_ALLOWED_HOSTS: "
-            f"{', '.join(allowed) or 'none'}): an open callback would let clients make this server call anywhere.",
-            code="callback_not_allowed",
-        )
-
 
 def job_queue(job_id: Any) -> str | None:
     """Return the django-q2 queue of a job's task: its hardware target's (INFERENCE_JOB_QUEUES), or
@@ -136,7 +122,7 @@ def job_submit(
     if version.status != ModelVersion.Status.READY or version.archived:
         raise JobConflict(f"{version} is not ready to serve ({version.status}).")
     if callback_url:
-        _callback_allowed(callback_url)
+        callback_check(callback_url)  # the secret is set, the host (and port) allowlisted
     if (instances is None) == (upload is None):
         raise JobInputError("Send either instances or a file.")
     if instances is not None:
@@ -260,8 +246,9 @@ def job_request_submit(
         raise PayloadTooLarge(str(exc), details={"path": "file", "limit": settings.INFERENCE_JOB_MAX_FILE_BYTES}) from exc
     except JobInputError as exc:
         raise InvalidInput(str(exc), path="file" if upload is not None else "instances") from exc
-    except ValidationError as exc:
-        raise InvalidInput("; ".join(exc.messages), path="callback_url") from exc
+    except ValidationError as exc:  # the callback URL's: details.reason says why (e.g. callback_secret_not_set)
+        raise InvalidInput("; ".join(exc.messages), path="callback_url",
+                           details={"reason": exc.error_list[0].code}) from exc
     except JobConflict as exc:
         raise Conflict(str(exc)) from exc
 
