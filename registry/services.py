@@ -258,20 +258,26 @@ def model_version_register(
     return version
 
 
-def model_version_validate(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
-    """Validate a stored version in a separate process and record `ready` or `failed`."""
+def _stored_version_outcome(version: ModelVersion) -> ValidationOutcome:
+    if version.format in CODE_FORMATS and not settings.INFERENCE_ALLOW_CODE_ARTIFACTS:
+        # The switch as it is now decides, not as it was at upload: nothing from the file is loaded.
+        return ValidationOutcome(False, (
+            f"Not validated: format {version.format!r} runs code from the file when loaded, and code artifacts "
+            "are disabled on this platform (INFERENCE_ALLOW_CODE_ARTIFACTS); nothing was loaded or run."))
     try:
         with version.artifact.open("rb") as fh:
             data = fh.read()
     except OSError as exc:
-        outcome = ValidationOutcome(False, f"The artifact file cannot be read: {exc}")
-    else:
-        if sha256_of([data]) != version.sha256:
-            outcome = ValidationOutcome(False, "sha256 mismatch: the stored artifact changed after registration.")
-        else:
-            outcome = _validate_bytes(
-                data=data, config=version.config, allow_code=version.format in CODE_FORMATS
-            )
+        return ValidationOutcome(False, f"The artifact file cannot be read: {exc}")
+    if sha256_of([data]) != version.sha256:
+        return ValidationOutcome(False, "sha256 mismatch: the stored artifact changed after registration.")
+    return _validate_bytes(data=data, config=version.config, allow_code=version.format in CODE_FORMATS)
+
+
+def model_version_validate(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
+    """Validate a stored version in a separate process and record `ready` or `failed` (a code
+    format while INFERENCE_ALLOW_CODE_ARTIFACTS is off fails without being loaded)."""
+    outcome = _stored_version_outcome(version)
     version.status = ModelVersion.Status.READY if outcome.ok else ModelVersion.Status.FAILED
     version.status_error = "" if outcome.ok else outcome.error
     version.validated_at = timezone.now()
