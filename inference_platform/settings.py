@@ -381,6 +381,15 @@ INFERENCE_ALLOW_CODE_ARTIFACTS = env.bool("INFERENCE_ALLOW_CODE_ARTIFACTS", defa
 # model) inside a separate process. The registry never imports the serving side.
 REGISTRY_VERSION_VALIDATOR = "inference.validation.validate_version"
 REGISTRY_VALIDATION_TIMEOUT = env.int("INFERENCE_VALIDATION_TIMEOUT", default=300)
+# Limits of the validation process (0: none), so that an artifact or config asking for too
+# much fails with that reason instead of taking the host's memory or CPU. Address space
+# (RLIMIT_AS): a validation measured ~0.65 GB plus ~3x the weights' bytes (torch's libraries
+# alone map ~0.6 GB), so 8 GiB fits a model at INFERENCE_MAX_PARAMETERS (2 GB FP32, ~6.7 GB).
+INFERENCE_VALIDATION_MEMORY_BYTES = env.int("INFERENCE_VALIDATION_MEMORY_BYTES", default=8 * 1024**3)
+INFERENCE_VALIDATION_CPU_SECONDS = env.int("INFERENCE_VALIDATION_CPU_SECONDS", default=120)  # RLIMIT_CPU
+# Largest weight-format architecture (parameters, counted from architecture_args without
+# allocating them) accepted at registration and built at load: 500 M is 2 GB in FP32.
+INFERENCE_MAX_PARAMETERS = env.int("INFERENCE_MAX_PARAMETERS", default=500_000_000)
 
 # --- Logging ------------------------------------------------------------------------------
 

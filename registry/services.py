@@ -24,7 +24,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .artifacts import ArtifactError, architecture_class, check_container, read_fileobj, sha256_of
+from .artifacts import (
+    ArtifactError,
+    TooManyParameters,
+    architecture_class,
+    check_container,
+    check_parameter_count,
+    read_fileobj,
+    sha256_of,
+)
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .selectors import is_registry_name
@@ -129,6 +137,11 @@ def config_check(*, raw_config: Any, may_upload_code: bool) -> tuple[VersionConf
     if cfg.format in WEIGHT_FORMATS:
         try:
             architecture_class(cfg.architecture)
+            # Counted from the arguments, nothing allocated, none of the class's code run here (an
+            # architecture without its own parameter_count is counted in the validation process).
+            check_parameter_count(cfg.architecture, cfg.architecture_args, build=False)
+        except TooManyParameters as exc:
+            raise ValidationError(str(exc), code="too_many_parameters") from exc
         except ArtifactError as exc:
             raise ValidationError(str(exc), code="invalid_architecture") from exc
     return cfg, _hardware_target(cfg.hardware)
