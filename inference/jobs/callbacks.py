@@ -152,7 +152,10 @@ def resolve(host: str, port: int) -> str:
     """Resolve `host` once; return the address to connect to. Raise CallbackRefused when any of
     its addresses is internal (not in INFERENCE_CALLBACK_ALLOWED_NETWORKS), OSError when it does
     not resolve."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except UnicodeError as exc:  # the IDNA codec's refusal of a malformed name
+        raise CallbackRefused(f"{host!r} is not a valid host name ({exc})") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise OSError(f"{host} resolves to no address")
