@@ -123,7 +123,8 @@ class InferenceJobAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">download (JSONL, one prediction a line)</a>',
                            reverse("admin:inference_job_result", args=[obj.pk]))
 
-    @admin.action(description="Cancel (queued: never runs; running: stops at the next chunk)")
+    # Cancel and retry change the job: the "change" permission (a viewer sees neither action).
+    @admin.action(description="Cancel (queued: never runs; running: stops at the next chunk)", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset) -> None:
         from .services.jobs import JobConflict, job_cancel
 
@@ -134,7 +135,7 @@ class InferenceJobAdmin(admin.ModelAdmin):
             except JobConflict as exc:
                 self.message_user(request, f"{job}: {exc}", messages.WARNING)
 
-    @admin.action(description="Retry (failed or cancelled jobs, from the start)")
+    @admin.action(description="Retry (failed or cancelled jobs, from the start)", permissions=["change"])
     def retry_jobs(self, request: HttpRequest, queryset) -> None:
         from .services.jobs import JobConflict, job_retry
 

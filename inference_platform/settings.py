@@ -16,6 +16,7 @@ docs/configuration.md lists every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import time
@@ -227,7 +228,22 @@ INFERENCE_JOB_MAX_QUEUED_PER_KEY = env.int("INFERENCE_JOB_MAX_QUEUED_PER_KEY", d
 INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY = env.int("INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY", default=2 * 1024**3)
 # A job queued this long without starting gets its task queued again by the reconciler.
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
+# Job callbacks (inference/jobs/callbacks.py). A callback URL's host must be listed here:
+# `name` allows the scheme's default port (80, 443), `name:port` that port only. Checked at
+# submit and again at delivery.
 INFERENCE_CALLBACK_ALLOWED_HOSTS = env.list("INFERENCE_CALLBACK_ALLOWED_HOSTS", default=[])
+# A listed name is still refused at delivery when it resolves to a private, loopback,
+# link-local (cloud metadata), multicast, reserved or unspecified address (SSRF, DNS
+# rebinding), unless the address is in one of these networks (CIDRs, e.g. 10.0.5.0/24):
+# how an operator allows an internal receiver.
+INFERENCE_CALLBACK_ALLOWED_NETWORKS = env.list("INFERENCE_CALLBACK_ALLOWED_NETWORKS", default=[])
+for _network in INFERENCE_CALLBACK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"INFERENCE_CALLBACK_ALLOWED_NETWORKS: {_exc}") from None
+# The HMAC key of callback signatures; required to submit a job with a callback (never the
+# SECRET_KEY, which also signs sessions and django-q2's task packages).
 INFERENCE_CALLBACK_SECRET = env.str("INFERENCE_CALLBACK_SECRET", default="")
 
 Q_CLUSTER = {
@@ -373,6 +389,15 @@ INFERENCE_ALLOW_CODE_ARTIFACTS = env.bool("INFERENCE_ALLOW_CODE_ARTIFACTS", defa
 # model) inside a separate process. The registry never imports the serving side.
 REGISTRY_VERSION_VALIDATOR = "inference.validation.validate_version"
 REGISTRY_VALIDATION_TIMEOUT = env.int("INFERENCE_VALIDATION_TIMEOUT", default=300)
+# Limits of the validation process (0: none), so that an artifact or config asking for too
+# much fails with that reason instead of taking the host's memory or CPU. Address space
+# (RLIMIT_AS): a validation measured ~0.65 GB plus ~3x the weights' bytes (torch's libraries
+# alone map ~0.6 GB), so 8 GiB fits a model at INFERENCE_MAX_PARAMETERS (2 GB FP32, ~6.7 GB).
+INFERENCE_VALIDATION_MEMORY_BYTES = env.int("INFERENCE_VALIDATION_MEMORY_BYTES", default=8 * 1024**3)
+INFERENCE_VALIDATION_CPU_SECONDS = env.int("INFERENCE_VALIDATION_CPU_SECONDS", default=120)  # RLIMIT_CPU
+# Largest weight-format architecture (parameters, counted from architecture_args without
+# allocating them) accepted at registration and built at load: 500 M is 2 GB in FP32.
+INFERENCE_MAX_PARAMETERS = env.int("INFERENCE_MAX_PARAMETERS", default=500_000_000)
 
 # --- Logging ------------------------------------------------------------------------------
 

@@ -278,14 +278,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def example_json(self, obj: ModelVersion) -> str:
         return self._json(obj.example)
 
-    @admin.action(description="Validate again (in a separate process)")
+    # Both actions change the version (its status, its serving): they need the "change" permission
+    # (Django hides them from, and refuses their POST for, a user who only views versions).
+    @admin.action(description="Validate again (in a separate process)", permissions=["change"])
     def revalidate(self, request: HttpRequest, queryset: QuerySet) -> None:
         for version in queryset.select_related("model", "hardware"):
             services.model_version_validate(version=version, actor=services.actor_for(user=request.user))
             level = messages.SUCCESS if version.status == ModelVersion.Status.READY else messages.ERROR
             self.message_user(request, f"{version}: {version.status} {version.status_error}".strip(), level)
 
-    @admin.action(description="Archive (stop serving; refused while an alias points to it)")
+    @admin.action(description="Archive (stop serving; refused while an alias points to it)", permissions=["change"])
     def archive(self, request: HttpRequest, queryset: QuerySet) -> None:
         for version in queryset.select_related("model"):
             try:

@@ -96,9 +96,49 @@ def architecture_class(path: str) -> type:
         raise ArtifactError(f"Architecture {path!r} is allowlisted but cannot be imported: {exc}") from exc
 
 
-def build_architecture(path: str, args: Mapping[str, Any]) -> Any:
-    """Return a fresh instance of an allowlisted architecture."""
+class TooManyParameters(ArtifactError):
+    """The architecture, built with these arguments, would hold more than INFERENCE_MAX_PARAMETERS."""
+
+
+def parameter_count(path: str, args: Mapping[str, Any], *, build: bool = True) -> int | None:
+    """How many parameters (and buffers) architecture `path` built with `args` holds, found
+    without allocating them: the class's own ``parameter_count(**args)`` when it defines one,
+    else (with `build`) the module built on the ``meta`` device (shapes, no storage). None
+    when it cannot be counted so, or the arguments do not build it (building it for real
+    then says why). `build=False` runs none of the class's ``__init__``: what a process that
+    must not run it (the one registering a version) uses."""
     cls = architecture_class(path)
+    counter = vars(cls).get("parameter_count")  # the class's own: a subclass may add layers
+    if not callable(counter) and not build:
+        return None
+    try:
+        if callable(counter):
+            return int(counter(**dict(args)))
+        import torch
+
+        with torch.device("meta"):
+            module = cls(**dict(args))
+        return sum(t.numel() for t in [*module.parameters(), *module.buffers()])
+    except Exception:  # noqa: BLE001 - bad arguments: the real build reports them
+        return None
+
+
+def check_parameter_count(path: str, args: Mapping[str, Any], *, build: bool = True) -> None:
+    """Raise TooManyParameters when the architecture would hold more than INFERENCE_MAX_PARAMETERS."""
+    limit = getattr(settings, "INFERENCE_MAX_PARAMETERS", 0)
+    count = parameter_count(path, args, build=build) if limit else None
+    if count is not None and count > limit:
+        raise TooManyParameters(
+            f"{path} with these architecture_args has {count:,} parameters, over the limit of {limit:,} "
+            f"(INFERENCE_MAX_PARAMETERS; {count * 4 / 2**30:,.1f} GiB in FP32): check architecture_args, or ask "
+            "an operator to raise the limit."
+        )
+
+
+def build_architecture(path: str, args: Mapping[str, Any]) -> Any:
+    """Return a fresh instance of an allowlisted architecture (its size checked before it is built)."""
+    cls = architecture_class(path)
+    check_parameter_count(path, args)
     try:
         return cls(**dict(args))
     except (TypeError, ValueError) as exc:

@@ -24,7 +24,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .artifacts import ArtifactError, architecture_class, check_container, read_fileobj, sha256_of
+from .artifacts import (
+    ArtifactError,
+    TooManyParameters,
+    architecture_class,
+    check_container,
+    check_parameter_count,
+    read_fileobj,
+    sha256_of,
+)
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .selectors import is_registry_name
@@ -129,6 +137,11 @@ def config_check(*, raw_config: Any, may_upload_code: bool) -> tuple[VersionConf
     if cfg.format in WEIGHT_FORMATS:
         try:
             architecture_class(cfg.architecture)
+            # Counted from the arguments, nothing allocated, none of the class's code run here (an
+            # architecture without its own parameter_count is counted in the validation process).
+            check_parameter_count(cfg.architecture, cfg.architecture_args, build=False)
+        except TooManyParameters as exc:
+            raise ValidationError(str(exc), code="too_many_parameters") from exc
         except ArtifactError as exc:
             raise ValidationError(str(exc), code="invalid_architecture") from exc
     return cfg, _hardware_target(cfg.hardware)
@@ -258,20 +271,26 @@ def model_version_register(
     return version
 
 
-def model_version_validate(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
-    """Validate a stored version in a separate process and record `ready` or `failed`."""
+def _stored_version_outcome(version: ModelVersion) -> ValidationOutcome:
+    if version.format in CODE_FORMATS and not settings.INFERENCE_ALLOW_CODE_ARTIFACTS:
+        # The switch as it is now decides, not as it was at upload: nothing from the file is loaded.
+        return ValidationOutcome(False, (
+            f"Not validated: format {version.format!r} runs code from the file when loaded, and code artifacts "
+            "are disabled on this platform (INFERENCE_ALLOW_CODE_ARTIFACTS); nothing was loaded or run."))
     try:
         with version.artifact.open("rb") as fh:
             data = fh.read()
     except OSError as exc:
-        outcome = ValidationOutcome(False, f"The artifact file cannot be read: {exc}")
-    else:
-        if sha256_of([data]) != version.sha256:
-            outcome = ValidationOutcome(False, "sha256 mismatch: the stored artifact changed after registration.")
-        else:
-            outcome = _validate_bytes(
-                data=data, config=version.config, allow_code=version.format in CODE_FORMATS
-            )
+        return ValidationOutcome(False, f"The artifact file cannot be read: {exc}")
+    if sha256_of([data]) != version.sha256:
+        return ValidationOutcome(False, "sha256 mismatch: the stored artifact changed after registration.")
+    return _validate_bytes(data=data, config=version.config, allow_code=version.format in CODE_FORMATS)
+
+
+def model_version_validate(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
+    """Validate a stored version in a separate process and record `ready` or `failed` (a code
+    format while INFERENCE_ALLOW_CODE_ARTIFACTS is off fails without being loaded)."""
+    outcome = _stored_version_outcome(version)
     version.status = ModelVersion.Status.READY if outcome.ok else ModelVersion.Status.FAILED
     version.status_error = "" if outcome.ok else outcome.error
     version.validated_at = timezone.now()

@@ -76,7 +76,9 @@ class JobSubmitSerializer(serializers.Serializer):
     instances = serializers.ListField(child=serializers.JSONField(), help_text="As for predict.")
     parameters = serializers.DictField(required=False)
     version = serializers.CharField(required=False, help_text="Version number or alias (default: production).")
-    callback_url = serializers.URLField(required=False, help_text="POSTed the final state (allowlisted hosts only).")
+    callback_url = serializers.URLField(required=False, help_text=(
+        "POSTed the final state, signed (allowlisted hosts at public addresses only; needs INFERENCE_CALLBACK_SECRET "
+        "on the server; redirects are not followed)."))
 
 
 class JobUploadSerializer(serializers.Serializer):

@@ -7,6 +7,8 @@ import uuid
 from django.db import models
 from django.db.models import Q
 
+CALLBACK_URL_MAX_LENGTH = 500
+
 
 def job_file_path(instance: InferenceJob, filename: str) -> str:
     return f"jobs/{instance.pk}/{filename}"
@@ -51,7 +53,7 @@ class InferenceJob(models.Model):
     error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=200, blank=True)
     request_sha256 = models.CharField(max_length=64, blank=True)
-    callback_url = models.URLField(max_length=500, blank=True)
+    callback_url = models.URLField(max_length=CALLBACK_URL_MAX_LENGTH, blank=True)
     callback_status = models.CharField(max_length=200, blank=True)
     worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the last worker that ran it")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -14,28 +14,13 @@ from django.db import transaction
 
 from registry.models import ModelVersion
 
+from ...jobs.callbacks import callback_check
 from ...jobs.inputs import JobInputError, JobInputTooLarge, file_instances, jsonl_from_instances
 from ...jobs.models import InferenceJob
 from . import queueing
 from .checks import JobInstanceError, check_chunk, served_for_checks
 from .limits import StoredBytesFull, TooManyJobs, check_key_limits
 from .queueing import JobConflict
-
-
-def _callback_allowed(url: str) -> None:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    allowed = settings.INFERENCE_CALLBACK_ALLOWED_HOSTS
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError("callback_url must be an http(s) URL.", code="invalid_callback")
-    if parts.hostname not in allowed:
-        raise ValidationError(
-            f"callback_url host {parts.hostname!r} is not allowed (INFERENCE_CALLBACK_ALLOWED_HOSTS: "
-            f"{', '.join(allowed) or 'none'}): an open callback would let clients make this server call anywhere.",
-            code="callback_not_allowed",
-        )
-
 
 
 def job_submit(
@@ -63,7 +48,7 @@ def job_submit(
     if version.status != ModelVersion.Status.READY or version.archived:
         raise JobConflict(f"{version} is not ready to serve ({version.status}).")
     if callback_url:
-        _callback_allowed(callback_url)
+        callback_check(callback_url)  # the secret is set, the host (and port) allowlisted
     if (instances is None) == (upload is None):
         raise JobInputError("Send either instances or a file.")
     if instances is not None:
@@ -238,7 +223,8 @@ def job_request_submit(
     except StoredBytesFull as exc:
         raise PayloadTooLarge(str(exc), details={"path": "file" if upload is not None else "instances",
                                                  **exc.details}) from exc
-    except ValidationError as exc:
-        raise InvalidInput("; ".join(exc.messages), path="callback_url") from exc
+    except ValidationError as exc:  # the callback URL's: details.reason says why (e.g. callback_secret_not_set)
+        raise InvalidInput("; ".join(exc.messages), path="callback_url",
+                           details={"reason": exc.error_list[0].code}) from exc
     except JobConflict as exc:
         raise Conflict(str(exc)) from exc
