@@ -1,8 +1,9 @@
-"""The admin's security rules: who may let a key upload code artifacts; throttled logins."""
+"""The admin's security rules: who may let a key upload code artifacts; failed logins throttled."""
 
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from django.test import RequestFactory
@@ -81,3 +82,79 @@ def test_staff_with_the_code_permission_may_let_a_key_upload_code(client, django
     assert response.status_code == 302
     key.refresh_from_db()
     assert key.may_upload_code is True
+
+
+# --- Admin logins ---------------------------------------------------------------------------------
+
+LOGIN = "/admin/login/"
+CHECKED: list[str] = []
+
+
+class CountingBackend(ModelBackend):
+    """Django's ModelBackend, counting the passwords it is asked to check."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        CHECKED.append(username)
+        return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+@pytest.fixture
+def throttled(settings, django_user_model):
+    """A login rate of 3 failures a day (a window no test straddles), passwords counted as checked."""
+    settings.INFERENCE_ADMIN_LOGIN_RATE = "3/d"
+    settings.AUTHENTICATION_BACKENDS = ["tests.test_admin_security.CountingBackend"]
+    CHECKED.clear()
+    django_user_model.objects.create_user("root", password="right-password-123", is_staff=True, is_superuser=True)
+
+
+def login(client, username: str, password: str, address: str = "10.0.0.1"):
+    return client.post(LOGIN, {"username": username, "password": password, "next": "/admin/"}, REMOTE_ADDR=address)
+
+
+def test_failed_logins_from_one_address_are_throttled_without_checking_the_password(client, throttled, caplog):
+    for name in ("root", "alice", "bob"):  # three usernames: the address runs out, not a username
+        assert login(client, name, "wrong").status_code == 200
+    assert len(CHECKED) == 3
+    with caplog.at_level("WARNING", logger="inference.admin_login"):
+        refused = login(client, "root", "right-password-123")  # even the right password
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) >= 1
+    assert "Too many failed logins" in refused.content.decode() and b'name="password"' in refused.content
+    assert len(CHECKED) == 3  # the password was never checked
+    assert "_auth_user_id" not in client.session
+    assert "admin login refused without checking the password" in caplog.text and "right-password" not in caplog.text
+    # another address is not throttled
+    assert login(client, "root", "right-password-123", address="10.0.0.2").status_code == 302
+    assert "_auth_user_id" in client.session
+
+
+def test_failed_logins_for_one_username_are_throttled_from_any_address(client, throttled):
+    for i in range(3):
+        assert login(client, "Root", "wrong", address=f"10.1.0.{i}").status_code == 200
+    refused = login(client, "root", "right-password-123", address="10.1.0.99")
+    assert refused.status_code == 429 and len(CHECKED) == 3
+    assert "_auth_user_id" not in client.session
+
+
+def test_successful_logins_are_not_counted_and_no_rate_means_no_limit(client, throttled, settings):
+    for _ in range(4):
+        assert login(client, "root", "right-password-123").status_code == 302
+        client.logout()
+    settings.INFERENCE_ADMIN_LOGIN_RATE = ""
+    for _ in range(5):
+        assert login(client, "root", "wrong").status_code == 200
+    assert login(client, "root", "right-password-123").status_code == 302
+
+
+def test_behind_the_tls_proxy_the_address_is_the_one_the_proxy_appended(client, throttled, settings):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+    def via_proxy(forwarded_for: str, username: str = "someone"):
+        return client.post(LOGIN, {"username": username, "password": "wrong"}, REMOTE_ADDR="10.9.9.9",
+                           headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"}, secure=True)
+
+    for i in range(3):  # a client varying the part of the header it writes itself, and the username
+        assert via_proxy(f"192.0.2.{i}, 203.0.113.7", username=f"user-{i}").status_code == 200
+    assert via_proxy("198.51.100.1, 203.0.113.7", username="user-9").status_code == 429
+    # another client behind the same proxy is not throttled
+    assert via_proxy("203.0.113.8", username="someone-else").status_code == 200
