@@ -11,7 +11,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from .jobs.models import InferenceJob
-from .keys import APIKey, key_info_forget
+from .keys import APIKey, api_keys_revoke, check_code_upload_grant, key_info_forget, may_grant_code_upload
 from .monitoring import admin as monitoring_admin  # noqa: F401 - request records, versions' charts
 
 # The library registers its own concrete key model; this platform uses its own.
@@ -26,6 +26,7 @@ class APIKeyAdmin(APIKeyModelAdmin):
     list_filter = ("scope", "may_upload_code", "revoked", "created", "expiry_date")
     search_fields = ("name", "prefix")
     filter_horizontal = ("allowed_models",)
+    actions = ["revoke_keys"]
     fields = ("name", "scope", "may_upload_code", "allowed_models", "rate", "expiry_date", "revoked", "prefix",
               "created")
 
@@ -33,12 +34,15 @@ class APIKeyAdmin(APIKeyModelAdmin):
         fields = (*super().get_readonly_fields(request, obj), "created")
         if obj is not None and obj.revoked:
             fields += ("scope", "may_upload_code", "allowed_models", "rate")
+        elif not may_grant_code_upload(request.user):
+            fields += ("may_upload_code",)  # not in the form: a posted value is ignored
         return fields
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).prefetch_related("allowed_models")
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: Any = None, change: bool = False) -> None:
+        check_code_upload_grant(request.user, obj)
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
@@ -46,6 +50,11 @@ class APIKeyAdmin(APIKeyModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         key_info_forget(form.instance.prefix)  # allowed models changed after save()
+
+    @admin.action(description="Revoke selected API keys (cannot be undone)", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset) -> None:
+        count = api_keys_revoke(queryset)
+        self.message_user(request, f"{count} API key(s) revoked: refused from now on.", messages.SUCCESS)
 
     @admin.display(description="models")
     def models_list(self, obj: APIKey) -> str:

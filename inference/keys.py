@@ -14,11 +14,12 @@ import logging
 import threading
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from django.core.cache import cache
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, BaseAPIKeyManager
 
@@ -78,13 +79,22 @@ class VerifiedKeys:
 verified_keys = VerifiedKeys()
 
 
-def key_info_forget(prefix: str) -> None:
-    """Drop a key's cached info (after it is revoked, re-scoped or deleted)."""
+def _drop_cached(prefix: str) -> None:
     verified_keys.forget(prefix)
     try:
         cache.delete(key_cache_name(prefix))
     except Exception:  # noqa: BLE001 - the entry expires on its own within KEY_CACHE_SECONDS
-        logger.warning("could not drop cached API key info for prefix %s", prefix)
+        logger.warning("could not drop cached API key info for prefix %s: the change reaches requests within "
+                       "%s s; check the cache (REDIS_URL)", prefix, KEY_CACHE_SECONDS)
+
+
+def key_info_forget(prefix: str) -> None:
+    """Drop a key's cached info (after it is revoked, re-scoped or deleted): now, and again when the
+    current transaction commits. Until the commit, another request reads the old row and may cache it
+    again (for KEY_CACHE_SECONDS); the second drop, after the commit, leaves only the new row to read."""
+    _drop_cached(prefix)
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(partial(_drop_cached, prefix), robust=True)
 
 
 rate_validator = RegexValidator(
@@ -93,7 +103,33 @@ rate_validator = RegexValidator(
 )
 
 
-class APIKeyManager(BaseAPIKeyManager):
+class APIKeyQuerySet(models.QuerySet):
+    """Bulk changes (the admin's "Delete selected", ``update()``) drop the keys' cached info too."""
+
+    def _prefixes(self) -> list[str]:
+        return list(self.values_list("prefix", flat=True))
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        prefixes = self._prefixes()
+        result = super().delete()
+        for prefix in prefixes:
+            key_info_forget(prefix)
+        return result
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def update(self, **kwargs: Any) -> int:
+        prefixes = self._prefixes()
+        count = super().update(**kwargs)
+        for prefix in prefixes:
+            key_info_forget(prefix)
+        return count
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+
+class APIKeyManager(BaseAPIKeyManager.from_queryset(APIKeyQuerySet)):  # type: ignore[misc]
     def get_usable_keys(self) -> models.QuerySet:
         """Return keys that are neither revoked nor expired (the library checks only revocation)."""
         now = timezone.now()
@@ -191,3 +227,36 @@ def api_key_create(
         key.allowed_models.set(found)
     key_info_forget(key.prefix)
     return key, plain
+
+
+def api_keys_revoke(keys: models.QuerySet) -> int:
+    """Revoke `keys` (a queryset of APIKey); return how many were not revoked before.
+
+    Revocation cannot be undone. Requests with these keys are refused as soon as the transaction
+    commits (the cached info is dropped then, ``key_info_forget``)."""
+    revoked = keys.filter(revoked=False).update(revoked=True)
+    logger.info("revoked %d API key(s)", revoked)
+    return revoked
+
+
+CODE_UPLOAD_PERMISSION = "registry.upload_code_artifact"
+
+
+def may_grant_code_upload(user: Any) -> bool:
+    """Only a user who may upload code artifacts may give a key that right (``may_upload_code``)."""
+    return bool(user is not None and user.has_perm(CODE_UPLOAD_PERMISSION))
+
+
+def check_code_upload_grant(user: Any, key: APIKey) -> None:
+    """PermissionDenied if `user` would change `key`'s ``may_upload_code`` without holding
+    ``registry.upload_code_artifact`` (whatever the form showed: a forged POST included)."""
+    from django.core.exceptions import PermissionDenied
+
+    if may_grant_code_upload(user):
+        return
+    stored = APIKey.objects.filter(pk=key.pk).values_list("may_upload_code", flat=True).first() if key.pk else None
+    if bool(key.may_upload_code) != bool(stored):
+        logger.warning("refused: user %s tried to change may_upload_code of API key %s without the %s permission",
+                       getattr(user, "pk", None), key.prefix, CODE_UPLOAD_PERMISSION)
+        raise PermissionDenied(f"Only a user with the {CODE_UPLOAD_PERMISSION} permission may change "
+                               "whether a key may upload code artifacts.")

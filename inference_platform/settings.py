@@ -8,8 +8,8 @@ Two shapes of deployment come out of the same file:
   machine; ``make run`` starts it.
 * production (``DJANGO_DEBUG=false`` and ``DATABASE_URL`` set): PostgreSQL, Redis as the
   shared cache when ``REDIS_URL`` is set (and as the broker with
-  ``INFERENCE_BROKER=redis``), ``DJANGO_SECRET_KEY`` required, HTTPS-only cookies and
-  HSTS so that ``manage.py check --deploy`` is clean.
+  ``INFERENCE_BROKER=redis``), ``DJANGO_SECRET_KEY`` required, and by default
+  (``DJANGO_SECURE``) HTTPS-only cookies and HSTS so that ``manage.py check --deploy`` is clean.
 
 docs/configuration.md lists every variable.
 """
@@ -79,7 +79,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "inference_platform.apps.PlatformAdminConfig",  # django.contrib.admin, failed logins throttled
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -306,7 +306,17 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
 
-if PRODUCTION:
+# Transport hardening (HTTPS-only cookies, HSTS, the redirect to HTTPS): its own switch, not a side
+# effect of DATABASE_URL. Set DJANGO_SECURE=true on every deployment reached over TLS, whatever its
+# database; false only where clients speak plain HTTP. Its default keeps the earlier behaviour: on in
+# production mode (DJANGO_DEBUG=false and DATABASE_URL set), off otherwise.
+DJANGO_SECURE = env.bool("DJANGO_SECURE", default=PRODUCTION)
+# Failed admin logins allowed per client address and per username in a window ("10/m"; "5/15m"): past
+# them the login form is refused (429) without checking the password until the window ends
+# (inference_platform/login_throttle.py). Empty: no limit.
+INFERENCE_ADMIN_LOGIN_RATE = env.str("INFERENCE_ADMIN_LOGIN_RATE", default="10/m")
+
+if DJANGO_SECURE:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)

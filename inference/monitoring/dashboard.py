@@ -35,7 +35,7 @@ def cluster_status() -> dict[str, Any]:
 
     from .readiness import _timed, check_broker
 
-    out: dict[str, Any] = {"clusters": [], "error": "", "broker": _timed(check_broker)}
+    out: dict[str, Any] = {"clusters": [], "error": "", "broker": _timed(check_broker, "broker_unreachable")}
     try:
         stats = Stat.get_all()
     except Exception as exc:  # noqa: BLE001 - the page still renders, saying why

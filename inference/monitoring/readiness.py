@@ -1,7 +1,8 @@
 """Readiness (``/readyz``): can this process serve? Database, broker, cache, production models.
 
-Every check reports ``{"ok": bool, "ms": float, ...}`` with the error when red; the
-process is ready when all are green. Checks are cheap enough for a probe every few
+Every check reports ``{"ok": bool, "ms": float, ...}``, with a reason code and the error when
+red; the process is ready when all are green. The errors (exception text: host names, users)
+are for a staff session or the metrics token and the logs; ``public_body`` keeps the codes only. Checks are cheap enough for a probe every few
 seconds: one ``SELECT 1``, one broker ping (a short-timeout connection for Redis, so a
 dead Redis cannot hold the probe), one cache round trip, and per model with a
 ``production`` alias a look at its version row and artifact file. An artifact's sha256
@@ -11,6 +12,8 @@ version already loaded in this process was verified when it loaded.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,17 +23,39 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+logger = logging.getLogger("inference.readiness")
+
 PRODUCTION = "production"
 _digests: dict[tuple, str] = {}
 _digests_lock = threading.Lock()
 
+# A red check's reason code, and what an anonymous probe reads instead of the error.
+REASONS = {
+    "database_unreachable": "the database is unreachable",
+    "broker_unreachable": "the task broker is unreachable",
+    "cache_unreachable": "the cache is unreachable or did not return a value just stored",
+    "models_not_servable": "production model(s) not servable",
+    "models_check_failed": "the production models could not be checked",
+}
+# Credentials that a driver might put in its error text: user:password@ in a URL, password=...
+_SECRETS = re.compile(r"(?P<scheme>\w+://)[^/@\s]+@|(?P<key>password|passwd|pwd)=\S+", re.IGNORECASE)
 
-def _timed(check: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+
+def scrub(text: str) -> str:
+    """`text` without credentials in URLs or key=value pairs (for the logs and staff details)."""
+    return _SECRETS.sub(lambda m: f"{m['scheme']}***@" if m["scheme"] else f"{m['key']}=***", text)
+
+
+def _error_text(exc: BaseException) -> str:
+    return scrub(f"{type(exc).__name__}: {exc}".strip())[:500]
+
+
+def _timed(check: Callable[[], dict[str, Any] | None], code: str) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         out = {"ok": True, **(check() or {})}
     except Exception as exc:  # noqa: BLE001 - any failure is a red check, with its reason
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip()[:500]}
+        out = {"ok": False, "code": code, "error": _error_text(exc)}
     out["ms"] = round((time.perf_counter() - started) * 1000, 2)
     return out
 
@@ -130,8 +155,7 @@ def check_models() -> dict[str, Any]:
         try:
             models[alias.model.name] = check_version(alias.version)
         except Exception as exc:  # noqa: BLE001
-            models[alias.model.name] = {"version": alias.version.version, "ok": False,
-                                        "error": f"{type(exc).__name__}: {exc}"}
+            models[alias.model.name] = {"version": alias.version.version, "ok": False, "error": _error_text(exc)}
     failing = sorted(name for name, m in models.items() if not m["ok"])
     if failing:
         raise ModelsNotReady(models, failing)
@@ -145,22 +169,41 @@ class ModelsNotReady(Exception):
 
 
 def readiness() -> tuple[bool, dict[str, Any]]:
-    """Run every check; return (ready, body)."""
+    """Run every check; return (ready, body), with every detail (see ``public_body``)."""
     checks = {
-        "database": _timed(check_database),
-        "broker": _timed(check_broker),
-        "cache": _timed(check_cache),
+        "database": _timed(check_database, "database_unreachable"),
+        "broker": _timed(check_broker, "broker_unreachable"),
+        "cache": _timed(check_cache, "cache_unreachable"),
     }
     if checks["database"]["ok"]:
         started = time.perf_counter()
         try:
             checks["models"] = {"ok": True, **check_models()}
         except ModelsNotReady as exc:
-            checks["models"] = {"ok": False, "error": str(exc), "models": exc.models}
+            checks["models"] = {"ok": False, "code": "models_not_servable", "error": str(exc), "models": exc.models}
         except Exception as exc:  # noqa: BLE001
-            checks["models"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            checks["models"] = {"ok": False, "code": "models_check_failed", "error": _error_text(exc)}
         checks["models"]["ms"] = round((time.perf_counter() - started) * 1000, 2)
     else:
-        checks["models"] = {"ok": False, "error": "not checked: the database is unreachable"}
+        checks["models"] = {"ok": False, "code": "database_unreachable",
+                            "error": "not checked: the database is unreachable"}
     failing = [name for name, c in checks.items() if not c["ok"]]
+    for name in failing:
+        logger.warning("not ready: %s check failed (%s): %s; see docs/monitoring.md (/readyz)", name,
+                       checks[name]["code"], checks[name]["error"])
     return not failing, {"status": "ready" if not failing else "not_ready", "failing": failing, "checks": checks}
+
+
+def public_body(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` for an anonymous probe: reason codes and fixed messages, no error text, no model names."""
+    checks = {}
+    for name, check in body["checks"].items():
+        shown = {k: v for k, v in check.items() if k not in ("error", "models")}
+        if not check["ok"]:
+            shown["error"] = REASONS[check["code"]]
+        if "models" in check:
+            shown["failing_models"] = sum(1 for m in check["models"].values() if not m["ok"])
+            if not check["ok"] and check["code"] == "models_not_servable":
+                shown["error"] = f"{shown['failing_models']} {REASONS['models_not_servable']}"
+        checks[name] = shown
+    return {**body, "checks": checks}

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from ..errors import ErrorCode, error_body
 from .collectors import PLATFORM_REGISTRY
-from .readiness import readiness
+from .readiness import public_body, readiness
 
 
 def _allowed(request: HttpRequest) -> bool:
@@ -50,20 +50,16 @@ def metrics(request: HttpRequest) -> HttpResponse:
 def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness probe: 200 when database, broker, cache and production models are fine, else 503.
 
-    The body says what is red either way (per model only for a staff session or the metrics
-    token); a 503 carries the platform's error object too.
+    The body says what is red either way: reason codes for anyone, the errors and the per-model
+    checks for a staff session or the metrics token only. A 503 carries the platform's error object too.
     """
     ready, body = readiness()
-    models = body["checks"]["models"]
-    if "models" in models and not _allowed(request):
-        # Model names only for a staff session or the metrics token (no existence leak).
-        per_model = models.pop("models")
-        models["failing_models"] = sum(1 for m in per_model.values() if not m["ok"])
-        if models.get("error", "").startswith("not servable"):
-            models["error"] = f"{models['failing_models']} production model(s) not servable"
+    if not _allowed(request):
+        body = public_body(body)
     if not ready:
+        codes = {name: body["checks"][name]["code"] for name in body["failing"]}
         body.update(error_body(ErrorCode.NOT_READY, f"Not ready: {', '.join(body['failing'])}.",
-                               {"failing": body["failing"]}))
+                               {"failing": body["failing"], "codes": codes}))
     response = HttpResponse(orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
     response["Cache-Control"] = "no-store"
     if not ready:

@@ -16,7 +16,8 @@ from django.conf import settings as django_settings
 BASE_DIR = Path(django_settings.BASE_DIR)
 SERVICE_VARS = (
     "DATABASE_URL", "REDIS_URL", "INFERENCE_BROKER", "DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS",
-    "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SETTINGS_MODULE", "INFERENCE_DATA_DIR",
+    "DJANGO_SECURE_SSL_REDIRECT", "DJANGO_SETTINGS_MODULE", "INFERENCE_DATA_DIR", "DJANGO_SECURE",
+    "DJANGO_BEHIND_TLS_PROXY", "INFERENCE_ADMIN_LOGIN_RATE",
 )
 POSTGRES = "postgres://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/15"
@@ -67,6 +68,44 @@ def test_check_deploy_is_clean_in_production(tmp_path):
     proc = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], tmp_path, **production_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no issues" in proc.stdout
+
+
+SHOW_TRANSPORT = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps([s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS, s.SECURE_SSL_REDIRECT]))"
+)
+HARDENED = [True, True, 31536000, True]
+PLAIN = [False, False, 0, False]
+
+
+def transport(data_dir: Path, **env_vars: str) -> list:
+    proc = run(["-c", SHOW_TRANSPORT], data_dir, **env_vars)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_transport_hardening_is_its_own_switch_not_the_database_url(tmp_path):
+    assert transport(tmp_path) == PLAIN  # embedded, plain HTTP on localhost
+    assert transport(tmp_path, DJANGO_SECURE="true") == HARDENED  # embedded, reached over TLS
+    assert transport(tmp_path, **production_env()) == HARDENED  # the default keeps production hardened
+    assert transport(tmp_path, **production_env(), DJANGO_SECURE="false") == PLAIN
+    assert transport(tmp_path, DJANGO_SECURE="true", DJANGO_SECURE_SSL_REDIRECT="false")[:3] == HARDENED[:3]
+
+
+def test_check_deploy_is_clean_on_an_embedded_deployment_with_django_secure(tmp_path):
+    env = {"DJANGO_SECURE": "true", "DJANGO_ALLOWED_HOSTS": "inference.example.com"}
+    proc = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], tmp_path, **env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], tmp_path,
+               **production_env(), DJANGO_SECURE="false")
+    assert proc.returncode != 0  # a production deployment without it is flagged
+    assert "security.W012" in proc.stdout + proc.stderr and "security.W004" in proc.stdout + proc.stderr
+
+
+def test_a_bad_admin_login_rate_stops_the_start(tmp_path):
+    proc = run(["manage.py", "check"], tmp_path, INFERENCE_ADMIN_LOGIN_RATE="fast")
+    assert proc.returncode != 0
+    assert "INFERENCE_ADMIN_LOGIN_RATE='fast'" in proc.stderr
 
 
 def test_check_deploy_flags_a_weak_secret_key(tmp_path):

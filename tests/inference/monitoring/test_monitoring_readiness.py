@@ -45,22 +45,80 @@ def test_anonymous_probes_do_not_learn_model_names(ready_client, iris):
     assert "models" not in body["checks"]["models"] and "iris" not in str(body)
 
 
-def test_database_down_is_a_503_saying_so(ready_client, iris, monkeypatch):
-    def refuse():
-        raise OperationalError("connection to server at 10.0.0.1 failed: Connection refused")
+DB_ERROR = ('connection to server at "db-7.internal.example" (10.0.0.1), port 5432 failed: FATAL: password '
+            'authentication failed for user "svc_inference" (postgres://svc_inference:hunter2@db-7.internal.example/x)')
 
+
+def database_down(patch):
+    def refuse():
+        raise OperationalError(DB_ERROR)
+
+    patch.setattr(connection, "ensure_connection", refuse)
+
+
+def test_database_down_is_a_503_saying_so_with_codes_only_to_anonymous_probes(ready_client, iris, monkeypatch,
+                                                                               caplog):
     with monkeypatch.context() as patch:  # undone before the test database's own teardown
-        patch.setattr(connection, "ensure_connection", refuse)
-        response = ready_client(detail=False)
+        database_down(patch)
+        with caplog.at_level("WARNING", logger="inference.readiness"):
+            response = ready_client(detail=False)
     assert response.status_code == 503
     assert response["Retry-After"] == "5"
     body = response.json()
     assert body["status"] == "not_ready"
     assert "database" in body["failing"] and "models" in body["failing"]
-    assert "Connection refused" in body["checks"]["database"]["error"]
-    assert body["checks"]["models"]["error"] == "not checked: the database is unreachable"
+    for leak in ("db-7", "10.0.0.1", "svc_inference", "hunter2", "5432", "OperationalError", "FATAL"):
+        assert leak not in response.content.decode()
+    assert body["checks"]["database"]["code"] == "database_unreachable"
+    assert body["checks"]["database"]["error"] == "the database is unreachable"
+    assert body["checks"]["models"]["code"] == "database_unreachable"
     assert body["error"]["code"] == "not_ready" and "database" in body["error"]["message"]
     assert body["error"]["details"]["failing"] == body["failing"]
+    assert body["error"]["details"]["codes"]["database"] == "database_unreachable"
+    # the log says what happened, without the password
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "database check failed (database_unreachable)" in logged and "svc_inference" in logged
+    assert "hunter2" not in logged and "postgres://***@db-7.internal.example" in logged
+
+
+def test_database_down_details_for_the_metrics_token(ready_client, iris, monkeypatch):
+    with monkeypatch.context() as patch:
+        database_down(patch)
+        body = ready_client(detail=True).json()
+    database = body["checks"]["database"]
+    assert database["code"] == "database_unreachable"
+    assert "OperationalError" in database["error"] and "db-7.internal.example" in database["error"]
+    assert "hunter2" not in database["error"]  # credentials are scrubbed for everyone
+    assert body["checks"]["models"]["error"] == "not checked: the database is unreachable"
+
+
+def test_a_staff_session_sees_the_details(admin_client, iris, monkeypatch):
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis-3.internal.example:6379. Connection refused.")
+
+    monkeypatch.setattr(cache, "set", down)
+    body = admin_client.get("/readyz").json()
+    assert body["failing"] == ["cache"]
+    assert "redis-3.internal.example" in body["checks"]["cache"]["error"]
+    assert body["checks"]["cache"]["code"] == "cache_unreachable"
+
+
+def test_a_bad_cache_gives_only_its_code_to_anonymous_probes(client, iris, monkeypatch):
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis-3.internal.example:6379. Connection refused.")
+
+    monkeypatch.setattr(cache, "set", down)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["cache"] == {"ok": False, "code": "cache_unreachable",
+                                       "error": "the cache is unreachable or did not return a value just stored",
+                                       "ms": body["checks"]["cache"]["ms"]}
+    assert "redis-3" not in response.content.decode() and "ConnectionError" not in response.content.decode()
 
 
 def test_broker_down_is_a_503(ready_client, iris, monkeypatch):
@@ -71,6 +129,9 @@ def test_broker_down_is_a_503(ready_client, iris, monkeypatch):
     body = response.json()
     assert body["failing"] == ["broker"]
     assert body["checks"]["broker"]["ok"] is False and "Connect" in body["checks"]["broker"]["error"]
+    assert body["checks"]["broker"]["code"] == "broker_unreachable"
+    anonymous = ready_client(detail=False).json()["checks"]["broker"]
+    assert anonymous["code"] == "broker_unreachable" and "6379" not in str(anonymous) and ":1/" not in str(anonymous)
     assert body["checks"]["database"]["ok"] and body["checks"]["models"]["ok"]
 
 
