@@ -31,6 +31,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from inference_platform import login_throttle
+
 from .errors import AuthenticationThrottled, NotAuthenticated, PermissionDenied, RateLimited
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name, verified_keys
 from .monitoring import metrics
@@ -144,9 +146,10 @@ AUTH_FAILURES = "auth-failures"
 
 
 def client_address(request: Any) -> str:
-    """The address failed authentications are counted for: the connection's peer (REMOTE_ADDR). Behind a
-    reverse proxy that is the proxy's, for every client (docs/api.md, "Failed authentication")."""
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The address failed authentications are counted for: the one the admin's login throttle counts
+    (behind the TLS proxy, DJANGO_BEHIND_TLS_PROXY, the address it appended to X-Forwarded-For; else
+    the connection's peer)."""
+    return login_throttle.client_address(request) or "unknown"
 
 
 def refuse_throttled(address: str) -> None:

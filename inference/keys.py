@@ -239,6 +239,24 @@ def api_keys_revoke(keys: models.QuerySet) -> int:
     return revoked
 
 
+def keys_only_for_model_revoke(model: Any) -> int:
+    """Revoke the keys whose one allowed model is `model`, which is being deleted: without it their list
+    of allowed models would be empty, and an empty list means every model. Keys that allow other
+    models too keep those; keys for every model are not touched. Return how many were revoked."""
+    from django.db.models import Count
+
+    restricted = APIKey.objects.filter(allowed_models=model).values_list("pk", flat=True)
+    only = list(APIKey.objects.filter(pk__in=list(restricted)).annotate(models_count=Count("allowed_models"))
+                .filter(models_count=1).values_list("pk", flat=True))
+    if not only:
+        return 0
+    prefixes = list(APIKey.objects.filter(pk__in=only).values_list("prefix", flat=True))
+    revoked = api_keys_revoke(APIKey.objects.filter(pk__in=only))
+    logger.warning("model %s deleted: revoked the API key(s) %s, which were allowed that model only "
+                   "(an empty list of allowed models would mean every model)", model.name, ", ".join(prefixes))
+    return revoked
+
+
 CODE_UPLOAD_PERMISSION = "registry.upload_code_artifact"
 
 

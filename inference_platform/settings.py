@@ -517,7 +517,7 @@ INFERENCE_MODEL_CACHE_BYTES = env.int("INFERENCE_MODEL_CACHE_BYTES", default=4 *
 INFERENCE_METRICS_TOKEN = env.str("INFERENCE_METRICS_TOKEN", default="")
 # Rate of a key that sets none.
 INFERENCE_DEFAULT_RATE = env.str("INFERENCE_DEFAULT_RATE", default="100/s")
-# Failed authentications (unknown keys, wrong secrets) allowed per client address (REMOTE_ADDR) and
+# Failed authentications (unknown keys, wrong secrets) allowed per client address (inference.access) and
 # window; past it, keys a process has not verified are refused with a 429 before any database or
 # cache lookup until the window ends. Empty: not counted.
 INFERENCE_AUTH_FAILURE_RATE = env.str("INFERENCE_AUTH_FAILURE_RATE", default="20/m")

@@ -93,3 +93,35 @@ def test_a_key_restricted_to_the_model_may_load_any_of_its_versions(api, two_ver
     r = predict(api, key, address="10.0.1.2", path="/api/v1/models/iris/versions/2/predict")
     assert r.status_code == 200, r.content
     assert r.json()["version"] == 2 and get_pool().is_loaded(v2)
+
+
+def test_behind_the_tls_proxy_failures_are_counted_for_the_address_the_proxy_appended(api, settings):
+    settings.INFERENCE_AUTH_FAILURE_RATE = "2/h"
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    proxy = {"REMOTE_ADDR": "10.9.9.9", "HTTP_X_FORWARDED_PROTO": "https"}
+    for i in range(3):  # the client claims another address each time: the proxy's last entry counts
+        r = api.get("/api/v1/models", f"guess{i}.secret", HTTP_X_FORWARDED_FOR=f"1.1.1.{i}, 203.0.113.7", **proxy)
+        assert r.status_code == 401
+    assert api.get("/api/v1/models", "guess9.secret", HTTP_X_FORWARDED_FOR="203.0.113.7", **proxy).status_code == 429
+    # Another client behind the same proxy is not throttled.
+    assert api.get("/api/v1/models", "guess9.secret", HTTP_X_FORWARDED_FOR="203.0.113.8", **proxy).status_code == 401
+
+
+def test_deleting_a_model_revokes_the_keys_that_were_allowed_it_only(api):
+    from inference.keys import APIKey
+    from registry.models import RegisteredModel
+
+    # A model with versions cannot be deleted (they protect it); one registered without any can.
+    RegisteredModel.objects.create(name="iris")
+    RegisteredModel.objects.create(name="other")
+    only_iris = make_key("iris-only", model_names=["iris"])
+    iris_and_other = make_key("both", model_names=["iris", "other"])
+    every_model = make_key("every")
+    RegisteredModel.objects.get(name="iris").delete()  # as the admin's delete does
+
+    # Before: the iris-only key's list became empty, which means every model (it saw "other").
+    r = api.get("/api/v1/models", only_iris)
+    assert r.status_code == 401 and "revoked" in error_of(r)["message"]
+    assert APIKey.objects.get(prefix=only_iris.partition(".")[0]).revoked
+    assert [m["name"] for m in api.get("/api/v1/models", iris_and_other).json()["models"]] == ["other"]
+    assert [m["name"] for m in api.get("/api/v1/models", every_model).json()["models"]] == ["other"]
