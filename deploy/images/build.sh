@@ -37,6 +37,9 @@ for dir in $(echo "${PIP_FIND_LINKS:-/opt/wheels}" | tr ' ' '\n'); do
   done
 done
 
+# podman writes OCI images by default, which have no HEALTHCHECK: ask for the docker format.
+format=""
+[ "$(basename "$ENGINE")" = podman ] && format="--format=docker"
 echo "building $IMAGE from $base" >&2
-exec "$ENGINE" build -f deploy/Dockerfile --build-arg BASE_IMAGE="$base" \
+exec "$ENGINE" build $format -f deploy/Dockerfile --build-arg BASE_IMAGE="$base" \
   ${BUILD_NETWORK:+--network="$BUILD_NETWORK"} -t "$IMAGE" .
