@@ -3,6 +3,6 @@
 set -eu
 if [ "${1:-}" = redis-server ]; then
   shift
-  exec redis-server --bind "* -::*" --protected-mode no "$@"
+  exec redis-server "$@" --bind "* -::*" --protected-mode no
 fi
 exec "$@"
