@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test bench soak lint clean chromium wrk
+.PHONY: run test bench soak lint clean chromium wrk image container-test compose-up
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,21 @@ wrk:
 # (tests/deploy/test_multihost.py: worker hosts in network namespaces, one cut off mid-job).
 soak: $(VENV)/.dev-installed
 	$(PY) -m pytest -m soak tests/robustness tests/deploy $(PYTEST_ARGS)
+
+# The container image (deploy/Dockerfile) built with podman, or docker: IMAGE=..., BASE_IMAGE=...
+# (default python:3.11-slim-trixie, or where it cannot be pulled a Debian base made with mmdebstrap).
+# deploy/images/build.sh and docs/deploy.md, "Building and running the image with podman".
+image:
+	deploy/images/build.sh
+
+# Builds the image and runs it (healthz, a predict, podman stop), and with podman-compose the
+# compose stack (a job done in the worker container). Minutes: not part of `make test`.
+container-test: $(VENV)/.dev-installed
+	$(PY) -m pytest -m container tests/deploy/test_container.py $(PYTEST_ARGS)
+
+# deploy/compose.yaml with podman-compose (PostgreSQL and Redis from Debian packages), started in order.
+compose-up:
+	deploy/images/compose-up.sh
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .

@@ -190,7 +190,9 @@ def _arg_defaults(instructions) -> dict[str, str]:
 
 
 def test_the_base_image_is_pinned_python_3_11_slim():
+    """BASE_IMAGE's default: `make image` passes a local Debian base only where it cannot be pulled."""
     instructions = _dockerfile()
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim-trixie") in instructions
     (base,) = [a for i, a in instructions if i == "FROM"]
     base = re.sub(r"\$\{(\w+)\}", lambda m: _arg_defaults(instructions)[m.group(1)], base)
     image, _, tag = base.partition(":")
@@ -215,13 +217,18 @@ def test_torch_is_installed_only_at_the_pinned_version_from_the_pytorch_index():
     assert any("-r requirements.txt" in r for r in pip_runs)
     torch_installs = [r for r in pip_runs if re.search(r"\btorch\b", r)]
     assert torch_installs, "torch must be installed from the PyTorch index before requirements.txt"
+    sources = set()
     for run in torch_installs:
-        for command in run.split("&&"):
+        # Each shell command on its own, the branches of an if/else included.
+        for command in re.split(r"&&|;|\bthen\b|\belse\b", run):
             if "pip install" not in command or not re.search(r"\btorch\b", command):
                 continue
             # The version comes from requirements.txt itself (one pin for every install path).
             assert "torch==$(sed -n 's/^torch==//p' requirements.txt)" in command or f"torch=={_pinned('torch')}" in command
-            assert "--index-url" in command
+            # From the PyTorch index, or from a wheel `make image` put in .whl/ (never a bare PyPI torch).
+            assert '--index-url "${TORCH_INDEX_URL}"' in command or "--find-links /context/.whl" in command, command
+            sources.add("index" if "--index-url" in command else "wheel")
+    assert sources == {"index", "wheel"}
     assert _arg_defaults(_dockerfile())["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     # The sed expression really yields the pin.
     out = subprocess.run(["sed", "-n", "s/^torch==//p", "requirements.txt"], cwd=ROOT, capture_output=True, text=True)
@@ -261,6 +268,18 @@ def test_the_entrypoint_runs_the_web_server_by_default_and_qcluster_for_worker()
 def test_the_build_context_leaves_out_local_state():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "var", ".git", "deploy/.env"} <= set(ignored)
+    # Of .whl/, only the torch wheel the Dockerfile installs from goes into the context.
+    assert ignored.index(".whl/*") < ignored.index("!.whl/torch-*.whl")
+
+
+def test_python_packages_go_into_a_virtualenv_on_path():
+    """A base whose python is Debian's own (PEP 668) refuses a system-wide pip install."""
+    instructions = _dockerfile()
+    env = " ".join(a for i, a in instructions if i == "ENV")
+    assert "PATH=/opt/venv/bin:$PATH" in env
+    (first_pip,) = [a for i, a in instructions if i == "RUN" and "pip install" in a][:1]
+    assert first_pip.index("python3 -m venv /opt/venv") < first_pip.index("pip install")
+    assert "--mount=type=bind,target=/context" in first_pip  # .whl/ read from the context, not copied
 
 
 # --- compose, Prometheus, Procfile ------------------------------------------------------------------
