@@ -17,7 +17,7 @@ from registry.schemas import parse_version_config
 
 from .pipeline.base import StepConfigError, StepContext, per_instance
 from .pipeline.served import ServedVersion
-from .runtime.pytorch import LoadSpec, zeros_for
+from .runtime.base import LoadSpec, zeros_for
 from .tensors import InputError
 
 

@@ -494,9 +494,12 @@ INFERENCE_COMPUTE_THREADS = env.int("INFERENCE_COMPUTE_THREADS", default=2)
 INFERENCE_COMPUTE_QUEUE = env.int("INFERENCE_COMPUTE_QUEUE", default=64)
 INFERENCE_IO_THREADS = env.int("INFERENCE_IO_THREADS", default=4)
 # The runtime class serving each artifact format (format -> dotted path of an
-# inference.runtime.base.Runtime subclass).
+# inference.runtime.base.Runtime subclass): PyTorch for the torch formats, ONNX Runtime for
+# "onnx" (imported only when an ONNX version loads). A third runtime is a module and a line here.
 INFERENCE_RUNTIMES = {
-    fmt: "inference.runtime.pytorch.PyTorchRuntime" for fmt in ("safetensors", "state_dict", "torchscript", "torch_export")
+    **{fmt: "inference.runtime.pytorch.PyTorchRuntime" for fmt in ("safetensors", "state_dict", "torchscript",
+                                                                    "torch_export")},
+    "onnx": "inference.runtime.onnx_runtime.OnnxRuntime",
 }
 # Operator-defined pipeline steps and handlers: {"step name": "dotted.path.StepClass"}.
 INFERENCE_PIPELINE_STEPS: dict[str, str] = {}

@@ -8,6 +8,8 @@ Formats, safest first (DESIGN.md, "Domain model"):
   only rebuilds tensors and plain containers and refuses any other pickled object.
 * ``torchscript`` and ``torch_export``: programs. Loading them executes code from the
   file, so they load only while ``INFERENCE_ALLOW_CODE_ARTIFACTS`` is on.
+* ``onnx``: a graph of standard operators (registry.onnx_artifacts); no code from the file
+  runs, custom operator domains and external data are refused. The ONNX runtime loads it.
 
 Whole-model pickles (``torch.save(model)``) are refused in every format. The sha256 of the
 bytes is checked before any of them are interpreted.
@@ -25,7 +27,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from .schemas import CODE_FORMATS, FORMATS
+from .schemas import CODE_FORMATS, FORMATS, TORCH_FORMATS
 
 CHUNK = 1024 * 1024
 
@@ -54,7 +56,7 @@ def read_fileobj(fileobj: IO[bytes], *, max_bytes: int | None = None) -> bytes:
 
 
 def sniff(data: bytes) -> str:
-    """Return what the bytes look like: 'zip', 'pickle', 'safetensors' or 'unknown'."""
+    """Return what the bytes look like: 'zip', 'pickle', 'safetensors', 'onnx' or 'unknown'."""
     if data[:4] == b"PK\x03\x04":
         return "zip"  # torch.save (new format), TorchScript and .pt2 are zip archives
     if len(data) >= 9:
@@ -64,12 +66,14 @@ def sniff(data: bytes) -> str:
             return "safetensors"
     if data[:1] == b"\x80" and len(data) > 1 and data[1] <= 5:
         return "pickle"
+    if data[:1] == b"\x08":
+        return "onnx"  # a protobuf ModelProto: field 1 (ir_version, a varint) comes first
     return "unknown"
 
 
 # What the first bytes of each format's file look like (sniff()).
 CONTAINERS = {"safetensors": ("safetensors",), "state_dict": ("zip", "pickle"), "torchscript": ("zip",),
-              "torch_export": ("zip",)}
+              "torch_export": ("zip",), "onnx": ("onnx",)}
 
 
 def check_container(data: bytes, format: str) -> None:
@@ -208,6 +212,17 @@ def _load_weights(module: Any, tensors: dict[str, Any], architecture: str) -> No
     module.load_state_dict(tensors, strict=True)
 
 
+def check_sha256(data: bytes, expected_sha256: str | None) -> None:
+    """Raise ArtifactError unless the bytes hash to the sha256 the registry recorded (None: not checked)."""
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected_sha256:
+            raise ArtifactError(
+                f"sha256 mismatch: the stored artifact hashes to {actual}, the registry recorded "
+                f"{expected_sha256}. The file was changed or damaged after registration; register it again."
+            )
+
+
 def load_module(
     data: bytes,
     *,
@@ -224,15 +239,12 @@ def load_module(
     """
     import torch
 
-    if expected_sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected_sha256:
-            raise ArtifactError(
-                f"sha256 mismatch: the stored artifact hashes to {actual}, the registry recorded "
-                f"{expected_sha256}. The file was changed or damaged after registration; register it again."
-            )
+    check_sha256(data, expected_sha256)
     if format not in FORMATS:
         raise ArtifactError(f"Unknown artifact format {format!r}; known: {', '.join(FORMATS)}.")
+    if format not in TORCH_FORMATS:
+        raise ArtifactError(f"Format {format!r} is not a PyTorch artifact: the runtime of its format loads it "
+                            "(INFERENCE_RUNTIMES).")
     if allow_code is None:
         allow_code = settings.INFERENCE_ALLOW_CODE_ARTIFACTS
     if format in CODE_FORMATS:

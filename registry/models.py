@@ -94,7 +94,7 @@ class RegisteredModel(models.Model):
 
 def artifact_upload_to(instance: ModelVersion, filename: str) -> str:
     # A fresh name per upload: a stored artifact is never overwritten in place.
-    suffix = {"safetensors": "safetensors", "state_dict": "pt", "torchscript": "pt", "torch_export": "pt2"}
+    suffix = {"safetensors": "safetensors", "state_dict": "pt", "torchscript": "pt", "torch_export": "pt2", "onnx": "onnx"}
     return f"artifacts/{instance.model.name}/{uuid.uuid4().hex}.{suffix.get(instance.format, 'bin')}"
 
 
@@ -111,6 +111,7 @@ class ModelVersion(models.Model):
         STATE_DICT = "state_dict", "state_dict (weights only) + architecture"
         TORCHSCRIPT = "torchscript", "TorchScript (runs code from the file)"
         TORCH_EXPORT = "torch_export", "torch.export .pt2 (runs code from the file)"
+        ONNX = "onnx", "ONNX graph (standard operators, served by ONNX Runtime)"
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
     version = models.PositiveIntegerField()

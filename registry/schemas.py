@@ -38,8 +38,9 @@ DATATYPES: dict[str, str] = {
     "BYTES": "object",
 }
 
-FORMATS = ("safetensors", "state_dict", "torchscript", "torch_export")
+FORMATS = ("safetensors", "state_dict", "torchscript", "torch_export", "onnx")
 CODE_FORMATS = ("torchscript", "torch_export")
+TORCH_FORMATS = ("safetensors", "state_dict", "torchscript", "torch_export")  # registry.artifacts.load_module
 WEIGHT_FORMATS = ("safetensors", "state_dict")
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")

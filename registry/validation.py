@@ -38,7 +38,8 @@ class ValidationOutcome:
 
 
 def validate_model_only(*, config: dict[str, Any], artifact_path: str, allow_code: bool) -> dict[str, Any]:
-    """Load the artifact and run a zero input of the declared shapes through the model.
+    """Load the artifact and run a zero input of the declared shapes through the model (an ONNX
+    graph: check it and its inputs and outputs against the config, without running it).
 
     The registry's own fallback validator, used when REGISTRY_VERSION_VALIDATOR is empty.
     """
@@ -48,6 +49,12 @@ def validate_model_only(*, config: dict[str, Any], artifact_path: str, allow_cod
     from .schemas import DATATYPES, parse_version_config
 
     cfg = parse_version_config(config)
+    if cfg.format == "onnx":
+        from .onnx_artifacts import graph_io, load_onnx
+
+        model = load_onnx(Path(artifact_path).read_bytes(), inputs=cfg.inputs, outputs=cfg.outputs)
+        inputs, outputs = graph_io(model)
+        return {"graph_inputs": [t.name for t in inputs], "graph_outputs": [t.name for t in outputs]}
     module = load_module(
         Path(artifact_path).read_bytes(),
         format=cfg.format,

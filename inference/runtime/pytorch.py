@@ -3,59 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from registry.artifacts import ArtifactError, load_module
-from registry.schemas import DATATYPES, TensorSpec
+from registry.schemas import DATATYPES
 
-from .base import ModelNotReady, Runtime
+from .base import LoadSpec, ModelNotReady, Runtime, random_for, zeros_for
 from .devices import check_available, device_string, use_threads
 from .optimizers import OPTIMIZERS
 
 logger = logging.getLogger("inference.runtime")
 
-
-@dataclass
-class LoadSpec:
-    """All a runtime needs to load one version, independent of the database."""
-
-    label: str  # e.g. "iris v3", for messages
-    read_artifact: Callable[[], bytes]
-    format: str
-    inputs: Sequence[TensorSpec]
-    outputs: Sequence[TensorSpec]
-    sha256: str | None = None
-    architecture: str = ""
-    architecture_args: Mapping[str, Any] = field(default_factory=dict)
-    device_type: str = "cpu"
-    device_index: int = 0
-    cpu_threads: int = 1
-    allow_code: bool | None = None
-    warmup: bool = True
-    optimizer: str = "none"  # applied at load: a name in optimizers.OPTIMIZERS (settings.INFERENCE_OPTIMIZERS)
-
-
-def zeros_for(specs: Sequence[TensorSpec], batch: int = 1) -> dict[str, np.ndarray]:
-    """Return zero arrays of the declared shapes (-1 dims as 1) with a batch dimension."""
-    return {
-        s.name: np.zeros((batch, *[d if d > 0 else 1 for d in s.shape]), dtype=DATATYPES[s.datatype])
-        for s in specs
-        if s.datatype != "BYTES"
-    }
-
-
-def random_for(specs: Sequence[TensorSpec], batch: int = 2) -> dict[str, np.ndarray]:
-    """Return fixed random arrays of the declared shapes (-1 dims as 1): normal floats, zero integers."""
-    rng = np.random.default_rng(0)
-    out = {}
-    for name, arr in zeros_for(specs, batch).items():
-        out[name] = rng.standard_normal(arr.shape).astype(arr.dtype) if arr.dtype.kind == "f" else arr
-    return out
+# LoadSpec and the example makers live in .base (every runtime's); imported from here too.
+__all__ = ["LoadSpec", "PyTorchRuntime", "random_for", "zeros_for"]
 
 
 class PyTorchRuntime(Runtime):
@@ -97,8 +61,7 @@ class PyTorchRuntime(Runtime):
         self.nbytes = sum(t.numel() * t.element_size() for t in _tensors_of(self.module))
         self.module, self.optimizer_applied = self._optimize(self.module)
         self.ready = True
-        if spec.warmup:
-            self.predict(zeros_for(spec.inputs))
+        self.warm_up()
 
     def _optimize(self, module: Any) -> tuple[Any, str]:
         """Return the module to serve, made by the spec's optimizer, and the optimizer in effect."""

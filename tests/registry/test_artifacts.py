@@ -132,8 +132,11 @@ def test_corrupt_torchscript_archive():
 
 
 def test_unknown_format_is_refused():
-    with pytest.raises(ArtifactError, match="Unknown artifact format 'onnx'"):
-        load_module(safetensors_bytes(small_mlp()), format="onnx", architecture=ARCH, architecture_args=ARGS)
+    with pytest.raises(ArtifactError, match="Unknown artifact format 'keras'"):
+        load_module(safetensors_bytes(small_mlp()), format="keras", architecture=ARCH, architecture_args=ARGS)
+    # onnx is known, and not the PyTorch loader's: its runtime (INFERENCE_RUNTIMES) loads it.
+    with pytest.raises(ArtifactError, match="Format 'onnx' is not a PyTorch artifact"):
+        load_module(safetensors_bytes(small_mlp()), format="onnx")
 
 
 # --- sha256 -------------------------------------------------------------------------------

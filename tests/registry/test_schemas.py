@@ -153,11 +153,16 @@ def test_config_must_be_an_object():
     assert "JSON object" in error_of("safetensors")
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pickle", "", None])
+@pytest.mark.parametrize("fmt", ["keras", "pickle", "", None])
 def test_unknown_format(fmt):
     message = error_of(cfg(format=fmt))
     assert "format" in message
     assert "safetensors" in message  # says which formats exist
+
+
+def test_onnx_is_a_format_that_carries_its_own_program():
+    assert parse_version_config(cfg(format="onnx", architecture="")).format == "onnx"
+    assert "leave architecture out" in error_of(cfg(format="onnx"))
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
