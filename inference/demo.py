@@ -4,6 +4,9 @@
   labels, answering {"label": "setosa", "score": ...}.
 * ``digits``: the SmallCNN on scikit-learn's 8x8 handwritten digits; clients send a
   base64 PNG, the ``image`` step decodes it; softmax -> topk -> labels.
+* ``iris-onnx``: a scikit-learn pipeline (StandardScaler + LogisticRegression) on the iris
+  table, converted by ``skl2onnx`` and served by the ONNX runtime; labels -> round, answering
+  as ``iris`` does.
 
 Training is seeded and takes a few seconds on one CPU core.
 """
@@ -34,11 +37,17 @@ class DemoModel:
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]
     accuracy: float
+    artifact: bytes | None = None  # the file to register when it is not the state_dict's safetensors (ONNX)
+    source: Any = None  # the trained model itself (the scikit-learn pipeline of iris-onnx)
 
     def safetensors_bytes(self) -> bytes:
         from safetensors.torch import save
 
         return save({k: v.contiguous() for k, v in self.state_dict.items()})
+
+    def artifact_bytes(self) -> bytes:
+        """The bytes to register: the ONNX file, or the weights as safetensors."""
+        return self.artifact if self.artifact is not None else self.safetensors_bytes()
 
 
 def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch: int | None) -> None:
@@ -154,4 +163,43 @@ def train_digits() -> DemoModel:
     )
 
 
-DEMO_TRAINERS = {"iris": train_iris, "digits": train_digits}
+def train_iris_onnx() -> DemoModel:
+    """Return the iris classifier of scikit-learn (scaler + logistic regression), converted to ONNX."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_iris()
+    x = data.data.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, data.target)
+    accuracy = float(pipe.score(x, data.target))
+    # A dynamic batch dimension (None) and probabilities as a tensor (no ZipMap of dicts).
+    onx = to_onnx(pipe, initial_types=[("input", FloatTensorType([None, 4]))], options={"zipmap": False},
+                  target_opset=17)
+    config = {
+        "format": "onnx",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [4]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [3]}],
+        "postprocess": [{"step": "labels", "labels": [str(n) for n in data.target_names]},
+                        {"step": "round", "decimals": 4}],
+        "batching": {"max_batch_size": 32, "max_batch_delay_ms": 2, "max_queue_size": 512},
+        "hardware": "cpu",
+        "example": [5.1, 3.5, 1.4, 0.2],
+    }
+    return DemoModel(
+        name="iris-onnx",
+        description="Iris species (scikit-learn scaler + logistic regression, converted by skl2onnx, "
+                    "served by ONNX Runtime; demo).",
+        task="classification",
+        state_dict={},
+        config=config,
+        accuracy=accuracy,
+        artifact=onx.SerializeToString(),
+        source=pipe,
+    )
+
+
+DEMO_TRAINERS = {"iris": train_iris, "digits": train_digits, "iris-onnx": train_iris_onnx}

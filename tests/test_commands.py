@@ -337,7 +337,7 @@ def test_revoked_and_expired_keys_are_not_usable():
 
 @pytest.mark.django_db
 def test_bootstrap_demo_creates_everything_once():
-    """One test on purpose: bootstrap_demo trains two models (several seconds)."""
+    """One test on purpose: bootstrap_demo trains three models (several seconds)."""
     out = io.StringIO()
     threads = torch.get_num_threads()
     # One torch thread: training with OpenMP threads on a busy 2-core machine can take 10x longer.
@@ -348,11 +348,11 @@ def test_bootstrap_demo_creates_everything_once():
         torch.set_num_threads(threads)
     text = out.getvalue()
 
-    for name in ("iris", "digits"):
+    for name, fmt in (("iris", "safetensors"), ("digits", "safetensors"), ("iris-onnx", "onnx")):
         model = RegisteredModel.objects.get(name=name)
         alias = ModelAlias.objects.get(model=model, name="production")
         assert alias.version.status == ModelVersion.Status.READY
-        assert alias.version.format == "safetensors"
+        assert alias.version.format == fmt
         assert Path(alias.version.artifact.path).is_file()
         assert f"Demo model {name!r} v1 trained" in text
     admin = get_user_model().objects.get(username="admin")
@@ -389,6 +389,7 @@ def test_bootstrap_demo_creates_everything_once():
     second = again.getvalue()
     assert "Demo model 'iris' exists." in second
     assert "Demo model 'digits' exists." in second
+    assert "Demo model 'iris-onnx' exists." in second
     assert "Admin user 'admin' exists" in second
     assert "Demo API key 'demo' exists" in second
     assert plain not in second and "s3cret-Pass!" not in second
@@ -396,7 +397,7 @@ def test_bootstrap_demo_creates_everything_once():
         RegisteredModel.objects.count(), ModelVersion.objects.count(), ModelAlias.objects.count(),
         AliasEvent.objects.count(), get_user_model().objects.count(), APIKey.objects.count(),
     )
-    assert counts == (2, 2, 2, 2, 1, 1)
+    assert counts == (3, 3, 3, 3, 1, 1)
     assert stored_files(django_settings.MEDIA_ROOT) == files
 
 

@@ -100,3 +100,10 @@ def digits_demo():
     from inference.demo import train_digits
 
     return _train(train_digits)
+
+
+@pytest.fixture(scope="session")
+def iris_onnx_demo():
+    from inference.demo import train_iris_onnx
+
+    return _train(train_iris_onnx)

@@ -85,7 +85,7 @@ def register_demo(demo, *, aliases=("production",)):
 
     return model_version_register(
         model_name=demo.name,
-        artifact=io.BytesIO(demo.safetensors_bytes()),
+        artifact=io.BytesIO(demo.artifact_bytes()),
         config=demo.config,
         aliases=list(aliases),
         description=demo.description,

@@ -46,6 +46,29 @@ def test_iris_answers_the_species_of_dataset_rows(api, iris_demo, demo_key):
         assert single["predictions"] == [predictions[i]]
 
 
+def test_iris_onnx_is_scikit_learns_model_served_by_the_onnx_runtime(api, iris_onnx_demo, demo_key):
+    from sklearn.datasets import load_iris
+
+    from inference.pool import get_pool
+    from inference.runtime.onnx_runtime import OnnxRuntime
+
+    version = register_demo(iris_onnx_demo)  # validated in its subprocess: the graph checked against the config
+    assert (version.status, version.format, version.model.name) == ("ready", "onnx", "iris-onnx")
+    data = load_iris()
+    rows = list(range(0, 150, 5))
+    x = data.data[rows]
+    r = api.post("/api/v1/models/iris-onnx/predict", {"instances": x.tolist()}, demo_key)
+    assert r.status_code == 200, r.content
+    predictions = r.json()["predictions"]
+    assert isinstance(get_pool().loaded(version).served.runtime, OnnxRuntime)
+    # The same answers as the scikit-learn pipeline it was converted from.
+    proba = iris_onnx_demo.source.predict_proba(x.astype(np.float32))
+    assert [p["label"] for p in predictions] == [str(data.target_names[i]) for i in proba.argmax(1)]
+    np.testing.assert_allclose([p["score"] for p in predictions], proba.max(1), atol=1e-4)
+    truth = [str(data.target_names[t]) for t in data.target[rows]]
+    assert np.mean([p["label"] == t for p, t in zip(predictions, truth, strict=True)]) >= 0.9
+
+
 def test_digits_answers_held_out_handwritten_digits(api, digits_demo, demo_key):
     register_demo(digits_demo)
     _, _, images, targets = digits_split()  # the held-out 20% the model never saw

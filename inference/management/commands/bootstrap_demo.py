@@ -49,7 +49,7 @@ class Command(BaseCommand):
         try:
             version = services.model_version_register(
                 model_name=demo.name,
-                artifact=io.BytesIO(demo.safetensors_bytes()),
+                artifact=io.BytesIO(demo.artifact_bytes()),
                 config=demo.config,
                 aliases=["production"],
                 description=demo.description,
