@@ -23,8 +23,7 @@ from django.utils.module_loading import import_string
 
 from registry.schemas import CODE_FORMATS, Batching, TensorSpec, parse_tensor_schema
 
-from ..runtime.base import Runtime
-from ..runtime.base import LoadSpec
+from ..runtime.base import LoadSpec, Runtime
 from ..tensors import InputError, Limits, MaybeBools, check_input_arrays, check_model_inputs, decode_instances
 from .base import Pipeline, StepContext, StepInputError, clean_parameters, per_instance
 
