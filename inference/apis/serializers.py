@@ -149,8 +149,8 @@ class ModelCreateSerializer(serializers.Serializer):
 
 
 class VersionUploadSerializer(serializers.Serializer):
-    artifact = serializers.FileField(help_text="The artifact: safetensors or state_dict weights (or, where allowed, "
-                                     "a TorchScript / torch.export archive).")
+    artifact = serializers.FileField(help_text="The artifact: safetensors or state_dict weights, an ONNX graph (or, "
+                                     "where allowed, a TorchScript / torch.export archive).")
     config = serializers.CharField(help_text="The version's config as JSON (a form field or a file part): the fields "
                                    "of `register_model --config` (format, architecture, architecture_args, inputs, "
                                    "outputs, preprocess, postprocess, batching, hardware, example).")
