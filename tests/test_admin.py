@@ -331,3 +331,21 @@ def test_admin_refuses_a_bad_rate(admin_client):
     assert response.status_code == 200
     assert "rate" in response.context["adminform"].form.errors
     assert not APIKey.objects.exists()
+
+
+def test_upload_an_onnx_version_through_the_admin(admin_client):
+    """Format onnx: no architecture, no code permission needed; a fixed batch dimension is refused with the reason."""
+    from tests.onnx_models import torch_onnx_bytes
+
+    url = reverse("admin:registry_modelversion_add")
+    onnx_form = dict(format="onnx", architecture="", architecture_args="{}", aliases="",
+                     model_name="mlp-onnx")
+    response = admin_client.post(url, upload_form(torch_onnx_bytes(dynamic=False), **onnx_form,
+                                 artifact_file=SimpleUploadedFile("m.onnx", torch_onnx_bytes(dynamic=False))))
+    assert response.status_code == 200
+    assert "dynamic batch dimension" in " ".join(response.context["adminform"].form.non_field_errors())
+    response = admin_client.post(url, upload_form(b"", **onnx_form,
+                                 artifact_file=SimpleUploadedFile("m.onnx", torch_onnx_bytes())))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    version = ModelVersion.objects.get()
+    assert (version.model.name, version.format, version.status) == ("mlp-onnx", "onnx", ModelVersion.Status.READY)
