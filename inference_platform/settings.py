@@ -88,10 +88,11 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
     "django_ratelimit",
     "registry",
     "inference",
+    # After inference: its `qcluster` command (a bounded stop, inference.jobs.cluster) replaces django-q2's.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -219,6 +220,10 @@ INFERENCE_JOB_CHUNK_SIZE = env.int("INFERENCE_JOB_CHUNK_SIZE", default=256)
 INFERENCE_JOB_MAX_FILE_BYTES = env.int("INFERENCE_JOB_MAX_FILE_BYTES", default=512 * 1024**2)
 # A job queued this long without starting gets its task queued again by the reconciler.
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
+# Seconds a stopping qcluster (SIGTERM/SIGINT, to it or to all its processes) gives its workers to
+# finish their tasks before it SIGKILLs them; their jobs are re-run once their leases expire.
+# Keep it below the supervisor's own grace period (k8s, compose: 60 s; systemd: 90 s).
+INFERENCE_WORKER_STOP_TIMEOUT = env.float("INFERENCE_WORKER_STOP_TIMEOUT", default=30)
 INFERENCE_CALLBACK_ALLOWED_HOSTS = env.list("INFERENCE_CALLBACK_ALLOWED_HOSTS", default=[])
 INFERENCE_CALLBACK_SECRET = env.str("INFERENCE_CALLBACK_SECRET", default="")
 
