@@ -211,14 +211,18 @@ if INFERENCE_BROKER == "redis" and not REDIS_URL:
 # never delivered twice. A dead worker's job is recovered sooner by the reconciler: its
 # lease (renewed after every chunk) expires after INFERENCE_JOB_LEASE_SECONDS.
 INFERENCE_JOB_TIMEOUT = env.int("INFERENCE_JOB_TIMEOUT", default=3600)
-INFERENCE_JOB_LEASE_SECONDS = env.int("INFERENCE_JOB_LEASE_SECONDS", default=120)
+# The lease is also how long a job waits to run again after the pusher or the cluster that took
+# its task dies (inference.jobs.brokers, .keeper): about 1.25 leases. Each chunk of a job must
+# take well under it (a run whose lease expires is taken over).
+INFERENCE_JOB_LEASE_SECONDS = env.int("INFERENCE_JOB_LEASE_SECONDS", default=45)
 INFERENCE_JOB_RETRY = env.int("INFERENCE_JOB_RETRY", default=INFERENCE_JOB_TIMEOUT + 300)
 if INFERENCE_JOB_RETRY <= INFERENCE_JOB_TIMEOUT:
     raise ImproperlyConfigured("INFERENCE_JOB_RETRY must be greater than INFERENCE_JOB_TIMEOUT.")
 INFERENCE_JOB_MAX_ATTEMPTS = env.int("INFERENCE_JOB_MAX_ATTEMPTS", default=3)
 INFERENCE_JOB_CHUNK_SIZE = env.int("INFERENCE_JOB_CHUNK_SIZE", default=256)
 INFERENCE_JOB_MAX_FILE_BYTES = env.int("INFERENCE_JOB_MAX_FILE_BYTES", default=512 * 1024**2)
-# A job queued this long without starting gets its task queued again by the reconciler.
+# A version left `registered` this long gets its validation task queued again (jobs need no such
+# wait any more: the reconciler sees whether a job's task is in the broker or taken).
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
 # Seconds a stopping qcluster (SIGTERM/SIGINT, to it or to all its processes) gives its workers to
 # finish their tasks before it SIGKILLs them; their jobs are re-run once their leases expire.
@@ -238,6 +242,8 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "label": "Background tasks",
     "poll": 0.2,
+    # django-q2's broker, which marks the jobs whose tasks a pusher takes and queues re-runs first.
+    "broker_class": "inference.jobs.brokers." + ("RedisBroker" if INFERENCE_BROKER == "redis" else "OrmBroker"),
 }
 if INFERENCE_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL

@@ -1,5 +1,6 @@
 """The django-q2 cluster that ``manage.py qcluster`` runs here: stopped in bounded time whatever
-signals reach which of its processes.
+signals reach which of its processes, and kept by a thread that vouches for the tasks its
+pusher took and runs the reconciler (``inference.jobs.keeper``).
 
 django-q2's own ``qcluster`` returns from its command once the cluster is started and stops
 it from a signal handler (``Cluster.stop``: ``stop_event.set()``, then ``sentinel.join()``).
@@ -118,6 +119,8 @@ def stop_cluster(cluster: InferenceCluster, timeout: float) -> bool:
 
 def run_cluster(*, run_once: bool = False) -> int:
     """Run a cluster until SIGTERM or SIGINT (or at once stop it, with run_once); return an exit status."""
+    from .keeper import Keeper
+
     stopper = Stopper()
     # No signal between django-q2 installing its handlers (Cluster.__init__) and ours.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -129,6 +132,8 @@ def run_cluster(*, run_once: bool = False) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # before any fork: children inherit the mask
     db.connections.close_all()  # the sentinel forks from here: no connection shared with it
     cluster.start()
+    keeper = Keeper(cluster, stopped=lambda: stopper.requested)
+    keeper.start()
     status = 0
     while not (run_once or stopper.requested):
         if not cluster.sentinel.is_alive():
@@ -140,5 +145,6 @@ def run_cluster(*, run_once: bool = False) -> int:
     if stopper.requested:
         logger.info("%s got %s: stopping the cluster (at most %s s)", current_process().name,
                     signal.Signals(stopper.received[0]).name, settings.INFERENCE_WORKER_STOP_TIMEOUT)
+    keeper.stop()
     stop_cluster(cluster, settings.INFERENCE_WORKER_STOP_TIMEOUT)
     return status

@@ -3,9 +3,10 @@
 Guarantees, and how:
 
 * Nothing submitted is lost: the job row is committed before its task is queued
-  (``transaction.on_commit``); a task that is lost anyway (a crash between the two, the
-  Redis broker dropping the task of a dead worker) is re-queued by the reconciler, which
-  finds jobs ``queued`` for too long or ``running`` with an expired lease.
+  (``transaction.on_commit``); a task that is lost anyway (a crash between the two, a pusher
+  or a whole cluster dying with it, the Redis broker dropping it) is re-queued by the
+  reconciler (``job_recovery``): it finds jobs whose task is neither in the broker nor taken
+  by a live pusher.
 * A job runs at most once at a time and produces one result: a run starts by *claiming*
   the row with a conditional UPDATE (queued, or running with an expired lease), and ends
   with another (still running, same attempt). A second delivery of a finished or running
@@ -31,7 +32,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from registry.models import ModelVersion
@@ -87,30 +88,35 @@ def job_queue(job_id: Any) -> str | None:
     return queues.get(target)
 
 
-def _enqueue(job_id: Any) -> None:
+def _enqueue(job_id: Any, *, front: bool = False) -> None:
+    """Queue the job's task on its queue; `front`: ahead of the tasks waiting there (a re-run)."""
     from django_q.tasks import async_task
 
     options: dict[str, Any] = {"ack_failure": True}
     queue = job_queue(job_id)
     if queue:
         options["cluster"] = queue  # django-q2's name for a queue: only workers of that cluster take it
+    if front:
+        from ..jobs.brokers import front_broker
+
+        options["broker"] = front_broker(queue)
     async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options=options)
 
 
-def _enqueue_committed(job_id: Any) -> None:
+def _enqueue_committed(job_id: Any, *, front: bool = False) -> None:
     """Queue the task of a job whose row is committed; a broker that is down loses nothing.
 
     The row is the source of truth: when the task cannot be queued (the Redis broker is
-    unreachable, say), the job stays ``queued`` and the reconciler queues it once
-    INFERENCE_JOB_REQUEUE_AFTER has passed. The request that submitted it still succeeds
-    (202): failing it would make the client submit a second job."""
+    unreachable, say), the job stays ``queued`` and the reconciler queues it once the broker
+    answers (its task is neither in the broker nor taken). The request that submitted it still
+    succeeds (202): failing it would make the client submit a second job."""
     try:
-        _enqueue(job_id)
+        _enqueue(job_id, front=front)
     except Exception as exc:  # noqa: BLE001 - the broker's error, whatever its client raises
         logger.warning(
             "job %s is saved but its task could not be queued (%s: %s); the reconciler will queue it "
-            "after INFERENCE_JOB_REQUEUE_AFTER (%d s)", job_id, type(exc).__name__, exc,
-            settings.INFERENCE_JOB_REQUEUE_AFTER,
+            "once the broker answers (INFERENCE_JOB_LEASE_SECONDS, %d s, after)", job_id, type(exc).__name__, exc,
+            settings.INFERENCE_JOB_LEASE_SECONDS,
         )
 
 
@@ -291,7 +297,8 @@ def job_retry(*, job: InferenceJob) -> InferenceJob:
             pk=job.pk, status__in=[InferenceJob.Status.FAILED, InferenceJob.Status.CANCELLED]
         ).update(
             status=InferenceJob.Status.QUEUED, attempts=0, error="", progress_done=0, cancel_requested=False,
-            started_at=None, finished_at=None, lease_expires_at=None,
+            started_at=None, finished_at=None, lease_expires_at=None, requeued_at=timezone.now(),
+            taken_by="", taken_until=None,
         )
         if not updated:
             job.refresh_from_db()
@@ -310,10 +317,9 @@ def _lease() -> timezone.datetime:
 def _claim(job_id: Any) -> InferenceJob | None:
     """Take the job for this run, or return None when another run has it or it is finished."""
     now = timezone.now()
-    claimable = Q(status=InferenceJob.Status.QUEUED) | Q(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now)
-    updated = InferenceJob.objects.filter(claimable, pk=job_id, cancel_requested=False).update(
+    updated = InferenceJob.objects.filter(InferenceJob.claimable(now), pk=job_id, cancel_requested=False).update(
         status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, progress_done=0,
-        lease_expires_at=_lease(), worker=worker_id(),
+        lease_expires_at=_lease(), worker=worker_id(), taken_by="", taken_until=None,  # its lease vouches now
     )
     if not updated:
         # A job cancelled while queued but never picked up is already final; nothing to do.
@@ -384,57 +390,15 @@ def job_run(job_id: Any) -> str:
         if attempt >= job.max_attempts:
             _finish(job, attempt, status=InferenceJob.Status.FAILED, error=error)
             return "failed"
-        if _finish(job, attempt, status=InferenceJob.Status.QUEUED, error=error, finished_at=None):
+        if _finish(job, attempt, status=InferenceJob.Status.QUEUED, error=error, finished_at=None,
+                   requeued_at=timezone.now()):
             _enqueue(job.pk)
         return "requeued"
 
 
-# ---- reconcile ---------------------------------------------------------------------------------------
+# ---- reconcile: inference.services.job_recovery -----------------------------------------------------
 
-def jobs_reconcile() -> dict[str, int]:
-    """Re-queue jobs whose task was lost: running with an expired lease, or queued too long; and the
-    validation of versions left `registered` too long (the registry API's background validation).
-
-    A job's task is queued again once, then not before INFERENCE_JOB_REQUEUE_AFTER has passed
-    (``requeued_at``): behind a long backlog the re-queued task may simply not have run yet, and
-    queueing it at every run would grow the backlog with copies (each would find the job taken
-    and do nothing, but only after waiting their turn)."""
-    now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.INFERENCE_JOB_REQUEUE_AFTER)
-    not_requeued_lately = Q(requeued_at__isnull=True) | Q(requeued_at__lt=cutoff)
-    stale_running = list(
-        InferenceJob.objects.filter(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now)
-        .filter(not_requeued_lately | Q(requeued_at__lt=F("lease_expires_at")))
-        .values_list("pk", flat=True)
-    )
-    for pk in stale_running:
-        # A cancel that the dead worker never saw ends the job here.
-        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now,
-                                       cancel_requested=True).update(
-            status=InferenceJob.Status.CANCELLED, finished_at=now, lease_expires_at=None
-        ):
-            _after_finish(InferenceJob.objects.get(pk=pk))
-            continue
-        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now).update(
-            error="a worker stopped while running it (its lease expired)", requeued_at=now,
-        ):
-            _enqueue_committed(pk)
-    stale_queued = list(
-        InferenceJob.objects.filter(status=InferenceJob.Status.QUEUED, created_at__lt=cutoff)
-        .filter(Q(started_at__isnull=True) | Q(started_at__lt=cutoff)).filter(not_requeued_lately)
-        .values_list("pk", flat=True)
-    )
-    for pk in stale_queued:
-        if InferenceJob.objects.filter(pk=pk, status=InferenceJob.Status.QUEUED).update(requeued_at=now):
-            _enqueue_committed(pk)
-    if stale_running or stale_queued:
-        logger.warning("reconciler re-queued %d running job(s) with expired leases and %d queued job(s)",
-                       len(stale_running), len(stale_queued))
-    # Versions uploaded through the registry API whose validation task was lost.
-    from inference.services.registry import versions_requeue_stale
-
-    return {"running": len(stale_running), "queued": len(stale_queued), "versions": versions_requeue_stale()}
-
+from .job_recovery import jobs_reconcile  # noqa: E402, F401 - its home; callers import it from here too
 
 # ---- results and callbacks -----------------------------------------------------------------------------
 
