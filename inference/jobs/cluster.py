@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from multiprocessing import Event, current_process
 from pathlib import Path
@@ -100,7 +101,9 @@ def stop_cluster(cluster: InferenceCluster, timeout: float) -> bool:
     whether it stopped gracefully."""
     sentinel = cluster.sentinel
     if sentinel.is_alive():
-        cluster.stop_event.set()  # never called in a signal handler; the sentinel ignores SIGTERM
+        # Never in a signal handler, and in a thread of its own: set() waits for the sentinel to wake
+        # (Condition.notify), forever if it died in between (SIGKILL, OOM); the join below is bounded.
+        threading.Thread(target=cluster.stop_event.set, name="stop-cluster", daemon=True).start()
         sentinel.join(timeout)
     graceful = not sentinel.is_alive()
     left = descendants(sentinel.pid) if not graceful else []

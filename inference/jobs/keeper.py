@@ -6,7 +6,7 @@ Every INFERENCE_JOB_LEASE_SECONDS / 4 (at least 0.5 s) it
 * renews ``taken_until`` of the jobs whose tasks were taken (``inference.jobs.brokers``) by a
   live process of this cluster: once that process dies (SIGKILL, OOM) or the whole cluster
   does, the marks expire within a lease and the reconciler queues those jobs again;
-* runs the reconciler (``inference.services.job_recovery``).
+* runs the jobs' part of the reconciler (``inference.services.job_recovery.jobs_recover``).
 
 Live processes are read from /proc (the sentinel's children, not zombies); where there is no
 /proc nothing is renewed, and the reconciler queues copies of tasks still in a cluster's
@@ -69,10 +69,10 @@ class Keeper(threading.Thread):
         self.interval = max(0.5, settings.INFERENCE_JOB_LEASE_SECONDS / 4)
 
     def beat(self) -> None:
-        from inference.services.job_recovery import jobs_reconcile
+        from inference.services.job_recovery import jobs_recover
 
         renew_taken(live_children(self.cluster.sentinel.pid))
-        jobs_reconcile()
+        jobs_recover()
 
     def run(self) -> None:
         try:

@@ -12,8 +12,8 @@ A job may be run by a task when it is *claimable*: queued, or running with an ex
   *front* of the queue, and marks when (``requeued_at``) so that it waits one lease before
   judging that task lost in turn.
 
-Each qcluster runs this every INFERENCE_JOB_LEASE_SECONDS / 4 (``inference.jobs.keeper``); the
-minute schedule stays as a fallback. A job runs again within about 1.25 leases of losing its
+Each qcluster runs ``jobs_recover`` every INFERENCE_JOB_LEASE_SECONDS / 4
+(``inference.jobs.keeper``); the minute schedule (``jobs_reconcile``) stays as a fallback. A job runs again within about 1.25 leases of losing its
 task, and never twice at once: the run claims the row with a conditional UPDATE, and a task
 queued twice (two reconcilers, a race with a pusher) finds the job taken and does nothing.
 """
@@ -33,9 +33,16 @@ logger = logging.getLogger("inference.jobs")
 
 
 def jobs_reconcile() -> dict[str, int]:
+    """``jobs_recover``, and re-validate versions left `registered` (the registry API's background
+    validation; no more often than the minute schedule that runs this). Return how many of each."""
+    from .registry import versions_requeue_stale
+
+    return {**jobs_recover(), "versions": versions_requeue_stale()}
+
+
+def jobs_recover() -> dict[str, int]:
     """Queue again the tasks of claimable jobs that are neither waiting in a broker nor taken by a live
-    pusher; end running jobs cancelled while their worker was dead; re-validate versions left `registered`
-    (the registry API's background validation). Return how many of each."""
+    pusher; end running jobs cancelled while their worker was dead. Return how many, running and queued."""
     from .jobs import _after_finish, _enqueue_committed
 
     now = timezone.now()
@@ -76,6 +83,4 @@ def jobs_reconcile() -> dict[str, int]:
         logger.warning("reconciler queued again the tasks of %d running job(s) with expired leases and %d queued "
                        "job(s) whose tasks were neither in the broker nor taken by a live pusher",
                        counts["running"], counts["queued"])
-    from .registry import versions_requeue_stale
-
-    return {**counts, "versions": versions_requeue_stale()}
+    return counts
