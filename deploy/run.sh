@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # Start the web server (granian + the ASGI front: inference_platform.serve) and a django-q2
 # cluster; Ctrl-C stops both.
+#
+# Stopping: SIGINT or SIGTERM to this script, or to its whole process group (Ctrl-C, `kill --
+# -PGID`), is forwarded once to each child, which gets STOP_TIMEOUT seconds (default 40: above
+# INFERENCE_WORKER_STOP_TIMEOUT and WEB_GRACEFUL_TIMEOUT) before it and what it started are
+# SIGKILLed. Each child runs in its own process group (set -m), so that a group signal reaches
+# the children once, from here. (Under systemd, KillMode=control-group signals every process
+# itself: `manage.py qcluster` survives that too, see inference/jobs/cluster.py.)
 set -uo pipefail
+set -m
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
 export HOST PORT
 
+STOP_TIMEOUT=${STOP_TIMEOUT:-40}
+
 pids=()
 stop() {
-  trap - INT TERM
+  trap '' INT TERM  # a second signal while stopping changes nothing
   echo
   echo "Stopping web server and worker cluster..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  local deadline=$((SECONDS + STOP_TIMEOUT)) pid alive
+  while :; do
+    alive=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    ((${#alive[@]})) || break
+    if ((SECONDS >= deadline)); then
+      echo "Still running after ${STOP_TIMEOUT} s (STOP_TIMEOUT): killing ${alive[*]} and what they started."
+      for pid in "${alive[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
+      break
+    fi
+    sleep 0.2
+  done
   wait
   echo "Stopped."
   exit 0

@@ -89,10 +89,11 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_q",
     "django_ratelimit",
     "registry",
     "inference",
+    # After inference: its `qcluster` command (a bounded stop, inference.jobs.cluster) replaces django-q2's.
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -211,7 +212,10 @@ if INFERENCE_BROKER == "redis" and not REDIS_URL:
 # never delivered twice. A dead worker's job is recovered sooner by the reconciler: its
 # lease (renewed after every chunk) expires after INFERENCE_JOB_LEASE_SECONDS.
 INFERENCE_JOB_TIMEOUT = env.int("INFERENCE_JOB_TIMEOUT", default=3600)
-INFERENCE_JOB_LEASE_SECONDS = env.int("INFERENCE_JOB_LEASE_SECONDS", default=120)
+# The lease is also how long a job waits to run again after the pusher or the cluster that took
+# its task dies (inference.jobs.brokers, .keeper): about 1.25 leases. Each chunk of a job must
+# take well under it (a run whose lease expires is taken over).
+INFERENCE_JOB_LEASE_SECONDS = env.int("INFERENCE_JOB_LEASE_SECONDS", default=45)
 INFERENCE_JOB_RETRY = env.int("INFERENCE_JOB_RETRY", default=INFERENCE_JOB_TIMEOUT + 300)
 if INFERENCE_JOB_RETRY <= INFERENCE_JOB_TIMEOUT:
     raise ImproperlyConfigured("INFERENCE_JOB_RETRY must be greater than INFERENCE_JOB_TIMEOUT.")
@@ -226,8 +230,13 @@ INFERENCE_JOB_MAX_LINE_BYTES = env.int("INFERENCE_JOB_MAX_LINE_BYTES", default=1
 # input files of its jobs (more: 413), so that one key cannot fill the queue or the disk for all.
 INFERENCE_JOB_MAX_QUEUED_PER_KEY = env.int("INFERENCE_JOB_MAX_QUEUED_PER_KEY", default=20)
 INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY = env.int("INFERENCE_JOB_MAX_STORED_BYTES_PER_KEY", default=2 * 1024**3)
-# A job queued this long without starting gets its task queued again by the reconciler.
+# A version left `registered` this long gets its validation task queued again (jobs need no such
+# wait any more: the reconciler sees whether a job's task is in the broker or taken).
 INFERENCE_JOB_REQUEUE_AFTER = env.int("INFERENCE_JOB_REQUEUE_AFTER", default=600)
+# Seconds a stopping qcluster (SIGTERM/SIGINT, to it or to all its processes) gives its workers to
+# finish their tasks before it SIGKILLs them; their jobs are re-run once their leases expire.
+# Keep it below the supervisor's own grace period (k8s, compose: 60 s; systemd: 90 s).
+INFERENCE_WORKER_STOP_TIMEOUT = env.float("INFERENCE_WORKER_STOP_TIMEOUT", default=30)
 # Job callbacks (inference/jobs/callbacks.py). A callback URL's host must be listed here:
 # `name` allows the scheme's default port (80, 443), `name:port` that port only. Checked at
 # submit and again at delivery.
@@ -257,6 +266,8 @@ Q_CLUSTER = {
     "save_limit": 1000,
     "label": "Background tasks",
     "poll": 0.2,
+    # django-q2's broker, which marks the jobs whose tasks a pusher takes and queues re-runs first.
+    "broker_class": "inference.jobs.brokers." + ("RedisBroker" if INFERENCE_BROKER == "redis" else "OrmBroker"),
 }
 if INFERENCE_BROKER == "redis":
     Q_CLUSTER["redis"] = REDIS_URL

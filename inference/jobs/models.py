@@ -65,7 +65,13 @@ class InferenceJob(models.Model):
     )
     requeued_at = models.DateTimeField(
         null=True, blank=True,
-        help_text="When the reconciler last queued its task again (it waits before doing so twice).",
+        help_text="When its task was last queued again (by the reconciler, a retry, a failed attempt).",
+    )
+    taken_by = models.CharField(max_length=200, blank=True,
+                                help_text="host:pid of the pusher that took its task from the broker")
+    taken_until = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Until when that pusher's cluster vouches for the task (renewed while the pusher lives).",
     )
 
     class Meta:
@@ -84,6 +90,14 @@ class InferenceJob(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.pk} ({self.status})"
+
+    @classmethod
+    def claimable(cls, now=None) -> Q:
+        """Jobs a run may take: queued, or running with an expired lease (their run is gone)."""
+        from django.utils import timezone
+
+        now = now or timezone.now()
+        return Q(status=cls.Status.QUEUED) | Q(status=cls.Status.RUNNING, lease_expires_at__lt=now)
 
     @property
     def finished(self) -> bool:

@@ -30,6 +30,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.jobs.models import InferenceJob
@@ -235,7 +237,7 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by
     key = _key()
     queued: list[str] = []
 
-    def broker_down(job_id):
+    def broker_down(job_id, front=False):
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(services.queueing, "enqueue", broker_down)
@@ -247,10 +249,12 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_kept_and_queued_by
     assert InferenceJob.objects.get(pk=job_id).status == "queued"  # the row is the source of truth
     assert any(job_id in m and "could not be queued" in m and "reconciler" in m for m in caplog.messages), \
         caplog.messages
-    # The broker is back; the reconciler queues jobs left queued past INFERENCE_JOB_REQUEUE_AFTER.
-    monkeypatch.setattr(services.queueing, "enqueue", lambda pk: queued.append(str(pk)))
-    assert jobs_reconcile()["queued"] == 0  # not yet: younger than INFERENCE_JOB_REQUEUE_AFTER
-    settings.INFERENCE_JOB_REQUEUE_AFTER = 0
+    # The broker is back; the reconciler queues a job whose task is neither in the broker nor taken
+    # once it is a lease old (younger, its task may still be on its way).
+    monkeypatch.setattr(services.queueing, "enqueue", lambda pk, front=False: queued.append(str(pk)))
+    assert jobs_reconcile()["queued"] == 0
+    InferenceJob.objects.filter(pk=job_id).update(
+        created_at=timezone.now() - timedelta(seconds=settings.INFERENCE_JOB_LEASE_SECONDS + 1))
     assert jobs_reconcile()["queued"] == 1 and queued == [job_id]
 
 

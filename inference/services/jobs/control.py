@@ -37,7 +37,8 @@ def job_retry(*, job: InferenceJob, key_limits: bool = False) -> InferenceJob:
             pk=job.pk, status__in=[InferenceJob.Status.FAILED, InferenceJob.Status.CANCELLED]
         ).update(
             status=InferenceJob.Status.QUEUED, attempts=0, error="", progress_done=0, cancel_requested=False,
-            started_at=None, finished_at=None, lease_expires_at=None,
+            started_at=None, finished_at=None, lease_expires_at=None, requeued_at=timezone.now(),
+            taken_by="", taken_until=None,
         )
         if not updated:
             job.refresh_from_db()

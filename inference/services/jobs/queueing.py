@@ -37,30 +37,35 @@ def job_queue(job_id: Any) -> str | None:
     return queues.get(target)
 
 
-def enqueue(job_id: Any) -> None:
+def enqueue(job_id: Any, *, front: bool = False) -> None:
+    """Queue the job's task on its queue; `front`: ahead of the tasks waiting there (a re-run)."""
     from django_q.tasks import async_task
 
     options: dict[str, Any] = {"ack_failure": True}
     queue = job_queue(job_id)
     if queue:
         options["cluster"] = queue  # django-q2's name for a queue: only workers of that cluster take it
+    if front:
+        from ...jobs.brokers import front_broker
+
+        options["broker"] = front_broker(queue)
     async_task("inference.tasks.run_job", str(job_id), task_name=f"job-{job_id}", q_options=options)
 
 
-def enqueue_committed(job_id: Any) -> None:
+def enqueue_committed(job_id: Any, *, front: bool = False) -> None:
     """Queue the task of a job whose row is committed; a broker that is down loses nothing.
 
     The row is the source of truth: when the task cannot be queued (the Redis broker is
-    unreachable, say), the job stays ``queued`` and the reconciler queues it once
-    INFERENCE_JOB_REQUEUE_AFTER has passed. The request that submitted it still succeeds
-    (202): failing it would make the client submit a second job."""
+    unreachable, say), the job stays ``queued`` and the reconciler queues it once the broker
+    answers (its task is neither in the broker nor taken). The request that submitted it still
+    succeeds (202): failing it would make the client submit a second job."""
     try:
-        enqueue(job_id)
+        enqueue(job_id, front=front)
     except Exception as exc:  # noqa: BLE001 - the broker's error, whatever its client raises
         logger.warning(
             "job %s is saved but its task could not be queued (%s: %s); the reconciler will queue it "
-            "after INFERENCE_JOB_REQUEUE_AFTER (%d s)", job_id, type(exc).__name__, exc,
-            settings.INFERENCE_JOB_REQUEUE_AFTER,
+            "once the broker answers (INFERENCE_JOB_LEASE_SECONDS, %d s, after)", job_id, type(exc).__name__, exc,
+            settings.INFERENCE_JOB_LEASE_SECONDS,
         )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.files.base import File
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from ...jobs.inputs import JobInputError, chunks, stored_instances
@@ -26,10 +26,9 @@ RESULT_SPOOL_BYTES = 8 * 1024**2
 def _claim(job_id: Any) -> InferenceJob | None:
     """Take the job for this run, or return None when another run has it or it is finished."""
     now = timezone.now()
-    claimable = Q(status=InferenceJob.Status.QUEUED) | Q(status=InferenceJob.Status.RUNNING, lease_expires_at__lt=now)
-    updated = InferenceJob.objects.filter(claimable, pk=job_id, cancel_requested=False).update(
+    updated = InferenceJob.objects.filter(InferenceJob.claimable(now), pk=job_id, cancel_requested=False).update(
         status=InferenceJob.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, progress_done=0,
-        lease_expires_at=queueing.lease(), worker=queueing.worker_id(),
+        lease_expires_at=queueing.lease(), worker=queueing.worker_id(), taken_by="", taken_until=None,  # its lease vouches now
     )
     if not updated:
         # A job cancelled while queued but never picked up is already final; nothing to do.
@@ -109,6 +108,7 @@ def job_run(job_id: Any) -> str:
         if attempt >= job.max_attempts:
             _finish(job, attempt, status=InferenceJob.Status.FAILED, error=error)
             return "failed"
-        if _finish(job, attempt, status=InferenceJob.Status.QUEUED, error=error, finished_at=None):
+        if _finish(job, attempt, status=InferenceJob.Status.QUEUED, error=error, finished_at=None,
+                   requeued_at=timezone.now()):
             queueing.enqueue(job.pk)
         return "requeued"
