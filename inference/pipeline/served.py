@@ -91,6 +91,8 @@ class ServedVersion:
         self.outputs: Sequence[TensorSpec] = spec.outputs
         self.pre = Pipeline(preprocess, stage="preprocess")  # StepConfigError for a bad config
         self.post = Pipeline(postprocess, stage="postprocess")
+        # output name -> class names, from the ``labels`` step (v2's label outputs and classification)
+        self.class_labels = class_labels(self.post, [s.name for s in self.outputs])
         self.raw_inputs = self.pre.decoded_inputs([s.name for s in self.inputs])
         self.parameters = {**self.pre.request_parameters, **self.post.request_parameters}
         self.batching = batching or Batching()
@@ -186,11 +188,6 @@ class ServedVersion:
         (softmax, argmax, round ...; not labels, topk): what the Open Inference Protocol answers."""
         self.check_outputs(outputs, prepared.n)
         return self.post.run_tensor_steps(dict(outputs), prepared.ctx)
-
-    @property
-    def class_labels(self) -> dict[str, list[str]]:
-        """Output name -> class names, from the version's ``labels`` step (empty without one)."""
-        return class_labels(self.post, [s.name for s in self.outputs])
 
     def check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
         """Raise RuntimeError unless the model's outputs match the declared schema."""
