@@ -6,6 +6,9 @@ not a gigabyte. With Triton's binary tensor data extension the request body is a
 header of ``Inference-Header-Content-Length`` bytes followed by the raw tensors, in input
 order, each ``binary_data_size`` bytes (BYTES elements are 4-byte little-endian lengths
 followed by the bytes).
+
+What the outputs hold (tensors after the tensor steps, label outputs, Triton's classification
+extension) is decided in ``oip_outputs``.
 """
 
 from __future__ import annotations
@@ -211,41 +214,12 @@ def tensor_metadata(specs: list[dict]) -> list[dict]:
     return [{"name": s["name"], "datatype": s["datatype"], "shape": [-1, *s["shape"]]} for s in specs]
 
 
-STRUCTURING_STEPS = {"topk", "labels"}
-
-
-def output_metadata(output_schema: list[dict], postprocess: list[dict]) -> list[dict]:
-    """The outputs as infer returns them: after a labels/topk step, one BYTES tensor of JSON
-    predictions (the v1 API's values) named after the first output; after argmax, INT64 indices."""
-    steps = [step.get("step") for step in postprocess]
-    first = output_schema[0]
-    if STRUCTURING_STEPS & set(steps):
-        return [{"name": first["name"], "datatype": "BYTES", "shape": [-1]}]
-    if "argmax" in steps and len(output_schema) == 1:
-        return [{"name": first["name"], "datatype": "INT64", "shape": [-1, *first["shape"][:-1]]}]
-    return tensor_metadata(output_schema)
-
-
 def _encode_bytes_elements(arr: np.ndarray) -> bytes:
     parts = []
     for v in arr.reshape(-1):
         b = v if isinstance(v, (bytes, bytearray)) else str(v).encode()
         parts.append(struct.pack("<I", len(b)) + b)
     return b"".join(parts)
-
-
-def output_tensors(result: Any, output_names: list[str]) -> dict[str, np.ndarray]:
-    """Return named output tensors from a postprocess result.
-
-    Tensors stay tensors. Structured per-instance predictions (labels, top-k lists) become
-    one BYTES tensor, named after the first declared output, of JSON strings — the same
-    values the v1 API returns, one per instance.
-    """
-    if isinstance(result, dict):
-        return result
-    encoded = np.empty(len(result), dtype=object)
-    encoded[:] = [orjson.dumps(v).decode() for v in result]
-    return {output_names[0]: encoded}
 
 
 def encode_infer_response(

@@ -24,14 +24,15 @@ from django.views.decorators.csrf import csrf_exempt
 from .. import access, offload, selectors
 from ..errors import PayloadTooLarge
 from ..middleware import receive_body
-from ..oip import ProtocolError, output_metadata, tensor_metadata
+from ..oip import ProtocolError, tensor_metadata
+from ..oip_outputs import output_metadata
 from ..services import predict as predict_service
 from .errors import v2_error
 from .parsing import read_body
 
 SERVER_NAME = "inference-platform"
 SERVER_VERSION = "1.0.0"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:

@@ -66,6 +66,9 @@ class Step:
     #: True for steps that turn raw request values (e.g. base64 images) into tensors:
     #: their input is not checked against the tensor schema before the step runs.
     decodes_input: ClassVar[bool] = False
+    #: True for steps that turn tensors into per-instance JSON values (labels, top-k lists): the
+    #: Open Inference Protocol stops before the first of them and answers tensors (``oip_outputs``).
+    structures: ClassVar[bool] = False
 
     def __init__(self, **config: Any):
         if config:
@@ -142,6 +145,26 @@ class Pipeline:
     def __call__(self, data: Any, ctx: StepContext) -> Any:
         for step in self.steps:
             data = step(data, ctx)
+        return data
+
+    @property
+    def tensor_steps(self) -> list[Step]:
+        """The steps before the first structuring one: those that keep tensors tensors."""
+        out: list[Step] = []
+        for step in self.steps:
+            if step.structures:
+                break
+            out.append(step)
+        return out
+
+    def run_tensor_steps(self, data: Arrays, ctx: StepContext) -> Arrays:
+        """Run the tensor steps; an operator's step that returns per-instance values without saying
+        so (``structures``) ends them there, its result unused."""
+        for step in self.tensor_steps:
+            result = step(data, ctx)
+            if not isinstance(result, dict):
+                break
+            data = result
         return data
 
 

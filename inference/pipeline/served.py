@@ -58,6 +58,19 @@ def runtime_class(format: str) -> type[Runtime]:
     return import_string(path) if isinstance(path, str) else path
 
 
+def class_labels(post: Pipeline, output_names: Sequence[str]) -> dict[str, list[str]]:
+    """Output name -> class names of the first ``labels`` step: the output it names, else the one a
+    ``topk`` before it names, else the only output (several outputs and no name: none)."""
+    named = None
+    for step in post.steps:
+        if step.name == "topk":
+            named = getattr(step, "output", None)
+        if step.name == "labels" and isinstance(labels := getattr(step, "labels", None), list):
+            target = getattr(step, "output", None) or named or (output_names[0] if len(output_names) == 1 else None)
+            return {target: labels} if target in output_names else {}
+    return {}
+
+
 class ServedVersion:
     """One loaded version: everything decided once, at load."""
 
@@ -78,6 +91,8 @@ class ServedVersion:
         self.outputs: Sequence[TensorSpec] = spec.outputs
         self.pre = Pipeline(preprocess, stage="preprocess")  # StepConfigError for a bad config
         self.post = Pipeline(postprocess, stage="postprocess")
+        # output name -> class names, from the ``labels`` step (v2's label outputs and classification)
+        self.class_labels = class_labels(self.post, [s.name for s in self.outputs])
         self.raw_inputs = self.pre.decoded_inputs([s.name for s in self.inputs])
         self.parameters = {**self.pre.request_parameters, **self.post.request_parameters}
         self.batching = batching or Batching()
@@ -168,10 +183,11 @@ class ServedVersion:
         check_model_inputs(arrays, self.inputs)
         return Prepared(arrays, ctx, n)
 
-    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared) -> Any:
-        """Return the postprocessed outputs: tensors by name, or one JSON-ready value per instance."""
+    def postprocess_tensors(self, outputs: dict[str, np.ndarray], prepared: Prepared) -> dict[str, np.ndarray]:
+        """Return the outputs as tensors, after the postprocess steps before the first structuring one
+        (softmax, argmax, round ...; not labels, topk): what the Open Inference Protocol answers."""
         self.check_outputs(outputs, prepared.n)
-        return self.post(outputs, prepared.ctx)
+        return self.post.run_tensor_steps(dict(outputs), prepared.ctx)
 
     def check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
         """Raise RuntimeError unless the model's outputs match the declared schema."""

@@ -315,6 +315,7 @@ class TopK(Step):
     """
 
     name = "topk"
+    structures = True
     request_parameters = {"top_k": _top_k}
 
     def __init__(self, k: int = 5, output: str | None = None):
@@ -340,6 +341,7 @@ class Labels(Step):
     """Name classes: indices -> labels; top-k lists gain "label"; scores -> best {"label", "score"}."""
 
     name = "labels"
+    structures = True
 
     def __init__(self, labels: list[str], output: str | None = None):
         if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):

@@ -6,8 +6,8 @@
            pool.loaded                the version's pipelines, runtime and batcher in this process
            ServedVersion.prepare      decode + preprocess + schema checks
            Batcher.run                one forward per batch, on the batcher's thread
-           ServedVersion.finish       postprocess
-      -> the protocol's renderer      apis.v1 / apis.v2 (apis.errors for refusals)
+           ServedVersion.finish       postprocess (v2: postprocess_tensors, the tensor steps only)
+      -> the protocol's renderer      apis.v1 / apis.v2 (apis.errors for refusals; oip_outputs for v2's tensors)
 
 The event loop that awaits this only parses, authenticates and waits: a read that misses this
 process's memos and a model load go to a thread (``offload.without_blocking``), decoding and
@@ -38,7 +38,7 @@ from django.utils.module_loading import import_string
 
 from registry.models import ModelVersion
 
-from .. import offload, oip, selectors
+from .. import offload, oip, oip_outputs, selectors
 from ..errors import APIError, ErrorCode, InvalidInput, ModelFailed, PayloadTooLarge, ServiceUnavailable
 from ..monitoring.observe import observe
 from ..pipeline.served import Prepared
@@ -266,13 +266,17 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
         parameters = {k: v for k, v in parsed.parameters.items() if k != "binary_data_output"} or None
         prepared = await prepare(lambda: served.prepare_arrays(parsed.inputs, parameters),
                                  heavy=heavy or served.decodes_input, timings=outcome.timings)
-        result = await compute(loaded, prepared, served.postprocess, outcome=outcome)
-        tensors = oip.output_tensors(result, [o["name"] for o in version.output_schema])
+        result = await compute(loaded, prepared, served.postprocess_tensors, outcome=outcome)
+        labels = served.class_labels
+
+        def respond() -> tuple[bytes, int | None]:
+            tensors = oip_outputs.output_tensors(result, labels, parsed.outputs)
+            return oip.encode_infer_response(
+                model_name=model_name, model_version=str(version.version), request_id=parsed.id, tensors=tensors,
+                requested=parsed.outputs, binary_default=parsed.binary_output)
+
         return await offload.compute(
-            oip.encode_infer_response, model_name=model_name, model_version=str(version.version),
-            request_id=parsed.id, tensors=tensors, requested=parsed.outputs, binary_default=parsed.binary_output,
-            heavy=sum(t.size for t in tensors.values()) > settings.INFERENCE_INLINE_ELEMENTS,
-        )
+            respond, heavy=sum(t.size for t in result.values()) > settings.INFERENCE_INLINE_ELEMENTS)
 
 
 async def predict_instances(loaded: Loaded, instances: list[Any], parameters: Any = None, *,

@@ -129,30 +129,98 @@ def test_infer_two_inputs_and_requested_output_subsets(client, auth, two_tower, 
     assert only.as_numpy("score") is None
 
 
-def test_predictions_equal_the_v1_apis(client, auth, iris_demo, live_server):
-    register_demo(iris_demo)
-    v2 = client.infer("iris", [_input("input", X, "FP32", True)], headers=h(auth))
-    from_v2 = [json.loads(v) for v in v2.as_numpy("output")]
+def _v1(live_server, auth, model: str, instances: list) -> list:
     request = urllib.request.Request(
-        f"{live_server.url}/api/v1/models/iris/predict", data=json.dumps({"instances": ROWS}).encode(),
+        f"{live_server.url}/api/v1/models/{model}/predict", data=json.dumps({"instances": instances}).encode(),
         headers={**auth, "Content-Type": "application/json"},
     )
-    from_v1 = json.loads(urllib.request.urlopen(request).read())["predictions"]
-    assert from_v2 == from_v1
-    assert [p["label"] for p in from_v1] == ["setosa", "virginica", "versicolor"]
+    return json.loads(urllib.request.urlopen(request).read())["predictions"]
+
+
+IRIS_LABELS = ["setosa", "versicolor", "virginica"]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value  # tritonclient: bytes if binary, else str
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_a_classifier_answers_fp32_probabilities_and_labels_equal_to_v1(client, auth, iris_demo, live_server, binary):
+    """softmax -> labels -> round: v2 answers the softmax's FP32 tensor plus an `output_label` BYTES
+    output (not one JSON string per row); the metadata lists exactly those outputs."""
+    register_demo(iris_demo)
+    v2 = client.infer("iris", [_input("input", X, "FP32", binary)], headers=h(auth),
+                      outputs=[triton.InferRequestedOutput("output", binary_data=binary),
+                               triton.InferRequestedOutput("output_label", binary_data=binary)])
+    probabilities, labels = v2.as_numpy("output"), v2.as_numpy("output_label")
+    from_v1 = _v1(live_server, auth, "iris", ROWS)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probabilities.max(axis=1), [p["score"] for p in from_v1], atol=5e-5)  # v1 rounds to 4
+    assert [IRIS_LABELS[i] for i in probabilities.argmax(axis=1)] == [p["label"] for p in from_v1]
+    assert [_text(v) for v in labels] == [p["label"] for p in from_v1] == ["setosa", "virginica", "versicolor"]
     meta = client.get_model_metadata("iris", headers=h(auth))
-    assert meta["outputs"] == [{"name": "output", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 3]},
+                               {"name": "output_label", "datatype": "BYTES", "shape": [-1]}]
+    everything = client.infer("iris", [_input("input", X, "FP32", binary)], headers=h(auth)).get_response()["outputs"]
+    assert [(o["name"], o["datatype"], o["shape"][1:]) for o in everything] == [
+        (o["name"], o["datatype"], o["shape"][1:]) for o in meta["outputs"]]
 
 
-def test_an_image_model_takes_raw_png_bytes(client, auth, digits_demo):
+def _classes(strings: np.ndarray) -> list[list[tuple[float, int, str]]]:
+    return [[(float(v), int(i), rest[0] if rest else None)
+             for v, i, *rest in (_text(s).split(":") for s in row)] for row in strings]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension_answers_score_index_label_strings(client, auth, iris_demo, mlp, live_server, binary):
+    """Triton's classification extension: InferRequestedOutput(class_count=k) -> BYTES [batch, k] of
+    "value:index:label", best first; "value:index" for a model without labels."""
+    register_demo(iris_demo)
+    probabilities = client.infer("iris", [_input("input", X, "FP32", True)], headers=h(auth)).as_numpy("output")
+    result = client.infer("iris", [_input("input", X, "FP32", binary)], headers=h(auth),
+                          outputs=[triton.InferRequestedOutput("output", binary_data=binary, class_count=2)])
+    top2 = result.as_numpy("output")
+    assert top2.shape == (3, 2) and result.get_response()["outputs"][0]["datatype"] == "BYTES"
+    classes = _classes(top2)
+    best_first = np.argsort(-probabilities, axis=1, kind="stable")[:, :2]
+    assert [[i for _, i, _ in row] for row in classes] == best_first.tolist()
+    assert [[label for _, _, label in row] for row in classes] == [[IRIS_LABELS[i] for i in r] for r in best_first]
+    np.testing.assert_allclose([[v for v, _, _ in row] for row in classes],
+                               np.take_along_axis(probabilities, best_first, axis=1), rtol=1e-6)
+    assert [row[0][2] for row in classes] == [p["label"] for p in _v1(live_server, auth, "iris", ROWS)]
+    # more classes than the model has: all of them; a model without labels: "value:index"
+    everything = client.infer("iris", [_input("input", X, "FP32", binary)], headers=h(auth),
+                              outputs=[triton.InferRequestedOutput("output", binary_data=binary, class_count=9)])
+    assert everything.as_numpy("output").shape == (3, 3)
+    raw = client.infer("mlp", [_input("input", X, "FP32", binary)], headers=h(auth),
+                       outputs=[triton.InferRequestedOutput("output", binary_data=binary, class_count=1)])
+    logits = forward(mlp, ROWS)
+    assert [[(i, label) for _, i, label in row] for row in _classes(raw.as_numpy("output"))] == [
+        [(int(i), None)] for i in logits.argmax(axis=1)]
+    for bad in (0, "two", True):
+        body = json.dumps({"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "data": ROWS}],
+                           "outputs": [{"name": "output", "parameters": {"classification": bad}}]}).encode()
+        status, answer = _raw(live_server, auth, body)
+        assert status == 400 and "classification" in answer["error"], (bad, answer)
+    assert "classification" in client.get_server_metadata()["extensions"]
+
+
+def test_an_image_model_takes_raw_png_bytes(client, auth, digits_demo, live_server):
+    """softmax -> topk -> labels: v2 answers the FP32 probabilities and each image's top label."""
     from inference.demo import digit_png_base64, digits_split
 
     register_demo(digits_demo)
     _, _, images, labels = digits_split()
     pngs = np.array([base64.b64decode(digit_png_base64(x)) for x in images[:20]], dtype=np.object_)
     result = client.infer("digits", [_input("image", pngs, "BYTES", True)], headers=h(auth))
-    best = [json.loads(v)[0]["label"] for v in result.as_numpy("logits")]
+    probabilities = result.as_numpy("logits")
+    assert probabilities.dtype == np.float32 and probabilities.shape == (20, 10)
+    best = [_text(v) for v in result.as_numpy("logits_label")]
+    assert best == [str(i) for i in probabilities.argmax(axis=1)]
     assert sum(b == str(y) for b, y in zip(best, labels[:20])) >= 18
+    from_v1 = _v1(live_server, auth, "digits", [digit_png_base64(x) for x in images[:20]])
+    assert best == [top[0]["label"] for top in from_v1]
 
 
 def test_errors_unknown_model_bad_shape_and_auth(client, auth, mlp):
@@ -176,11 +244,11 @@ def test_errors_unknown_model_bad_shape_and_auth(client, auth, mlp):
     assert client.infer("mlp", [_input("input", X, "FP32", True)], headers=h(auth)).as_numpy("output").shape == (3, 3)
 
 
-def _raw(live_server, auth, body: bytes, header_length: int | None = None) -> tuple[int, dict]:
+def _raw(live_server, auth, body: bytes, header_length: int | None = None, model: str = "mlp") -> tuple[int, dict]:
     headers = {**auth}
     if header_length is not None:
         headers["Inference-Header-Content-Length"] = str(header_length)
-    request = urllib.request.Request(f"{live_server.url}/v2/models/mlp/infer", data=body, headers=headers)
+    request = urllib.request.Request(f"{live_server.url}/v2/models/{model}/infer", data=body, headers=headers)
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, json.loads(response.read())
