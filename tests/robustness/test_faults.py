@@ -62,6 +62,9 @@ JOB_ENV = {
     "INFERENCE_JOB_TIMEOUT": "60",
     "INFERENCE_JOB_RETRY": "70",
     "INFERENCE_METRICS_TOKEN": TOKEN,
+    # The loads here submit jobs from one key faster than a 2-worker cluster runs them (or while it
+    # cannot): more than INFERENCE_JOB_MAX_QUEUED_PER_KEY (20) are queued at once.
+    "INFERENCE_JOB_MAX_QUEUED_PER_KEY": "100000",
 }
 
 
