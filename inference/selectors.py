@@ -8,6 +8,10 @@ The request path reads the registry through ``RegistryMemo``, this process's mem
 and resolved versions: a change anywhere (a promotion in the admin, a version validated by a
 worker) bumps the shared registry generation (``registry.signals``), which each process polls
 every INFERENCE_REGISTRY_POLL_SECONDS; the process that made the change forgets at once.
+
+An alias with a weighted split (a canary) is memoized as its ``routing.Route`` (versions and
+weights), never as one pick of it: each request picks its version from the memo (by weight, or by
+its X-Routing-Key), with no database read and nothing that blocks the event loop.
 """
 
 from __future__ import annotations
