@@ -318,10 +318,11 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | Non
     stored: list[dict[str, int]] | None = None
     if split is not None:
         stored = split_check(model=model, split=split)
-        version = split[0][0]
         if len(stored) == 1:
             stored = None  # one version at 100 % is a plain alias
-    assert version is not None
+    version = split[0][0] if split is not None else version
+    if version is None:  # unreachable: checked above (for type checkers)
+        raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
     if version.model_id != model.pk:
         raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
     version.refresh_from_db(fields=["status", "status_error", "archived"])

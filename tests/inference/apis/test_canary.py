@@ -197,3 +197,14 @@ def test_a_split_of_unready_archived_or_differently_shaped_versions_is_400(clien
         assert error_of(r)["details"]["reason"] == reason, r.content
     assert not ModelAlias.objects.filter(name="canary").exists()
     assert not AliasEvent.objects.filter(alias="canary").exists()
+
+
+def test_removing_a_split_alias_records_the_split_it_had(client, iris, manage):
+    assert put(client, manage, {"split": SPLIT_90_10}).status_code == 200
+    assert client.delete("/api/v1/models/iris/aliases/canary", headers=manage).status_code == 204
+    last = AliasEvent.objects.filter(alias="canary").order_by("-id").first()
+    assert (last.action, last.from_version, last.from_split, last.to_version) == ("delete", 1, SPLIT_90_10, None)
+    # Removed, v2 (in no other alias's split) can be archived again.
+    assert client.post("/api/v1/models/iris/versions/2/archive", headers=manage).status_code == 409  # staging
+    assert put(client, manage, {"version": 1}, alias="staging").status_code == 200
+    assert client.post("/api/v1/models/iris/versions/2/archive", headers=manage).status_code == 200
