@@ -8,6 +8,10 @@ The request path reads the registry through ``RegistryMemo``, this process's mem
 and resolved versions: a change anywhere (a promotion in the admin, a version validated by a
 worker) bumps the shared registry generation (``registry.signals``), which each process polls
 every INFERENCE_REGISTRY_POLL_SECONDS; the process that made the change forgets at once.
+
+An alias with a weighted split (a canary) is memoized as its ``routing.Route`` (versions and
+weights), never as one pick of it: each request picks its version from the memo (by weight, or by
+its X-Routing-Key), with no database read and nothing that blocks the event loop.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from django.conf import settings
 from django.core.signals import setting_changed
 
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
-from registry.selectors import is_registry_name, model_list, version_resolve
+from registry.selectors import is_registry_name, model_list, targets_resolve
 from registry.signals import GENERATION_CACHE_KEY, generation_cache
 
 from .errors import NotFound, ServiceUnavailable
 from .offload import WouldBlock
+from .routing import Route
 
 _MISSING = object()
 MEMO_MAX = 10_000  # resolved (model, ref) pairs kept; bounded against random refs
@@ -81,15 +86,29 @@ class RegistryMemo:
     def model(self, name: str, *, may_block: bool = True) -> RegisteredModel | None:
         return self._read(("model", name), lambda: RegisteredModel.objects.filter(name=name).first(), may_block)
 
-    def version(self, model: RegisteredModel, ref: str | int | None, *, may_block: bool = True) -> ModelVersion | None:
-        """The version `ref` names (a number, an alias, or None: production, else the newest ready)."""
-        return self._read((model.name, "" if ref is None else str(ref)),
-                          lambda: version_resolve(model=model, ref=ref), may_block)
+    def route(self, model: RegisteredModel, ref: str | int | None, *, may_block: bool = True) -> Route | None:
+        """The versions `ref` names (a number, an alias, or None: production, else the newest ready), with
+        their weights: one version, or an alias's split. The split is kept, not one pick of it."""
+        def read() -> Route | None:
+            targets = targets_resolve(model=model, ref=ref)
+            return Route(targets) if targets else None
+        return self._read((model.name, "" if ref is None else str(ref)), read, may_block)
+
+    def version(self, model: RegisteredModel, ref: str | int | None, *, routing_key: str | None = None,
+                may_block: bool = True) -> ModelVersion | None:
+        """The version that answers one request for `ref`: picked by weight from a split alias (by the
+        routing key's stable bucket when there is one), without reading the database once memoized."""
+        route = self.route(model, ref, may_block=may_block)
+        return route.pick(routing_key) if route is not None else None
 
     def aliased(self, model: RegisteredModel, *, may_block: bool = True) -> frozenset[int]:
-        """The ids of the model's versions that an alias points at."""
-        return self._read((model.name, "#aliased"), lambda: frozenset(
-            ModelAlias.objects.filter(model=model).values_list("version_id", flat=True)), may_block)
+        """The ids of the model's versions that an alias points at (as its version or in its split)."""
+        def read() -> frozenset[int]:
+            rows = list(ModelAlias.objects.filter(model=model).values_list("version_id", "split"))
+            numbers = {int(t["version"]) for _, split in rows for t in split or ()}
+            ids = set(ModelVersion.objects.filter(model=model, version__in=numbers).values_list("pk", flat=True))
+            return frozenset({pk for pk, _ in rows} | ids)
+        return self._read((model.name, "#aliased"), read, may_block)
 
 
 memo = RegistryMemo()
@@ -106,10 +125,12 @@ def visible_model(*, model_name: str, key: Any, may_block: bool = True) -> Regis
     return model
 
 
-def serving_version(*, model_name: str, ref: str | int | None, key: Any, may_block: bool = True) -> ModelVersion:
-    """The version a request for `model_name` (at `ref`) is served by; NotFound (404) or ServiceUnavailable (503)."""
+def serving_version(*, model_name: str, ref: str | int | None, key: Any, routing_key: str | None = None,
+                    may_block: bool = True) -> ModelVersion:
+    """The version a request for `model_name` (at `ref`) is served by; NotFound (404) or ServiceUnavailable (503).
+    An alias with a split picks one of its versions by weight, or by `routing_key` (sticky) when given."""
     model = visible_model(model_name=model_name, key=key, may_block=may_block)
-    version = memo.version(model, ref, may_block=may_block)
+    version = memo.version(model, ref, routing_key=routing_key, may_block=may_block)
     if version is None:
         if ref is None:
             raise ServiceUnavailable(
@@ -128,8 +149,8 @@ def may_load_on_demand(*, version: ModelVersion, key: Any, may_block: bool = Tru
         return True
     if version.pk in memo.aliased(version.model, may_block=may_block):
         return True
-    default = memo.version(version.model, None, may_block=may_block)
-    return default is not None and default.pk == version.pk
+    default = memo.route(version.model, None, may_block=may_block)
+    return default is not None and version in default
 
 
 def ready_version_numbers(model: RegisteredModel) -> list[int]:

@@ -176,11 +176,18 @@ class ModelVersion(models.Model):
 
 
 class ModelAlias(models.Model):
-    """A named pointer from a model to one of its versions (production, staging, ...)."""
+    """A named pointer from a model to one of its versions (production, staging, ...), or to a
+    weighted split of several (a canary): ``split`` is then ``[{"version": N, "weight": W}, ...]``
+    (version numbers, integer weights summing to 100) and ``version`` is its first entry, the
+    primary target, so that every reader of ``alias.version`` keeps working. ``split`` is null for
+    an alias that points at one version (100 %)."""
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
     name = models.CharField(max_length=63, validators=[slug_validator])
     version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="aliases")
+    split = models.JSONField(null=True, blank=True, default=None,
+                             help_text='Weighted targets, e.g. [{"version": 3, "weight": 90}, {"version": 4, '
+                                       '"weight": 10}]; empty: all requests go to `version`.')
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -191,6 +198,13 @@ class ModelAlias(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}@{self.name}"
+
+    @property
+    def targets(self) -> list[tuple[int, int]]:
+        """(version number, weight) of each target: the split, else [(version, 100)]."""
+        if self.split:
+            return [(int(t["version"]), int(t["weight"])) for t in self.split]
+        return [(self.version.version, 100)]
 
 
 class AliasEvent(models.Model):
@@ -205,6 +219,8 @@ class AliasEvent(models.Model):
     action = models.CharField(max_length=8, choices=Action.choices)
     from_version = models.PositiveIntegerField(null=True, blank=True)
     to_version = models.PositiveIntegerField(null=True, blank=True)
+    from_split = models.JSONField(null=True, blank=True, default=None, help_text="The split before (null: one version).")
+    to_split = models.JSONField(null=True, blank=True, default=None, help_text="The split set (null: one version).")
     actor = models.CharField(max_length=200, help_text="user:<username> or key:<key name> (prefix)")
     at = models.DateTimeField(auto_now_add=True, db_index=True)
 

@@ -64,3 +64,24 @@ def version_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> 
         return None
     alias = ModelAlias.objects.filter(model=model, name=ref).values_list("version_id", flat=True).first()
     return live.filter(pk=alias).first() if alias is not None else None
+
+
+def targets_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> list[tuple[ModelVersion, int]]:
+    """Return the (version, weight) pairs `ref` names: an alias's split (weights summing to 100, its primary
+    first), else the one version ``version_resolve`` returns at 100; [] if none. A version of a split that
+    is no longer live is left out (the weights of the rest then sum to less than 100)."""
+    if ref is not None and not isinstance(ref, int) and not (isinstance(ref, str) and ref.isdigit()):
+        if not is_registry_name(ref):
+            return []
+        row = ModelAlias.objects.filter(model=model, name=ref).values_list("split", flat=True).first()
+        if row:
+            weights = {int(t["version"]): int(t["weight"]) for t in row}
+            live = {v.version: v for v in ModelVersion.objects.select_related("model", "hardware").filter(
+                model=model, archived=False, version__in=list(weights))}
+            return [(live[n], w) for n, w in weights.items() if n in live]
+    elif ref is None:
+        row = ModelAlias.objects.filter(model=model, name=DEFAULT_ALIAS).values_list("split", flat=True).first()
+        if row:
+            return targets_resolve(model=model, ref=DEFAULT_ALIAS)
+    version = version_resolve(model=model, ref=ref)
+    return [(version, 100)] if version is not None else []

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -37,6 +37,7 @@ from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, Regist
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .selectors import is_registry_name
 from .signals import announce_change
+from .splits import aliases_naming, split_check
 from .validation import ValidationOutcome, validate_in_subprocess
 
 logger = logging.getLogger("registry")
@@ -303,15 +304,27 @@ def model_version_validate(*, version: ModelVersion, actor: str = "system") -> M
 
 
 @transaction.atomic
-def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, actor: str = "system") -> ModelAlias:
-    """Point `model@alias` at `version` (promote or roll back) and record the move."""
-    if version.model_id != model.pk:
-        raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
+def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | None = None,
+              split: Sequence[tuple[ModelVersion, int]] | None = None, actor: str = "system") -> ModelAlias:
+    """Point `model@alias` at `version` (promote or roll back), or at a weighted `split` of versions
+    (a canary: ``registry.splits``), and record the move (with the split) in the alias history."""
+    if (version is None) == (split is None):
+        raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
     ModelAlias._meta.get_field("name").run_validators(alias)
     _check_name(alias, "alias")
     # Lock the model row (alias moves and archiving of one model take turns on it), then judge
-    # the version as it is now, not as the caller read it.
+    # the versions as they are now, not as the caller read them.
     RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    stored: list[dict[str, int]] | None = None
+    if split is not None:
+        stored = split_check(model=model, split=split)
+        if len(stored) == 1:
+            stored = None  # one version at 100 % is a plain alias
+    version = split[0][0] if split is not None else version
+    if version is None:  # unreachable: checked above (for type checkers)
+        raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
+    if version.model_id != model.pk:
+        raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
     version.refresh_from_db(fields=["status", "status_error", "archived"])
     if version.status != ModelVersion.Status.READY:
         raise ValidationError(
@@ -321,17 +334,18 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion, acto
     if version.archived:
         raise ValidationError(f"{version} is archived.", code="archived")
     current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
-    if current is not None and current.version_id == version.pk:
+    if current is not None and current.version_id == version.pk and (current.split or None) == stored:
         return current
     previous = current.version.version if current is not None else None
+    previous_split = current.split if current is not None else None
     if current is None:
-        current = ModelAlias.objects.create(model=model, name=alias, version=version)
+        current = ModelAlias.objects.create(model=model, name=alias, version=version, split=stored)
     else:
-        current.version = version
-        current.save(update_fields=["version", "updated_at"])
+        current.version, current.split = version, stored
+        current.save(update_fields=["version", "split", "updated_at"])
     AliasEvent.objects.create(
         model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
-        to_version=version.version, actor=actor,
+        to_version=version.version, from_split=previous_split, to_split=stored, actor=actor,
     )
     announce_change()
     return current
@@ -346,7 +360,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
         return False
     AliasEvent.objects.create(
         model=model, alias=alias, action=AliasEvent.Action.DELETE, from_version=current.version.version,
-        to_version=None, actor=actor,
+        from_split=current.split, to_version=None, actor=actor,
     )
     current.delete()
     announce_change()
@@ -357,7 +371,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
 def model_version_archive(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
     """Archive a version (it stops serving); refused while an alias points to it. Archiving twice is a no-op."""
     RegisteredModel.objects.select_for_update().filter(pk=version.model_id).first()  # see alias_set
-    names = list(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
+    names = aliases_naming(version)  # as primary target or in a split
     if names:
         raise ValidationError(
             f"{version} is the target of alias(es) {', '.join(sorted(names))}: move them first.", code="alias_target"

@@ -16,6 +16,7 @@ from .. import selectors
 from ..errors import Conflict, InvalidInput, TooManyJobs, UnsupportedMediaType
 from ..jobs.models import InferenceJob
 from ..jobs.selectors import job_predictions, job_state, job_url, jobs_of_key, own_job
+from ..routing import ROUTING_HEADER
 from ..services import jobs as job_services
 from ..services.jobs import JobConflict, job_cancel, job_request_submit, job_retry
 from . import serializers as s
@@ -79,6 +80,7 @@ class JobSubmitView(PlatformAPIView):
             key=request.auth, model_name=name, ref=ref or request.query_params.get("version"), instances=instances,
             upload=upload, input_format=fmt, parameters=parameters, callback_url=callback_url,
             idempotency_key=request.headers.get("Idempotency-Key", "")[:200],
+            routing_key=request.headers.get(ROUTING_HEADER),
         )
         body = {"id": str(job.pk), "status": job.status, "url": job_url(job)}
         return Response(body, status=202 if created else 200, headers={"Location": job_url(job)})

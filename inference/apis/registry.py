@@ -56,13 +56,15 @@ def version_body(version: ModelVersion) -> dict[str, Any]:
 
 
 def alias_body(alias: ModelAlias) -> dict[str, Any]:
+    """`version` is the primary target; `split` the weighted targets (one at 100 for a plain alias)."""
     return {"model": alias.model.name, "alias": alias.name, "version": alias.version.version,
-            "updated_at": alias.updated_at}
+            "split": [{"version": n, "weight": w} for n, w in alias.targets], "updated_at": alias.updated_at}
 
 
 def event_body(event: AliasEvent) -> dict[str, Any]:
     return {"at": event.at, "action": event.action, "from_version": event.from_version,
-            "to_version": event.to_version, "actor": event.actor}
+            "to_version": event.to_version, "from_split": event.from_split, "to_split": event.to_split,
+            "actor": event.actor}
 
 
 class ManageAPIView(PlatformAPIView):
@@ -192,18 +194,23 @@ class AliasView(ManageAPIView):
 
     @extend_schema(
         operation_id="models_aliases_update",
-        summary="Point an alias at a version: promote, or roll back to an earlier one",
-        description=MANAGE_ONLY + " 409 unless the version is `ready` (and not archived). Recorded in the "
-        "alias history with this key's name.",
+        summary="Point an alias at a version (promote, roll back) or at a weighted split (a canary)",
+        description=MANAGE_ONLY + ' Body {"version": N} (409 unless the version is `ready` and not archived) or '
+        '{"split": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}: integer weights summing to '
+        "100, each version once, all ready, unarchived and with the same input schema (else 400, nothing "
+        "changed); the first entry is the primary `version`. Each request through the alias is routed by "
+        "weight (sticky with an X-Routing-Key header). Recorded in the alias history with this key's name.",
         request=s.AliasSetSerializer,
         responses={200: s.AliasSerializer, 400: E, 401: E, 403: E, 404: E, 409: E, 413: E, 415: E, 429: E},
     )
     def put(self, request: Request, name: str, alias: str) -> Response:
         model = svc.managed_model(name=name, key=request.auth)
         body = loads(json_bytes(request))
-        if not isinstance(body, dict) or set(body) != {"version"}:
-            raise InvalidInput('The body must be {"version": N}.', path="version")
-        row, previous = svc.alias_point(key=request.auth, model=model, alias=alias, number=body["version"])
+        if not isinstance(body, dict) or set(body) not in ({"version"}, {"split"}):
+            raise InvalidInput('The body must be {"version": N} or {"split": [{"version": N, "weight": W}, ...]}.',
+                               path="version")
+        row, previous = svc.alias_point(key=request.auth, model=model, alias=alias, number=body.get("version"),
+                                        split=body.get("split"))
         return Response({**alias_body(row), "previous_version": previous})
 
     @extend_schema(

@@ -168,8 +168,16 @@ class ManagedVersionSerializer(VersionSerializer):
     url = serializers.CharField()
 
 
+class SplitTargetSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+    weight = serializers.IntegerField(min_value=1, max_value=100, help_text="Percent of requests (integers, sum 100).")
+
+
 class AliasSetSerializer(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, help_text="A ready, unarchived version of this model.")
+    version = serializers.IntegerField(min_value=1, required=False,
+                                       help_text="A ready, unarchived version of this model (100 %).")
+    split = SplitTargetSerializer(many=True, required=False,
+                                  help_text="Instead of version: weighted versions (a canary), the first is primary.")
 
 
 class AliasEventSerializer(serializers.Serializer):
@@ -177,13 +185,17 @@ class AliasEventSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["set", "delete"])
     from_version = serializers.IntegerField(allow_null=True)
     to_version = serializers.IntegerField(allow_null=True)
+    from_split = SplitTargetSerializer(many=True, allow_null=True, required=False)
+    to_split = SplitTargetSerializer(many=True, allow_null=True, required=False)
     actor = serializers.CharField()
 
 
 class AliasSerializer(serializers.Serializer):
     model = serializers.CharField()
     alias = serializers.CharField()
-    version = serializers.IntegerField()
+    version = serializers.IntegerField(help_text="The primary target (the first of the split).")
+    split = SplitTargetSerializer(many=True, help_text="Where requests go, by weight ([{version, weight: 100}] "
+                                  "for a plain alias).")
     previous_version = serializers.IntegerField(allow_null=True, required=False,
                                                 help_text="PUT only: the version it pointed to before (null: new).")
     updated_at = serializers.DateTimeField()

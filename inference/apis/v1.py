@@ -27,6 +27,7 @@ from ..errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from ..keys import APIKey
 from ..middleware import receive_body
 from ..pipeline.base import Pipeline, StepConfigError
+from ..routing import ROUTING_HEADER
 from ..services import predict as predict_service
 from . import serializers as s
 from .authentication import APIKeyAuthentication, HasScope
@@ -182,7 +183,7 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
         body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
         result = await predict_service.predict(
             model_name=name, ref=ref, key=key, body=body, size=len(raw), request_id=request.request_id,
-            maybe_bools=may_hold_bools(raw),
+            maybe_bools=may_hold_bools(raw), routing_key=request.headers.get(ROUTING_HEADER),
         )
     except Exception as exc:  # noqa: BLE001 - every refusal in the v1 shape; a bug is a logged 500
         return v1_error(exc, request)

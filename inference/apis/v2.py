@@ -26,6 +26,7 @@ from ..errors import PayloadTooLarge
 from ..middleware import receive_body
 from ..oip import ProtocolError, tensor_metadata
 from ..oip_outputs import output_metadata
+from ..routing import ROUTING_HEADER
 from ..services import predict as predict_service
 from .errors import v2_error
 from .parsing import read_body
@@ -155,7 +156,7 @@ async def infer(request: HttpRequest, name: str, ref: str | None = None) -> Http
         body, header_length = await predict_service.infer(
             model_name=name, ref=ref, key=request.auth, body=lambda: decoded_body(request),
             size=size_hint(request), header_length=header_length,
-            request_id=request.request_id,
+            request_id=request.request_id, routing_key=request.headers.get(ROUTING_HEADER),
         )
     except Exception as exc:  # noqa: BLE001
         return v2_error(exc, request)

@@ -124,9 +124,12 @@ def observed(model_name: str, request_id: str = "") -> Iterator[PredictOutcome]:
 
 # ---- the steps of a request ------------------------------------------------------------------------
 
-async def serving(*, model_name: str, ref: str | int | None, key: Any) -> tuple[ModelVersion, Loaded]:
-    """The version that answers and its loaded form in this process (404, 503 with the reason)."""
-    version = await offload.without_blocking(selectors.serving_version, model_name=model_name, ref=ref, key=key)
+async def serving(*, model_name: str, ref: str | int | None, key: Any,
+                  routing_key: str | None = None) -> tuple[ModelVersion, Loaded]:
+    """The version that answers (one pick of a split alias, sticky by `routing_key`) and its loaded form in
+    this process (404, 503 with the reason)."""
+    version = await offload.without_blocking(selectors.serving_version, model_name=model_name, ref=ref, key=key,
+                                             routing_key=routing_key)
     try:
         loaded = await loaded_version(version, key=key)
     except ModelNotReady as exc:
@@ -229,11 +232,12 @@ def parse_predict_body(body: Any) -> tuple[Any, Any]:
 
 
 async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any, size: int = 0,
-                  request_id: str = "", maybe_bools: MaybeBools = True) -> dict[str, Any]:
+                  request_id: str = "", maybe_bools: MaybeBools = True,
+                  routing_key: str | None = None) -> dict[str, Any]:
     """Answer a v1 predict request (its parsed JSON `body`, `size` bytes on the wire): the response body."""
     with observed(model_name, request_id) as outcome:
         instances, parameters = parse_predict_body(body)
-        version, loaded = await serving(model_name=model_name, ref=ref, key=key)
+        version, loaded = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
         outcome.version, outcome.loaded = version.version, loaded
         capture = version.model.capture_payloads  # RegisteredModel.capture_payloads, from the memo
         if capture:
@@ -254,11 +258,12 @@ async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any
 
 
 async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Callable[[], bytes], size: int,
-                header_length: int | None, request_id: str = "") -> tuple[bytes, int | None]:
+                header_length: int | None, request_id: str = "",
+                routing_key: str | None = None) -> tuple[bytes, int | None]:
     """Answer an Open Inference Protocol infer request, whose body (`size` bytes on the wire) `body()`
     returns (decompressed, checked against the size limit): (response body, Inference-Header-Content-Length)."""
     with observed(model_name, request_id) as outcome:
-        version, loaded = await serving(model_name=model_name, ref=ref, key=key)
+        version, loaded = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
         outcome.version, outcome.loaded = version.version, loaded
         served = loaded.served
         heavy = size > settings.INFERENCE_INLINE_BYTES

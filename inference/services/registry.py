@@ -22,6 +22,7 @@ from django.utils import timezone
 from registry import services as registry
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 from registry.selectors import is_registry_name, version_number
+from registry.splits import aliases_naming
 
 from ..errors import APIError, Conflict, InvalidInput, NotFound, PayloadTooLarge, PermissionDenied
 from ..keys import APIKey
@@ -88,7 +89,8 @@ def managed_version(*, model: RegisteredModel, number: str | int) -> ModelVersio
 
 
 def version_aliases(version: ModelVersion) -> list[str]:
-    return sorted(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
+    """The aliases that send requests to `version` (as their version or in their split)."""
+    return aliases_naming(version)
 
 
 # ---- models and versions ------------------------------------------------------------------------------
@@ -153,30 +155,65 @@ def version_archive(*, key: Any, version: ModelVersion) -> ModelVersion:
 
 # ---- aliases ---------------------------------------------------------------------------------------------
 
-def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any) -> tuple[ModelAlias, int | None]:
-    """Point `model@alias` at version `number` (promote or roll back); return (alias, the version it
-    pointed to before, or None if it is new)."""
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise InvalidInput('The body must be {"version": N} with N a version number.', path="version")
+def _alias_name_check(alias: str) -> None:
     try:
         ModelAlias._meta.get_field("name").run_validators(alias)
         if not is_registry_name(alias):  # the validator's `$` lets "name\n" through
             raise ValidationError("Use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.")
     except ValidationError as exc:
         raise InvalidInput(f"Alias {alias!r}: " + "; ".join(exc.messages), path="alias") from None
-    try:
-        version = managed_version(model=model, number=number)
-    except NotFound as exc:
-        raise InvalidInput(exc.message, path="version", details={"reason": "unknown_version"}) from None
+
+
+def _split_versions(model: RegisteredModel, split: Any) -> list[tuple[ModelVersion, int]]:
+    """The (version, weight) pairs of a PUT body's `split`, shape and numbers checked (400); the
+    registry judges the rest (weights sum, versions ready, same schema: ``registry.splits``)."""
+    usage = 'split must be a list like [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]'
+    if not isinstance(split, list) or not split:
+        raise InvalidInput(usage + ".", path="split", details={"reason": "invalid_split"})
+    pairs = []
+    for i, entry in enumerate(split):
+        if not isinstance(entry, dict) or set(entry) != {"version", "weight"}:
+            raise InvalidInput(f"split[{i}]: {usage}.", path=f"split.{i}", details={"reason": "invalid_split"})
+        number, weight = entry["version"], entry["weight"]
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise InvalidInput(f"split[{i}].version must be a version number.", path=f"split.{i}.version",
+                               details={"reason": "invalid_split"})
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise InvalidInput(f"split[{i}].weight must be an integer from 1 to 100 (got {weight!r}).",
+                               path=f"split.{i}.weight", details={"reason": "invalid_split"})
+        try:
+            version = managed_version(model=model, number=number)
+        except NotFound as exc:
+            raise InvalidInput(exc.message, path=f"split.{i}.version", details={"reason": "unknown_version"}) from None
+        pairs.append((version, weight))
+    return pairs
+
+
+def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any = None,
+                split: Any = None) -> tuple[ModelAlias, int | None]:
+    """Point `model@alias` at version `number` (promote or roll back), or at a weighted `split` (a canary);
+    return (alias, the version it pointed to before, or None if it is new)."""
+    _alias_name_check(alias)
+    pairs: list[tuple[ModelVersion, int]] | None = None
+    version: ModelVersion | None = None
+    if split is not None:
+        pairs = _split_versions(model, split)
+    else:
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise InvalidInput('The body must be {"version": N} with N a version number.', path="version")
+        try:
+            version = managed_version(model=model, number=number)
+        except NotFound as exc:
+            raise InvalidInput(exc.message, path="version", details={"reason": "unknown_version"}) from None
     try:
         with transaction.atomic():
             # The lock alias_set takes, taken first so that `previous` is the version this move replaced.
             RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
             previous = ModelAlias.objects.filter(model=model, name=alias).values_list(
                 "version__version", flat=True).first()
-            row = registry.alias_set(model=model, alias=alias, version=version, actor=actor(key))
+            row = registry.alias_set(model=model, alias=alias, version=version, split=pairs, actor=actor(key))
     except ValidationError as exc:
-        raise api_error(exc, path="version") from exc
+        raise api_error(exc, path="split" if pairs is not None else "version") from exc
     return row, previous
 
 

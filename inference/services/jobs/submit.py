@@ -185,9 +185,12 @@ def job_request_submit(
     parameters: Any = None,
     callback_url: Any = "",
     idempotency_key: str = "",
+    routing_key: str | None = None,
 ) -> tuple[InferenceJob, bool]:
     """Submit a job for an API key (the jobs API): resolve the version as predict does, check what can
-    be checked now, then ``job_submit``; every refusal is an API error (400, 404, 409, 413, 429, 503)."""
+    be checked now, then ``job_submit``; every refusal is an API error (400, 404, 409, 413, 429, 503).
+    Through an alias with a split, the job is pinned now to one of its versions, picked by the same
+    weights as a request (sticky by `routing_key`): every chunk, retry and requeue runs that version."""
     from ... import selectors
     from ...errors import Conflict, InvalidInput, PayloadTooLarge
     from ...errors import TooManyJobs as TooManyJobsError
@@ -200,7 +203,7 @@ def job_request_submit(
         raise InvalidInput("callback_url must be a URL (a string).", path="callback_url")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidInput("parameters must be a JSON object.", path="parameters")
-    version = selectors.serving_version(model_name=model_name, ref=ref or None, key=key)
+    version = selectors.serving_version(model_name=model_name, ref=ref or None, key=key, routing_key=routing_key)
     check_parameters(version, parameters)
     if not idempotency_key.isprintable():
         raise InvalidInput("Idempotency-Key must be printable text.", path="Idempotency-Key")

@@ -1,0 +1,65 @@
+"""Weighted aliases (canaries): the rules a split must follow before an alias takes it.
+
+A split is a list of (version, weight): integer weights from 1 to 100 that sum to 100, each
+version at most once, every version ready, not archived and of the same input schema (a client
+of the alias must not see its request refused by one version and served by another). The first
+entry is the alias's primary target (``ModelAlias.version``). Which version answers a request is
+decided on the serving side (``inference.routing``); the registry only stores the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django.core.exceptions import ValidationError
+
+from .models import ModelAlias, ModelVersion, RegisteredModel
+
+MAX_TARGETS = 10
+TOTAL_WEIGHT = 100
+
+
+def split_check(*, model: RegisteredModel, split: Sequence[tuple[ModelVersion, int]]) -> list[dict[str, int]]:
+    """Return the split as stored (``[{"version": N, "weight": W}, ...]``) or raise ValidationError
+    (code ``invalid_split``: the weights or the list; ``split_not_ready``, ``split_archived``,
+    ``split_schema_mismatch``: a version). Judges the versions as they are in the database now."""
+    if not split or len(split) > MAX_TARGETS:
+        raise ValidationError(f"A split lists 1 to {MAX_TARGETS} versions.", code="invalid_split")
+    numbers = [version.version for version, _ in split]
+    if len(set(numbers)) != len(numbers):
+        raise ValidationError(f"A split lists each version once (got versions {numbers}).", code="invalid_split")
+    for version, weight in split:
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= TOTAL_WEIGHT:
+            raise ValidationError(f"The weight of version {version.version} must be an integer from 1 to 100 "
+                                  f"(got {weight!r}).", code="invalid_split")
+    total = sum(weight for _, weight in split)
+    if total != TOTAL_WEIGHT:
+        raise ValidationError(f"The weights of a split sum to 100 (they sum to {total}).", code="invalid_split")
+    schema = None
+    for version, _ in split:
+        if version.model_id != model.pk:
+            raise ValidationError(f"{version} is not a version of {model.name}.", code="invalid_split")
+        version.refresh_from_db(fields=["status", "archived", "input_schema"])
+        if version.status != ModelVersion.Status.READY:
+            raise ValidationError(f"{version} is {version.status}, not ready: only validated versions can be in "
+                                  "a split.", code="split_not_ready")
+        if version.archived:
+            raise ValidationError(f"{version} is archived: it cannot be in a split.", code="split_archived")
+        if schema is None:
+            schema = version.input_schema
+        elif version.input_schema != schema:
+            raise ValidationError(
+                f"{version} takes different inputs than v{split[0][0].version}: every version of a split "
+                "must have the same input schema (one client's request must fit each).",
+                code="split_schema_mismatch")
+    return [{"version": version.version, "weight": weight} for version, weight in split]
+
+
+def aliases_naming(version: ModelVersion) -> list[str]:
+    """The names of the aliases that point at `version`, as their primary target or in their split."""
+    names = set(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
+    for name, split in ModelAlias.objects.filter(model_id=version.model_id, split__isnull=False).values_list(
+            "name", "split"):
+        if any(int(t["version"]) == version.version for t in split or ()):
+            names.add(name)
+    return sorted(names)
