@@ -77,8 +77,8 @@ class ServingPool:
         return self.cache.peek((version.pk, version.hardware.device)) is not None
 
     def preload(self) -> list[ModelVersion]:
-        """Load the version each registered model serves by default (its production alias, else
-        its newest ready version), in name order, as a web process starts: its first requests then
+        """Load the versions each registered model serves by default (its production alias, every
+        version of it when it is a split, else its newest ready version), in name order, as a web process starts: its first requests then
         wait for no load.
 
         Stops before a version whose weights would not fit in INFERENCE_MODEL_CACHE_BYTES beside
@@ -87,22 +87,30 @@ class ServingPool:
         """
         loaded = []
         for model in RegisteredModel.objects.order_by("name"):
-            version = memo.version(model, None)
-            if version is None or version.status != ModelVersion.Status.READY:
-                continue
-            if not self.is_loaded(version):
-                if self.cache.total_bytes + version.size_bytes > self.cache.capacity_bytes:
-                    logger.info("Preloading stopped before %s: INFERENCE_MODEL_CACHE_BYTES (%d bytes) is full; "
-                                "the remaining models load on their first request", version, self.cache.capacity_bytes)
-                    break
-                try:
-                    self.loaded(version)
-                except Exception as exc:  # noqa: BLE001 - the process serves the others; requests get the error
-                    logger.warning("Could not preload %s (%s: %s); its requests will retry the load and report the "
-                                   "error", version, type(exc).__name__, exc)
-                    continue
-            loaded.append(version)
+            route = memo.route(model, None)
+            # Every version of a split (a canary) answers some requests: each is preloaded.
+            for version in route.versions if route is not None else ():
+                if not self._preload_one(version, loaded):
+                    return loaded
         return loaded
+
+    def _preload_one(self, version: ModelVersion, loaded: list[ModelVersion]) -> bool:
+        """Preload one version (see ``preload``); False when the cache is full and preloading stops."""
+        if version.status != ModelVersion.Status.READY:
+            return True
+        if not self.is_loaded(version):
+            if self.cache.total_bytes + version.size_bytes > self.cache.capacity_bytes:
+                logger.info("Preloading stopped before %s: INFERENCE_MODEL_CACHE_BYTES (%d bytes) is full; "
+                            "the remaining models load on their first request", version, self.cache.capacity_bytes)
+                return False
+            try:
+                self.loaded(version)
+            except Exception as exc:  # noqa: BLE001 - the process serves the others; requests get the error
+                logger.warning("Could not preload %s (%s: %s); its requests will retry the load and report the "
+                               "error", version, type(exc).__name__, exc)
+                return True
+        loaded.append(version)
+        return True
 
     def loaded_versions(self) -> list[dict[str, Any]]:
         """What this process has loaded (readiness, the admin)."""

@@ -40,6 +40,21 @@ def test_each_model_s_default_version_is_loaded_once():
 
 
 @pytest.mark.django_db
+def test_every_version_of_a_split_production_alias_is_preloaded():
+    from registry.services import alias_set
+
+    v1 = ready(small_mlp(0), model_name="alpha", aliases=["production"])
+    v2 = ready(small_mlp(1), model_name="alpha")
+    ready(small_mlp(2), model_name="alpha")  # in no alias: not preloaded
+    alias_set(model=v1.model, alias="production", split=[(v1, 90), (v2, 10)])
+    pool = get_pool()
+    versions = pool.preload()
+    # Both answer some of production's requests: neither's first request waits for a load.
+    assert sorted((v.model.name, v.version) for v in versions) == [("alpha", 1), ("alpha", 2)]
+    assert loaded_names(pool) == {("alpha", 1), ("alpha", 2)} and pool.is_loaded(v2)
+
+
+@pytest.mark.django_db
 def test_preloading_stops_before_the_model_cache_would_overflow(caplog):
     first = ready(small_mlp(0), model_name="alpha")
     ready(small_mlp(1), model_name="beta")
