@@ -4,6 +4,10 @@ one or one no alias points at any more is unloaded, once the registry generation
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
+
 import pytest
 
 from inference.keys import APIKey
@@ -13,6 +17,7 @@ from inference.selectors import may_load_on_demand
 from registry.models import ModelVersion, RegistryEvent
 from tests.conftest import safetensors_bytes, small_mlp
 from tests.helpers import register
+from tests.processes import WebServer
 
 from .support import config, error_of, make_key, ready
 
@@ -126,3 +131,50 @@ def test_a_worker_unloads_at_its_next_job_and_never_preloads(api, candidate, dja
         assert api.put_alias("iris", "staging", 1).status_code == 200
     check_in_worker()
     assert not pool.is_loaded(v2) and not pool.is_loaded(candidate)
+
+
+def _wait_for_gauge(web, token: str, expected: float, timeout: float = 15.0) -> float:
+    """Seconds until the web process's inference_loaded_models gauge reads `expected`."""
+    from tests.inference.test_preload import loaded_models_gauge
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if loaded_models_gauge(web, token) == expected:
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"loaded models stayed at {loaded_models_gauge(web, token)}, not {expected}\n{web.log_tail()}")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_real_web_process_loads_and_unloads_as_the_registry_says(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    ready(small_mlp(4), model_name="warm", aliases=["production"])
+    ready(small_mlp(5), model_name="warm")
+    key = make_key("deploy", scope=APIKey.Scope.MANAGE, rate="1000/s")
+    web = WebServer(settings.MEDIA_ROOT, env={"INFERENCE_METRICS_TOKEN": "lc-token", "INFERENCE_PRELOAD_MODELS": "true"})
+
+    def call(method: str, path: str, body: dict | None = None) -> int:
+        request = urllib.request.Request(f"{web.url}/api/v1/models/warm/{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else b"",
+                                         headers={"Authorization": f"Api-Key {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+
+    try:
+        web.start()
+        assert _wait_for_gauge(web, "lc-token", 1) < 1  # production's v1, preloaded
+        assert call("POST", "versions/2/load") == 200
+        load_s = _wait_for_gauge(web, "lc-token", 2)
+        assert call("PUT", "aliases/production", {"version": 2}) == 200  # v1 loses its last alias
+        move_s = _wait_for_gauge(web, "lc-token", 1)
+        assert call("PUT", "aliases/production", {"version": 1}) == 200  # v2 now only pinned: still loaded
+        time.sleep(1)  # (v1 loads on its next request: nothing pre-loads an alias's version after start)
+        assert _wait_for_gauge(web, "lc-token", 1, timeout=0.5) < 0.5  # still exactly one: the pinned v2
+        assert call("POST", "versions/2/archive") == 200  # archived: unloaded (and unpinned)
+        archive_s = _wait_for_gauge(web, "lc-token", 0)
+        print(f"web process: pinned version loaded after {load_s:.2f} s, unaliased one unloaded after "
+              f"{move_s:.2f} s, archived one after {archive_s:.2f} s")
+        assert load_s < 5 and move_s < 5 and archive_s < 5
+    finally:
+        web.stop()
