@@ -133,6 +133,13 @@ def test_a_worker_unloads_at_its_next_job_and_never_preloads(api, candidate, dja
     assert not pool.is_loaded(v2) and not pool.is_loaded(candidate)
 
 
+def test_a_starting_process_preloads_pinned_versions_after_the_defaults(api, candidate):
+    assert api.post("iris", 3, "load").status_code == 200
+    loaded = get_pool().preload()
+    assert [(v.model.name, v.version) for v in loaded] == [("iris", 1), ("iris", 3)]
+    assert get_pool().is_loaded(candidate)
+
+
 def _wait_for_gauge(web, token: str, expected: float, timeout: float = 15.0) -> float:
     """Seconds until the web process's inference_loaded_models gauge reads `expected`."""
     from tests.inference.test_preload import loaded_models_gauge
