@@ -92,7 +92,17 @@ class ServingPool:
             for version in route.versions if route is not None else ():
                 if not self._preload_one(version, loaded):
                     return loaded
+        # Then the versions an operator pre-loaded (`load`: a canary's candidate before its split moves).
+        for version in ModelVersion.objects.select_related("model", "hardware").filter(
+                pinned=True, archived=False).order_by("model__name", "version"):
+            if not self.is_loaded(version) and not self._preload_one(version, loaded):
+                return loaded
         return loaded
+
+    def preload_one(self, version: ModelVersion) -> bool:
+        """Load one version as ``preload`` does (skipped when it would not fit, or fails); True if now loaded."""
+        self._preload_one(version, [])
+        return self.is_loaded(version)
 
     def _preload_one(self, version: ModelVersion, loaded: list[ModelVersion]) -> bool:
         """Preload one version (see ``preload``); False when the cache is full and preloading stops."""

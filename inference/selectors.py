@@ -143,9 +143,11 @@ def serving_version(*, model_name: str, ref: str | int | None, key: Any, routing
 def may_load_on_demand(*, version: ModelVersion, key: Any, may_block: bool = True) -> bool:
     """Whether a request may make this process load `version` (and so evict others from its model cache):
     the version an alias points at, the one a request without a version gets, or any version of a model
-    the key is restricted to (its allowed models name it). Any other version answers only once it is
+    the key is restricted to (its allowed models name it), a pinned (pre-loaded) version. Any other version answers only once it is
     loaded (preloaded, or loaded by a request that may load it)."""
     if key is not None and key.models is not None and version.model.name in key.models:
+        return True
+    if version.pinned:  # pre-loaded by an operator (registry.loading): every process keeps it loaded
         return True
     if version.pk in memo.aliased(version.model, may_block=may_block):
         return True

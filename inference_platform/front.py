@@ -66,6 +66,10 @@ def prepare_process() -> None:
             logger.exception("Preloading the models failed; they load on their first request")
         finally:
             close_old_connections()
+    # Unload what is archived or moved away from, load what is pinned, as the registry changes.
+    from inference.loadctl import Watcher
+
+    Watcher().start()
     gc.collect()
     gc.freeze()
 

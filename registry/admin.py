@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import services
+from . import loading, services
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 
 CODE_FORMAT_WARNING = (
@@ -196,17 +196,18 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "model", "version", "format", "status_badge", "alias_list", "hardware", "archived", "created_at")
-    list_filter = ("status", "format", "hardware", "archived", "model")
+    list_display = ("__str__", "model", "version", "format", "status_badge", "alias_list", "hardware", "archived", "pinned",
+                    "created_at")
+    list_filter = ("status", "format", "hardware", "archived", "pinned", "model")
     search_fields = ("model__name", "sha256", "architecture")
     list_select_related = ("model", "hardware")
     ordering = ("model__name", "-version")
-    actions = ["revalidate", "archive"]
+    actions = ["revalidate", "archive", "load", "unload"]
     readonly_fields = (
         "model", "version", "status", "status_error", "validated_at", "format", "architecture",
         "architecture_args_json", "input_schema_json", "output_schema_json", "preprocess_json", "postprocess_json",
         "example_json", "max_batch_size", "max_batch_delay_ms", "max_queue_size", "hardware", "artifact_name",
-        "sha256", "size_bytes", "archived", "created_by", "created_by_key", "created_at",
+        "sha256", "size_bytes", "archived", "pinned", "created_by", "created_by_key", "created_at",
     )
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
@@ -293,6 +294,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
             try:
                 services.model_version_archive(version=version, actor=services.actor_for(user=request.user))
                 self.message_user(request, f"{version} archived.", messages.SUCCESS)
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+
+    # Triton's model control, per version (registry.loading): every process follows within about a second.
+    @admin.action(description="Pre-load in every process (before a canary's split moves)", permissions=["change"])
+    def load(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._load_control(request, queryset, loading.version_load, "pre-loaded in every web process")
+
+    @admin.action(description="Unload from every process (refused while an alias points to it)", permissions=["change"])
+    def unload(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._load_control(request, queryset, loading.version_unload, "unloaded from every process")
+
+    def _load_control(self, request: HttpRequest, queryset: QuerySet, act: Any, done: str) -> None:
+        for version in queryset.select_related("model"):
+            try:
+                act(version=version, actor=services.actor_for(user=request.user))
+                self.message_user(request, f"{version} {done}.", messages.SUCCESS)
             except ValidationError as exc:
                 self.message_user(request, "; ".join(exc.messages), messages.ERROR)
 

@@ -134,6 +134,10 @@ class ModelVersion(models.Model):
     status_error = models.TextField(blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
     archived = models.BooleanField(default=False)
+    pinned = models.BooleanField(
+        default=False,
+        help_text="Pre-loaded: kept loaded in every web process (set by `load`, cleared by `unload` or archiving).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -243,6 +247,8 @@ class RegistryEvent(models.Model):
         VERSION_REGISTERED = "version_registered", "version registered"
         VERSION_VALIDATED = "version_validated", "version validated"
         VERSION_ARCHIVED = "version_archived", "version archived"
+        VERSION_LOADED = "version_loaded", "version pre-loaded in every process"
+        VERSION_UNLOADED = "version_unloaded", "version unloaded from every process"
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="events")
     version = models.PositiveIntegerField(null=True, blank=True)

@@ -380,7 +380,8 @@ def model_version_archive(*, version: ModelVersion, actor: str = "system") -> Mo
     if version.archived:
         return version
     version.archived = True
-    version.save(update_fields=["archived"])
+    version.pinned = False  # an archived version is unloaded everywhere (inference.loadctl)
+    version.save(update_fields=["archived", "pinned"])
     _record(version.model, RegistryEvent.Action.VERSION_ARCHIVED, actor, version=version.version)
     announce_change()
     return version

@@ -88,7 +88,7 @@ def test_a_user_who_may_change_versions_can_run_their_actions(staff, subprocess_
     version = ready_version(safetensors_bytes(small_mlp()), dict(IRIS_CONFIG))
     editor = staff("view_modelversion", "change_modelversion")
 
-    assert offered_actions(editor.get(VERSIONS)) == {"revalidate", "archive"}
+    assert offered_actions(editor.get(VERSIONS)) == {"revalidate", "archive", "load", "unload"}
     editor.post(VERSIONS, {"action": "revalidate", "_selected_action": [version.pk]})
     assert len(subprocess_calls) == 1
     editor.post(VERSIONS, {"action": "archive", "_selected_action": [version.pk]})
@@ -158,3 +158,26 @@ def test_revalidating_a_code_artifact_with_the_switch_off_fails_without_loading_
     assert [c["allow_code"] for c in subprocess_calls] == [True]
     version.refresh_from_db()
     assert version.status == ModelVersion.Status.READY
+
+
+def test_load_and_unload_actions_pin_a_version_and_need_the_change_permission(staff):
+    version = ready_version(safetensors_bytes(small_mlp()), dict(IRIS_CONFIG))
+    aliased = ready_version(safetensors_bytes(small_mlp(1)), dict(IRIS_CONFIG))
+    services.alias_set(model=aliased.model, alias="production", version=aliased)
+    viewer = staff("view_modelversion")
+    response = viewer.post(VERSIONS, {"action": "load", "_selected_action": [version.pk]}, follow=True)
+    assert response.status_code == 200
+    version.refresh_from_db()
+    assert version.pinned is False  # a view-only user's forged POST changes nothing
+
+    editor = staff("view_modelversion", "change_modelversion")
+    assert {"load", "unload"} <= offered_actions(editor.get(VERSIONS))
+    editor.post(VERSIONS, {"action": "load", "_selected_action": [version.pk]}, follow=True)
+    version.refresh_from_db()
+    assert version.pinned is True
+    response = editor.post(VERSIONS, {"action": "unload", "_selected_action": [version.pk, aliased.pk]}, follow=True)
+    shown = [str(m) for m in get_messages(response.wsgi_request)]
+    assert any("unloaded from every process" in m for m in shown), shown
+    assert any("production" in m and "move the alias" in m for m in shown), shown
+    version.refresh_from_db()
+    assert version.pinned is False

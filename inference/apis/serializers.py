@@ -163,6 +163,7 @@ class ManagedVersionSerializer(VersionSerializer):
     sha256 = serializers.CharField()
     size_bytes = serializers.IntegerField()
     archived = serializers.BooleanField()
+    pinned = serializers.BooleanField(help_text="Pre-loaded in every web process (POST .../load; .../unload clears it).")
     validated_at = serializers.DateTimeField(allow_null=True)
     created_by = serializers.CharField(help_text="key:<name> (<prefix>), user:<name> or system.")
     url = serializers.CharField()

@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from registry import loading
 from registry import services as registry
 from registry.models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel
 from registry.selectors import is_registry_name, version_number
@@ -144,6 +145,22 @@ def version_upload(
     version_id = version.pk
     transaction.on_commit(lambda: enqueue_validation(version_id))
     return version
+
+
+def version_load(*, key: Any, version: ModelVersion) -> ModelVersion:
+    """Pre-load `version` in every web process (pinned); 409 unless it is ready and not archived."""
+    try:
+        return loading.version_load(version=version, actor=actor(key))
+    except ValidationError as exc:
+        raise api_error(exc) from exc
+
+
+def version_unload(*, key: Any, version: ModelVersion) -> ModelVersion:
+    """Unload `version` from every process (unpinned); 409 while an alias points at it."""
+    try:
+        return loading.version_unload(version=version, actor=actor(key))
+    except ValidationError as exc:
+        raise api_error(exc) from exc
 
 
 def version_archive(*, key: Any, version: ModelVersion) -> ModelVersion:

@@ -59,6 +59,7 @@ def job_run(job_id: Any) -> str:
                       f"({job.error or 'no error was reported'}).")
         return "failed: too many attempts"
     from inference.errors import APIError
+    from inference.loadctl import check_in_worker
     from inference.pool import get_pool
     from inference.services.predict import predict_instances
 
@@ -66,6 +67,7 @@ def job_run(job_id: Any) -> str:
     storage = job.result_file.storage
     lines_named = job.input_format != InferenceJob.InputFormat.JSON  # a client's file: its line numbers
     try:
+        check_in_worker()  # unload here what the registry archived or moved away from (inference.loadctl)
         loaded = get_pool().loaded(job.version)
         # The result is spooled to a temporary file past RESULT_SPOOL_BYTES: a large job's predictions
         # are not all held in memory, like its input (read a line and a chunk at a time).

@@ -141,6 +141,8 @@ def _management_calls(r: Registry, weights: bytes) -> dict[str, Any]:
         "upload": lambda: r.upload("iris", weights, config()),
         "version status": lambda: r.version("iris", 1),
         "archive": lambda: r.archive("iris", 2),
+        "load": lambda: r.client.post("/api/v1/models/iris/versions/2/load", headers=r.headers),
+        "unload": lambda: r.client.post("/api/v1/models/iris/versions/2/unload", headers=r.headers),
         "promote": lambda: r.promote("iris", "production", 2),
         "read alias": lambda: r.alias("iris", "production"),
         "delete alias": lambda: r.delete_alias("iris", "staging"),
@@ -150,7 +152,7 @@ def _management_calls(r: Registry, weights: bytes) -> dict[str, Any]:
 def _registry_state() -> tuple:
     return (
         list(RegisteredModel.objects.values_list("name", flat=True)),
-        list(ModelVersion.objects.values_list("version", "status", "archived")),
+        list(ModelVersion.objects.values_list("version", "status", "archived", "pinned")),
         list(ModelAlias.objects.values_list("name", "version__version")),
         AliasEvent.objects.count(),
         RegistryEvent.objects.count(),
