@@ -78,8 +78,8 @@ class ServingPool:
 
     def preload(self) -> list[ModelVersion]:
         """Load the versions each registered model serves by default (its production alias, every
-        version of it when it is a split, else its newest ready version), in name order, as a web process starts: its first requests then
-        wait for no load.
+        version of it when it is a split, else its newest ready version), in name order, then the
+        pinned ones, as a web process starts: its first requests then wait for no load.
 
         Stops before a version whose weights would not fit in INFERENCE_MODEL_CACHE_BYTES beside
         those loaded (the rest load on first use, as without preloading). A version that fails to
