@@ -181,27 +181,43 @@ class VersionArchiveView(ManageAPIView):
 
 
 class VersionLoadView(ManageAPIView):
-    """POST .../load (pre-load in every web process) or .../unload (unload from every process)."""
-
-    action = "load"
+    """POST .../load: pre-load in every web process."""
 
     @extend_schema(
         operation_id="models_versions_load",
-        summary="Pre-load a version in every web process (`load`), or unload it from every process (`unload`)",
-        description=MANAGE_ONLY + " `load` pins the version (`pinned: true`): every web process loads it within "
-        "about a second and keeps it although no alias points at it yet (a canary's candidate then has no "
-        "first-request stall); 409 unless it is ready and not archived. `unload` clears the pin: every web "
-        "process unloads it within about a second, a worker before its next job; 409 while an alias points at "
-        "it (requests through the alias would load it again). Both are idempotent.",
+        summary="Pre-load a version in every web process",
+        description=MANAGE_ONLY + " Pins the version (`pinned: true`): every web process loads it within about a "
+        "second and keeps it although no alias points at it yet (a canary's candidate then has no first-request "
+        "stall); 409 unless it is ready and not archived. Idempotent.",
         parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
         request=None,
         responses={200: s.ManagedVersionSerializer, 401: E, 403: E, 404: E, 409: E, 429: E},
     )
     def post(self, request: Request, name: str, version: str) -> Response:
+        return self.act(svc.version_load, request, name, version)
+
+    @staticmethod
+    def act(action, request: Request, name: str, version: str) -> Response:
         model = svc.managed_model(name=name, key=request.auth)
         row = svc.managed_version(model=model, number=version)
-        act = svc.version_load if self.action == "load" else svc.version_unload
-        return Response(version_body(act(key=request.auth, version=row)))
+        return Response(version_body(action(key=request.auth, version=row)))
+
+
+class VersionUnloadView(ManageAPIView):
+    """POST .../unload: unload from every process."""
+
+    @extend_schema(
+        operation_id="models_versions_unload",
+        summary="Unload a version from every process",
+        description=MANAGE_ONLY + " Clears the pin: every web process unloads it within about a second, a worker "
+        "before its next job; 409 while an alias points at it (requests through the alias would load it "
+        "again). Idempotent.",
+        parameters=[OpenApiParameter("version", int, OpenApiParameter.PATH)],
+        request=None,
+        responses={200: s.ManagedVersionSerializer, 401: E, 403: E, 404: E, 409: E, 429: E},
+    )
+    def post(self, request: Request, name: str, version: str) -> Response:
+        return VersionLoadView.act(svc.version_unload, request, name, version)
 
 
 class AliasView(ManageAPIView):
