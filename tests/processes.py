@@ -49,17 +49,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def group_pids(pgid: int) -> set[int]:
-    """The live processes of a process group (e.g. a qcluster and the workers it forked); not zombies."""
+def _live_pids(field: int, value: int) -> set[int]:
+    """Live processes (not zombies) whose /proc/PID/stat field `field` (after the command) equals `value`."""
     pids = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        if int(fields[field]) == value and fields[0] not in ("Z", "X"):
             pids.add(int(stat.parent.name))
     return pids
+
+
+def group_pids(pgid: int) -> set[int]:
+    """The live processes of a process group (e.g. a qcluster and the workers it forked); not zombies."""
+    return _live_pids(2, pgid)
+
+
+def session_pids(sid: int) -> set[int]:
+    """The live processes of a session (deploy/run.sh puts each child in a process group of its own)."""
+    return _live_pids(3, sid)
 
 
 class Process:

@@ -22,7 +22,7 @@ from inference.jobs.models import InferenceJob
 from inference.services.jobs import job_submit
 from tests.helpers import JOB_ARCHS, SlowMLP
 from tests.inference.support import config, ready
-from tests.processes import Cluster, Process, WebServer, group_pids
+from tests.processes import Cluster, Process, WebServer, group_pids, session_pids
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,19 +38,6 @@ PATTERNS = {
     "INT-command": [("command", signal.SIGINT)],
     "TERM-group-twice": [("group", signal.SIGTERM), ("group", signal.SIGTERM)],
 }
-
-
-def session_pids(sid: int) -> set[int]:
-    """The live processes of a session (deploy/run.sh puts each child in a process group of its own)."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            pids.add(int(stat.parent.name))
-    return pids
 
 
 def _send(process: Process, pattern: list[tuple[str, int]]) -> None:
