@@ -126,6 +126,8 @@ class Run:
     # the heavy-input check (bench.heavy_input): "refused" with the default budgets, "accepted" with a per-request
     # pixel budget that lets the requests through, to be decoded off the event loop
     heavy: dict[str, object] = field(default_factory=dict)
+    # bench.runtimes: the MLP on the PyTorch runtime and exported to ONNX (ONNX Runtime), one platform
+    runtimes: object = None
 
 
 def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> tuple[list[WrkResult], dict]:
@@ -203,6 +205,8 @@ def main() -> None:
     ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
     ap.add_argument("--no-heavy", action="store_true",
                     help="skip the heavy-input check (/healthz while clients send 200 4096x4096 images per request)")
+    ap.add_argument("--no-runtimes", action="store_true",
+                    help="skip the runtimes check (the MLP on the PyTorch runtime vs exported to ONNX, c=1 and c=32)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--baseline", default="", metavar="DIR",
@@ -310,6 +314,14 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report the rest
                 run.notes.append(f"the heavy-input check ({case}) could not run: {str(exc)[-300:]}")
 
+    if "platform" in wanted and not args.no_runtimes:  # alone, so the two runtimes share the machine alike
+        from . import runtimes
+
+        try:
+            run.runtimes = runtimes.run(python=platform_python, seconds=args.seconds, rounds=args.rounds)
+        except Exception as exc:  # noqa: BLE001 - report the rest
+            run.notes.append(f"the runtimes check could not run: {str(exc)[-300:]}")
+
     run.baseline_rss = torch_baseline_rss(platform_python)
     report = render(run)
     print(report)
@@ -362,6 +374,10 @@ def render(run: Run) -> str:
         lines += ["", "Heavy input (bench.heavy_input; the platform alone, the digits demo): 4 client processes each "
                   "send requests of 200 base64 PNGs of 4096x4096 pixels in a loop while a probe asks /healthz every "
                   "20 ms; with the default budgets, and with a per-request pixel budget that accepts them."]
+    if run.runtimes is not None:
+        lines += ["", "Runtimes (bench.runtimes; the platform alone): the MLP from safetensors (PyTorch runtime) and "
+                  "exported with torch.onnx.export (ONNX Runtime), same weights, same batching and 1 thread per "
+                  "batcher, alternating rounds.", "", *run.runtimes.report()]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(run)]
     if run.notes:
