@@ -246,6 +246,8 @@ def main() -> None:
             "platform": lambda: [("platform", PlatformServer(platform_python))],
             "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in run.artifacts],
             "torchserve": lambda: [("torchserve", TorchServeServer())],
+            "torchserve-default": lambda: [("torchserve-default", TorchServeServer(os.cpu_count() or 1,
+                                                                                   "torchserve-default"))],
             "mlserver": lambda: [("mlserver", MLServerServer())],
             "platform-wsgi": lambda: [("platform-wsgi", PlatformWSGIServer(platform_python))],
             "baseline": lambda: [("baseline", PlatformServer(platform_python, Path(args.baseline).resolve(),
@@ -330,6 +332,21 @@ def main() -> None:
         plot(run.results, Path(args.out).with_name("benchmarks.png"))
 
 
+def machine_line() -> str:
+    """The CPU model, cores, kernel and Python of this run: the same harness gave different figures on
+    AMD EPYC and Intel Xeon machines of the same size, so every report names its machine."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model} ({stdlib_platform.machine()}, {os.cpu_count()} cores), Linux {stdlib_platform.release()}, "
+            f"Python {stdlib_platform.python_version()}")
+
+
 def codes_of(rs: list) -> dict[int, int]:
     """The non-2xx responses of several runs, by status code."""
     total: dict[int, int] = {}
@@ -347,8 +364,8 @@ def render(run: Run) -> str:
     args = run.args
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
-        f"{stdlib_platform.machine()} with {os.cpu_count()} cores, Python {stdlib_platform.python_version()}. "
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, {machine_line()}; the platform from "
+        f"the {args.platform_venv} venv. "
         f"{args.seconds} s per measurement, {args.rounds} alternating rounds, medians. wrk drives "
         f"{run.capacity:.0f} req/s against a trivial responder on this machine (the load generator's ceiling).",
         "",
@@ -420,7 +437,7 @@ def targets(run: Run) -> list[str]:
     if p and s:
         ratio = med(p, "rps") / med(s, "rps")
         out.append(f"{'PASS' if ratio >= 3 else 'FAIL'}: MLP c=32: platform {ratio:.2f}x the single-lock server (>= 3x)")
-        for peer in ("mlserver", "torchserve"):
+        for peer in ("mlserver", "torchserve", "torchserve-default"):
             q = get("mlp", 32, 1, peer)
             if q:
                 r2 = med(p, "rps") / med(q, "rps")
