@@ -129,7 +129,7 @@ def authenticate(request: Any, *, may_block: bool = True) -> KeyInfo:
         address = client_address(request)
         refuse_throttled(address)
         if not may_block:
-            raise WouldBlock
+            raise WouldBlock(("api-key", prefix, digest))  # one lookup per key at a time (offload.without_blocking)
         info = key_info_for_prefix(prefix)
         if info is None or not APIKey.objects.key_generator.verify(key, info.hashed_key):
             count_failure(address)

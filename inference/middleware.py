@@ -21,6 +21,7 @@ from inspect import iscoroutinefunction
 
 from asgiref.sync import async_to_sync
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
+from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, ResolverMatch, get_resolver
 from django.utils.deprecation import MiddlewareMixin
@@ -67,21 +68,70 @@ class MessageMiddleware(DjangoMessageMiddleware):
             super().process_request(request)
 
 
+ROUTES_MAX = 1024  # paths whose route this process keeps (paths name models: bounded against random ones)
+_routes: dict[str, ResolverMatch | None] = {}
+
+
 def api_route(path: str) -> ResolverMatch | None:
-    """The async API view a path resolves to (v1 predict, v2 infer), or None for every other request."""
+    """The async API view a path resolves to (v1 predict, v2 infer), or None for every other request.
+
+    Remembered per path (the URLconf changes only with ROOT_URLCONF): Django's resolver tries the URL
+    patterns' regexes in turn on every call, a large part of a small model's request (docs/benchmarks.md)."""
     if not is_api_path(path):
         return None
     try:
+        return _routes[path]
+    except KeyError:
+        pass
+    try:
         match = get_resolver().resolve(path)
     except Resolver404:
-        return None
-    return match if iscoroutinefunction(match.func) else None
+        match = None
+    else:
+        match = match if iscoroutinefunction(match.func) else None
+    if len(_routes) >= ROUTES_MAX:
+        _routes.clear()
+    _routes[path] = match
+    return match
+
+
+def _forget_routes(*, setting: str, **_: object) -> None:
+    if setting == "ROOT_URLCONF":
+        _routes.clear()
+
+
+setting_changed.connect(_forget_routes, dispatch_uid="inference.middleware.forget_routes")
+
+
+HOSTS_MAX = 256  # host headers whose check this process remembers (bounded against random ones)
+_hosts: set[tuple[str | None, ...]] = set()
+_HOST_META = ("HTTP_X_FORWARDED_HOST", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "HTTP_X_FORWARDED_PORT")
+
+
+def check_host(request: HttpRequest) -> None:
+    """DisallowedHost (a 400) unless the request's host is in ALLOWED_HOSTS: ``request.get_host()``, whose
+    answer depends only on these headers and the settings, so a host that passed is not checked again."""
+    meta = request.META
+    seen = tuple(meta.get(name) for name in _HOST_META)
+    if seen in _hosts:
+        return
+    request.get_host()
+    if len(_hosts) >= HOSTS_MAX:
+        _hosts.clear()
+    _hosts.add(seen)
+
+
+def _forget_hosts(**_: object) -> None:
+    _hosts.clear()  # ALLOWED_HOSTS, DEBUG, USE_X_FORWARDED_HOST/PORT ...: any setting, to be simple
+
+
+setting_changed.connect(_forget_hosts, dispatch_uid="inference.middleware.forget_hosts")
 
 
 async def serve_api_view(request: HttpRequest, match: ResolverMatch) -> HttpResponse:
     """Run an async API view: the Host check (ALLOWED_HOSTS, a 400 otherwise, as CommonMiddleware
     checks it below the boundary), the view, and the response's Content-Length."""
-    request.get_host()
+    check_host(request)
     request.resolver_match = match
     response = await match.func(request, *match.args, **match.kwargs)
     if not response.streaming and not response.has_header("Content-Length"):

@@ -7,7 +7,11 @@ Three ways to call sync code from the async request path (``inference.services.p
   this process's memory (a key verified a moment ago, a resolved version, a loaded model). It is
   called at once with ``may_block=False``; if it would have to wait (the database, the shared
   cache, loading a model) it raises ``WouldBlock`` before doing anything, and is called again,
-  with ``may_block=True``, where blocking is allowed (``blocking``).
+  with ``may_block=True``, where blocking is allowed (``blocking``). A WouldBlock that names what
+  it waits for (``WouldBlock(key)``: a key's prefix, a rate's lease, the registry's generation)
+  is waited for once per event loop: the calls that miss while one such call is in its thread
+  wait for it, then answer from memory (a memo ends for every request in flight at once: without
+  this each of them would take a thread, and a lease of requests would be taken once per request).
 * ``await blocking(fn, *args, **kwargs)``: database, cache and file I/O, model loads.
 * ``await compute(fn, *args, heavy=..., **kwargs)``: decoding, pre/post-processing, tensor
   conversion. ``heavy=False`` (within the caller's budget, e.g. a small JSON body) runs it at
@@ -32,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -46,7 +50,19 @@ T = TypeVar("T")
 
 
 class WouldBlock(Exception):
-    """Raised by a ``may_block=False`` call that cannot answer without waiting (nothing was done)."""
+    """Raised by a ``may_block=False`` call that cannot answer without waiting (nothing was done).
+
+    `key` (hashable) names what the call waits for, when another call that waits for the same will
+    let it answer from memory (``without_blocking`` then waits for that one)."""
+
+    def __init__(self, key: Hashable | None = None):
+        super().__init__(key)
+        self.key = key
+
+
+# (event loop, WouldBlock key) -> the futures of the calls waiting for the one in its thread.
+_in_flight: dict[tuple[asyncio.AbstractEventLoop, Hashable], list[asyncio.Future]] = {}
+FOLLOW_LIMIT = 3  # waits for others' calls before a call goes to a thread itself
 
 
 class Pools:
@@ -115,11 +131,36 @@ async def blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
 
 async def without_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Call fn(..., may_block=False) at once; if it raises WouldBlock, fn(..., may_block=True) via ``blocking``."""
-    try:
-        return fn(*args, may_block=False, **kwargs)
-    except WouldBlock:
+    """Call fn(..., may_block=False) at once; if it raises WouldBlock, fn(..., may_block=True) via ``blocking``,
+    unless a call that waits for the same (``WouldBlock.key``) is in its thread: then wait for that one and
+    call fn(..., may_block=False) again (at most FOLLOW_LIMIT times)."""
+    for waits in range(FOLLOW_LIMIT + 1):
+        try:
+            return fn(*args, may_block=False, **kwargs)
+        except WouldBlock as exc:
+            key = exc.key
+        if key is None or waits == FOLLOW_LIMIT:
+            break
+        loop = asyncio.get_running_loop()
+        waiting = _in_flight.get((loop, key))
+        if waiting is None:
+            break
+        woken = loop.create_future()
+        waiting.append(woken)
+        await woken
+    if key is None:
         return await blocking(fn, *args, may_block=True, **kwargs)
+    name = (asyncio.get_running_loop(), key)
+    leads = name not in _in_flight
+    if leads:
+        _in_flight[name] = []
+    try:
+        return await blocking(fn, *args, may_block=True, **kwargs)
+    finally:
+        if leads:
+            for woken in _in_flight.pop(name):
+                if not woken.done():  # a waiter cancelled meanwhile
+                    woken.set_result(None)
 
 
 async def compute(fn: Callable[..., T], /, *args: Any, heavy: bool, **kwargs: Any) -> T:

@@ -70,7 +70,7 @@ class ServingPool:
         `may_block` False) when it is not loaded in this process yet."""
         key = cache_key(version)
         if not may_block and self.cache.peek(key) is None:
-            raise WouldBlock
+            raise WouldBlock(("load", key))
         return self.cache.get(key, lambda: self._load(version))
 
     def is_loaded(self, version: ModelVersion) -> bool:

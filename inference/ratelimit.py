@@ -53,7 +53,26 @@ class _Lease:
     cache_key: str
     left: int  # requests reserved and not yet used
     ends: int  # the window's end (epoch seconds): then the lease is worth nothing
+    rate: tuple[int, int] = (0, 0)  # (limit, period) it was counted at
     exhausted: bool = False  # the window's limit is reached: refuse without asking the cache
+
+    def counts(self, window: int, rate: tuple[int, int]) -> bool:
+        """Whether this lease counts `window` at `rate`: the same shared counter (its cache key is made of
+        the group, the value, the rate and the window's end)."""
+        return self.ends == window and self.rate == rate
+
+
+_rates: dict[str, tuple[int, int]] = {}
+
+
+def split_rate(rate: str) -> tuple[int, int]:
+    """(limit, period in seconds) of a rate such as "100/s", parsed once per process."""
+    parsed = _rates.get(rate)
+    if parsed is None:
+        parsed = _split_rate(rate)
+        if len(_rates) < MAX_LEASES:
+            _rates[rate] = parsed
+    return parsed
 
 
 class LeasedRateLimiter:
@@ -69,28 +88,30 @@ class LeasedRateLimiter:
 
         With `may_block` False, a request that this process's lease cannot answer raises WouldBlock
         before anything is counted (the shared cache would have to be asked)."""
-        limit, period = _split_rate(rate)
+        parsed = split_rate(rate)
+        limit, period = parsed
         window = _get_window(value, period)
-        cache_key = _make_cache_key(group, window, rate, value, ALL)
         time_left = window - int(time.time())
         with self._lock:
             lease = self._leases.get((group, value))
-            if lease is not None and lease.cache_key == cache_key:
+            if lease is not None and lease.counts(window, parsed):
                 if lease.left > 0:  # before `exhausted`: another thread's last grant may still be here
                     lease.left -= 1
                     return Usage(True, time_left)
                 if lease.exhausted:
                     return Usage(False, time_left)
         if not may_block:
-            raise WouldBlock
+            raise WouldBlock(("rate", group, value))  # one reservation per lease at a time (offload.without_blocking)
+        # The shared counter's name (a hash), only when the cache is asked: not per request.
+        cache_key = _make_cache_key(group, window, rate, value, ALL)
         size = lease_size(limit)
         granted = self._reserve(cache_key, size, limit, period)
         with self._lock:
             lease = self._leases.get((group, value))
-            if lease is None or lease.cache_key != cache_key:
+            if lease is None or not lease.counts(window, parsed):
                 if len(self._leases) >= MAX_LEASES:
                     self._drop_ended()
-                lease = self._leases[(group, value)] = _Lease(cache_key, 0, window)
+                lease = self._leases[(group, value)] = _Lease(cache_key, 0, window, parsed)
             if granted == 0:
                 lease.exhausted = True
                 return Usage(False, time_left)
@@ -100,12 +121,11 @@ class LeasedRateLimiter:
     def spent(self, group: str, value: str, rate: str) -> int:
         """Seconds left in the window if this process already knows `value`'s rate in `group` is used up
         for it (a count it made was refused), else 0. From memory only: it never asks the cache."""
-        limit, period = _split_rate(rate)
-        window = _get_window(value, period)
-        cache_key = _make_cache_key(group, window, rate, value, ALL)
+        parsed = split_rate(rate)
+        window = _get_window(value, parsed[1])
         with self._lock:
             lease = self._leases.get((group, value))
-            if lease is not None and lease.cache_key == cache_key and lease.exhausted and lease.left <= 0:
+            if lease is not None and lease.counts(window, parsed) and lease.exhausted and lease.left <= 0:
                 return max(1, window - int(time.time()))
         return 0
 

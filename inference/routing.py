@@ -16,6 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 ROUTING_HEADER = "X-Routing-Key"
+_ROUTING_META = "HTTP_" + ROUTING_HEADER.upper().replace("-", "_")
+
+
+def routing_key_of(request: Any) -> str | None:
+    """The request's X-Routing-Key, if any (from META: ``request.headers`` builds a mapping of every header)."""
+    return request.META.get(_ROUTING_META)
 _random = random.Random()  # noqa: S311 - traffic splitting, not security
 
 

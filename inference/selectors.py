@@ -59,7 +59,7 @@ class RegistryMemo:
         if now - self._checked < settings.INFERENCE_REGISTRY_POLL_SECONDS:
             return
         if not may_block:
-            raise WouldBlock
+            raise WouldBlock(("registry-generation",))  # one check at a time (offload.without_blocking)
         try:
             generation = generation_cache().get(GENERATION_CACHE_KEY)
         except Exception:  # noqa: BLE001 - cache down: fall back to re-reading the database
@@ -75,7 +75,7 @@ class RegistryMemo:
         found = self._memo.get(key, _MISSING)
         if found is _MISSING:
             if not may_block:
-                raise WouldBlock
+                raise WouldBlock(("registry", *key))
             found = read()
             with self._lock:
                 if len(self._memo) >= MEMO_MAX:

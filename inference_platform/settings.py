@@ -462,6 +462,8 @@ REST_FRAMEWORK = {
 
 # Rate limits (django-ratelimit) count in the default cache; over the limit is a 429
 # with Retry-After. A cache that cannot count fails open (logged, counted).
+# django-ratelimit's switch, set here: read on every request, and a missing setting costs a failed lookup.
+RATELIMIT_ENABLE = True
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_EXCEPTION_CLASS = "inference.errors.RateLimited"
 RATELIMIT_FAIL_OPEN = False  # inference.access.count_request detects the failure itself and fails open

@@ -7,8 +7,6 @@ listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_error``).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,7 +25,7 @@ from ..errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from ..keys import APIKey
 from ..middleware import receive_body
 from ..pipeline.base import Pipeline, StepConfigError
-from ..routing import ROUTING_HEADER
+from ..routing import routing_key_of
 from ..services import predict as predict_service
 from . import serializers as s
 from .authentication import APIKeyAuthentication, HasScope
@@ -164,10 +162,22 @@ class PredictVersionOperation(PlatformAPIView):
         raise NotImplementedError("described only: requests go to inference.apis.v1.predict")
 
 
-def may_hold_bools(raw: bytes) -> Callable[[], bool]:
+class may_hold_bools:  # noqa: N801 - a function that remembers its answer
     """Whether the body may hold a true/false, asked only if numbers are converted (a scan of the body:
-    an image model's request never pays for it); without one, no number needs checking for a bool."""
-    return functools.cache(lambda: b"true" in raw or b"false" in raw)
+    an image model's request never pays for it); without one, no number needs checking for a bool.
+    (Not functools.cache around a lambda: building that wrapper costs more than the scan of a small body.)"""
+
+    __slots__ = ("raw", "answer")
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.answer: bool | None = None
+
+    def __call__(self) -> bool:
+        if self.answer is None:
+            self.answer = b"true" in self.raw or b"false" in self.raw
+            self.raw = b""
+        return self.answer
 
 
 async def predict(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
@@ -183,7 +193,7 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
         body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
         result = await predict_service.predict(
             model_name=name, ref=ref, key=key, body=body, size=len(raw), request_id=request.request_id,
-            maybe_bools=may_hold_bools(raw), routing_key=request.headers.get(ROUTING_HEADER),
+            maybe_bools=may_hold_bools(raw), routing_key=routing_key_of(request),
         )
     except Exception as exc:  # noqa: BLE001 - every refusal in the v1 shape; a bug is a logged 500
         return v1_error(exc, request)

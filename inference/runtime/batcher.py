@@ -173,15 +173,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         pending = self.submit(arrays, waiter=(loop, done))
+        # A timer that fails `done`, rather than asyncio.timeout() (which cancels the task and turns the
+        # cancellation back into a TimeoutError): the same outcome at about half the cost per request.
+        timer = loop.call_later(timeout, _expire, done) if timeout is not None else None
         try:
-            async with asyncio.timeout(timeout):
-                await done
+            await done
         except TimeoutError:
             pending.cancel()  # still queued: never computed
             raise TimeoutError(f"no result within {timeout:.1f} s") from None
         except asyncio.CancelledError:
             pending.cancel()  # the client went away
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         pending.future.result(0)  # the model's own error, raised here
         return pending
 
@@ -307,6 +312,11 @@ def _wake(batch: list[Pending]) -> None:
             loop.call_soon_threadsafe(_set_done, waiters)
         except RuntimeError:  # that loop is closed: its callers are gone
             pass
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _set_done(waiters: list[asyncio.Future]) -> None:

@@ -78,6 +78,31 @@ def test_the_host_check_still_applies_on_the_short_path(iris, key):
     assert json.loads(response.content)["error"]["code"]
 
 
+@pytest.mark.django_db
+def test_a_host_that_passed_is_remembered_until_the_settings_change(iris, key, settings):
+    """The Host check is remembered per host header (inference.middleware.check_host): a host refused is
+    refused every time, and one allowed before is refused once ALLOWED_HOSTS no longer names it."""
+    settings.ALLOWED_HOSTS = ["api.example.com"]
+    client = Client()
+    for _ in range(2):
+        assert _post(client, "/api/v1/models/iris/predict", BODY, key, HTTP_HOST="api.example.com").status_code == 200
+        assert _post(client, "/api/v1/models/iris/predict", BODY, key, HTTP_HOST="evil.example.com").status_code == 400
+    settings.ALLOWED_HOSTS = ["other.example.com"]
+    assert _post(client, "/api/v1/models/iris/predict", BODY, key, HTTP_HOST="api.example.com").status_code == 400
+
+
+def test_routes_are_remembered_per_path_and_only_async_views_are_routed():
+    from inference.middleware import api_route
+
+    first = api_route("/api/v1/models/iris/predict")
+    assert first is not None and first.kwargs == {"name": "iris"}
+    assert api_route("/api/v1/models/iris/predict") is first  # remembered: no second resolve
+    assert api_route("/api/v1/models/other/predict").kwargs == {"name": "other"}
+    assert api_route("/api/v1/models/iris") is None  # a DRF view: Django's handler serves it
+    assert api_route("/api/v1/nothing/here") is None
+    assert api_route("/admin/") is None
+
+
 def test_the_fronts_edge_middleware_is_settings_middleware_above_the_boundary(settings):
     """The front runs exactly what settings.MIDDLEWARE lists above the boundary, in order (no copy of it),
     and refuses a middleware there that it could not run around an async view."""

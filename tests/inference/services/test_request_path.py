@@ -64,6 +64,77 @@ def test_without_blocking_answers_from_memory_on_the_loop_and_sends_a_miss_to_an
     assert seen == [("hit", False), ("miss", True)]  # the miss did nothing before it went to a thread
 
 
+class KeyedMemo:
+    """A may_block function with a memo that one blocking read fills (gated), its misses keyed."""
+
+    def __init__(self, *, fail_first: bool = False):
+        self.memo: dict[str, str] = {}
+        self.reads: list[str] = []
+        self.gate = threading.Event()
+        self.fail_first = fail_first
+
+    def __call__(self, name: str, *, may_block: bool = True) -> str:
+        if name in self.memo:
+            return self.memo[name]
+        if not may_block:
+            raise WouldBlock(("memo", name))
+        self.reads.append(threading.current_thread().name)
+        self.gate.wait(10)
+        if self.fail_first and len(self.reads) == 1:
+            raise ConnectionError("the cache is down")
+        self.memo[name] = f"value of {name}"
+        return self.memo[name]
+
+
+def test_misses_that_wait_for_the_same_read_take_one_thread_and_then_answer_from_memory(pools):
+    read = KeyedMemo()
+
+    async def main():
+        calls = [asyncio.ensure_future(offload.without_blocking(read, "k")) for _ in range(20)]
+        other = asyncio.ensure_future(offload.without_blocking(read, "other"))  # another key: its own read
+        await asyncio.sleep(0.05)
+        in_flight = len(read.reads)
+        read.gate.set()
+        return in_flight, await asyncio.gather(*calls), await other
+
+    in_flight, values, other = asyncio.run(main())
+    assert in_flight == 2  # "k" once, "other" once, however many callers
+    assert values == ["value of k"] * 20 and other == "value of other"
+    assert len(read.reads) == 2 and all(t.startswith("io") for t in read.reads)
+    assert offload._in_flight == {}
+
+
+def test_a_failed_read_fails_its_caller_only_and_the_waiting_calls_read_again(pools):
+    read = KeyedMemo(fail_first=True)
+
+    async def main():
+        first = asyncio.ensure_future(offload.without_blocking(read, "k"))
+        await asyncio.sleep(0.02)
+        rest = [asyncio.ensure_future(offload.without_blocking(read, "k")) for _ in range(5)]
+        cancelled = asyncio.ensure_future(offload.without_blocking(read, "k"))
+        await asyncio.sleep(0.02)
+        cancelled.cancel()  # a client gone while it waits: the others go on
+        read.gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True), cancelled
+
+    (first, *rest), cancelled = asyncio.run(main())
+    assert isinstance(first, ConnectionError)
+    assert rest == ["value of k"] * 5 and cancelled.cancelled()
+    assert len(read.reads) == 2  # the failed read, then one read for the five that waited
+    assert offload._in_flight == {}
+
+
+def test_a_miss_without_a_key_always_takes_its_own_thread(pools):
+    seen: list = []
+    read = memoized(seen)
+
+    async def main():
+        return await asyncio.gather(*(offload.without_blocking(read, "miss") for _ in range(3)))
+
+    assert [name for name, _ in asyncio.run(main())] == ["miss"] * 3
+    assert seen == [("miss", True)] * 3
+
+
 def test_without_pools_a_miss_runs_in_the_calling_thread(settings):
     """Django's WSGI handler (async_to_sync) and jobs: blocking calls go back to the caller's thread."""
     from asgiref.sync import async_to_sync
