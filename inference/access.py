@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from inference_platform import login_throttle
 
+from .conf import hot
 from .errors import AuthenticationThrottled, NotAuthenticated, PermissionDenied, RateLimited
 from .keys import KEY_CACHE_SECONDS, APIKey, key_cache_name, verified_keys
 from .monitoring import metrics
@@ -191,10 +192,10 @@ def check_scope(info: KeyInfo, required: str) -> None:
 
 def count_request(info: KeyInfo, *, model: str = "", may_block: bool = True) -> None:
     """Count this request against its key's rate; RateLimited (429) over the limit."""
-    if not getattr(settings, "RATELIMIT_ENABLE", True):
+    if not hot.RATELIMIT_ENABLE:
         return
     try:
-        usage = limiter.hit("api", info.prefix, info.rate or settings.INFERENCE_DEFAULT_RATE, may_block=may_block)
+        usage = limiter.hit("api", info.prefix, info.rate or hot.INFERENCE_DEFAULT_RATE, may_block=may_block)
     except CacheUnavailable as exc:  # documented fail-open
         logger.warning("rate limit not enforced: the cache is unreachable (%s)", exc)
         metrics.RATELIMIT_FAIL_OPEN.inc()

@@ -105,14 +105,14 @@ setting_changed.connect(_forget_routes, dispatch_uid="inference.middleware.forge
 
 HOSTS_MAX = 256  # host headers whose check this process remembers (bounded against random ones)
 _hosts: set[tuple[str | None, ...]] = set()
-_HOST_META = ("HTTP_X_FORWARDED_HOST", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "HTTP_X_FORWARDED_PORT")
 
 
 def check_host(request: HttpRequest) -> None:
     """DisallowedHost (a 400) unless the request's host is in ALLOWED_HOSTS: ``request.get_host()``, whose
     answer depends only on these headers and the settings, so a host that passed is not checked again."""
-    meta = request.META
-    seen = tuple(meta.get(name) for name in _HOST_META)
+    get = request.META.get
+    seen = (get("HTTP_X_FORWARDED_HOST"), get("HTTP_HOST"), get("SERVER_NAME"), get("SERVER_PORT"),
+            get("HTTP_X_FORWARDED_PORT"))
     if seen in _hosts:
         return
     request.get_host()

@@ -20,13 +20,13 @@ import threading
 import time
 from typing import Any
 
-from django.conf import settings
 from django.core.signals import setting_changed
 
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
 from registry.selectors import is_registry_name, model_list, targets_resolve
 from registry.signals import GENERATION_CACHE_KEY, generation_cache
 
+from .conf import hot
 from .errors import NotFound, ServiceUnavailable
 from .offload import WouldBlock
 from .routing import Route
@@ -56,7 +56,7 @@ class RegistryMemo:
 
     def _fresh(self, may_block: bool) -> None:
         now = time.monotonic()
-        if now - self._checked < settings.INFERENCE_REGISTRY_POLL_SECONDS:
+        if now - self._checked < hot.INFERENCE_REGISTRY_POLL_SECONDS:
             return
         if not may_block:
             raise WouldBlock(("registry-generation",))  # one check at a time (offload.without_blocking)

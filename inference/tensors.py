@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from registry.schemas import DATATYPES, TensorSpec
+
+from .conf import hot
 
 _INT_KINDS = "iu"
 
@@ -40,9 +41,9 @@ class Limits:
     @classmethod
     def from_settings(cls, *, allow_nonfinite: bool = False) -> Limits:
         return cls(
-            max_instances=settings.INFERENCE_MAX_INSTANCES,
-            max_elements=settings.INFERENCE_MAX_TENSOR_ELEMENTS,
-            max_request_elements=settings.INFERENCE_MAX_REQUEST_ELEMENTS,
+            max_instances=hot.INFERENCE_MAX_INSTANCES,
+            max_elements=hot.INFERENCE_MAX_TENSOR_ELEMENTS,
+            max_request_elements=hot.INFERENCE_MAX_REQUEST_ELEMENTS,
             allow_nonfinite=allow_nonfinite,
         )
 

@@ -35,6 +35,7 @@ from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
 from inference import offload
+from inference.conf import hot
 from inference.errors import ClientGone
 from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
 
@@ -206,7 +207,7 @@ class Front:
 
         A body whose Content-Length is over the limit is not read at all: the view refuses it by its length.
         """
-        limit = settings.INFERENCE_MAX_BODY_BYTES
+        limit = hot.INFERENCE_MAX_BODY_BYTES
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -21,6 +20,7 @@ from rest_framework.views import APIView
 from registry.models import ModelVersion
 
 from .. import access, offload, selectors
+from ..conf import hot
 from ..errors import MethodNotAllowed, NotFound, UnsupportedMediaType
 from ..keys import APIKey
 from ..middleware import receive_body
@@ -190,7 +190,7 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
         await offload.without_blocking(selectors.visible_model, model_name=name, key=key)
         await receive_body(request)
         raw = json_bytes(request)
-        body = await offload.compute(loads, raw, heavy=len(raw) > settings.INFERENCE_INLINE_BYTES)
+        body = await offload.compute(loads, raw, heavy=len(raw) > hot.INFERENCE_INLINE_BYTES)
         result = await predict_service.predict(
             model_name=name, ref=ref, key=key, body=body, size=len(raw), request_id=request.request_id,
             maybe_bools=may_hold_bools(raw), routing_key=routing_key_of(request),

@@ -10,6 +10,8 @@ passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several web processes:
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -66,7 +68,17 @@ class VersionMetrics:
         self.queue_seconds = QUEUE_SECONDS.labels(*labels)
         self.compute_seconds = COMPUTE_SECONDS.labels(*labels)
         self.queue_depth = QUEUE_DEPTH.labels(*labels)
+        self._depth: int | None = None  # the value this process last set queue_depth to
+        self._depth_lock = threading.Lock()
         self._status: dict[int, Counter] = {}
+
+    def set_queue_depth(self, depth: int) -> None:
+        """Set the queue-depth gauge, unless it holds `depth` already: a multiprocess gauge's write takes a
+        lock and a write to its file, on every request, for a value that mostly stays the same."""
+        with self._depth_lock:
+            if depth != self._depth:
+                self.queue_depth.set(depth)
+                self._depth = depth
 
     def on_batch(self, requests: int, instances: int, seconds: float) -> None:
         self.exec_count.inc()

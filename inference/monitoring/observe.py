@@ -16,8 +16,7 @@ import logging
 import time
 from typing import Any
 
-from django.conf import settings
-
+from ..conf import hot
 from . import records
 from .logs import BackgroundStreamHandler, JsonFormatter, key_prefix_var, request_id_var
 from .metrics import observe_request
@@ -68,7 +67,7 @@ def _fast_sinks() -> list[Any] | None:
 
 def observe(outcome: Any, *, count: bool = True, record: bool = True) -> None:
     """Report one finished request (a ``services.PredictOutcome``)."""
-    if not settings.INFERENCE_MONITORING_ENABLED:
+    if not hot.INFERENCE_MONITORING_ENABLED:
         return
     timings = outcome.timings
     loaded = outcome.loaded
@@ -91,7 +90,7 @@ def observe(outcome: Any, *, count: bool = True, record: bool = True) -> None:
                 h.emit_line(h.formatter.format_fields("inference.access", "INFO", "predict", now, fields))
         else:
             access_logger.handle(AccessRecord("inference.access", "predict", now, fields))
-    if record and settings.INFERENCE_REQUEST_RECORDS:
+    if record and hot.INFERENCE_REQUEST_RECORDS:
         # A plain tuple in records.Entry's field order: cheaper than the NamedTuple, and the
         # garbage collector stops tracking it.
         records.add((

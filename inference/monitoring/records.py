@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import orjson
 from django.conf import settings
 
+from ..conf import hot
 from . import metrics
 
 logger = logging.getLogger("inference.monitoring")
@@ -116,14 +117,14 @@ class RecordBuffer:
         """Buffer one record (O(1), no I/O); drop it, counted, when the buffer is full."""
         items = self._items
         size = len(items)
-        if size >= settings.INFERENCE_RECORDS_BUFFER_MAX:
+        if size >= hot.INFERENCE_RECORDS_BUFFER_MAX:
             self.dropped += 1
             metrics.RECORDS_DROPPED.inc()
             return
         items.append(entry)
         if self._thread is None:
             self._start()
-        elif size + 1 >= settings.INFERENCE_RECORDS_FLUSH_SIZE and not self._wake.is_set():
+        elif size + 1 >= hot.INFERENCE_RECORDS_FLUSH_SIZE and not self._wake.is_set():
             self._wake.set()
 
     # ---- background thread ---------------------------------------------------------------------

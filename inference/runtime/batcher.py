@@ -287,6 +287,13 @@ class Batcher:
         self.stats.exec_count += 1
         self.stats.inference_count += total
         self.stats.request_count += len(batch)
+        # Observed before any request has its answer: a client that reads the metrics after its
+        # response finds its batch counted.
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch), total, finished - started)
+            except Exception:  # noqa: BLE001 - observers never break serving
+                logger.exception("%s: on_batch observer failed", self.name)
         offset = 0
         for p in batch:
             p.started, p.finished, p.batch_size = started, finished, total
@@ -294,11 +301,6 @@ class Batcher:
             offset += p.n
             p.future.set_result(part)
         _wake(batch)
-        if self.on_batch is not None:
-            try:
-                self.on_batch(len(batch), total, finished - started)
-            except Exception:  # noqa: BLE001 - observers never break serving
-                logger.exception("%s: on_batch observer failed", self.name)
 
 
 def _wake(batch: list[Pending]) -> None:

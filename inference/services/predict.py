@@ -182,7 +182,7 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     if outcome is not None:
         outcome.queue_depth = depth
     if loaded.metrics is not None:
-        loaded.metrics.queue_depth.set(depth)
+        loaded.metrics.set_queue_depth(depth)
     try:
         pending = await loaded.batcher.run(prepared.arrays, timeout=timeout)
         outputs = pending.future.result(0)
