@@ -295,7 +295,7 @@ def stages(stacks: Counter, *, loop_only: bool) -> Counter:
 def profile(server: PlatformUnderTest, out_dir: Path, connections: int, seconds: int, rate: int
             ) -> tuple[Counter, int, float]:
     """Sample every web process with py-spy under wrk; write the collapsed stacks and a flame graph.
-    Return the stacks, the requests served meanwhile and the server's CPU us per request meanwhile."""
+    Return the stacks, the requests served meanwhile and its Python threads' CPU us per request meanwhile."""
     out_dir.mkdir(parents=True, exist_ok=True)
     spy = str(Path(PY).parent / "py-spy")
     raw = []
@@ -307,9 +307,12 @@ def profile(server: PlatformUnderTest, out_dir: Path, connections: int, seconds:
                                        str(rate), "--threads", "--gil", "--format", "raw", "-o", str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # py-spy attached
-    cpu0 = cpu_total(server.pid())
+    cpu0 = cpu_by_thread(server.pid())
     r = run_wrk(server.url, IRIS_BODY, server.headers, connections=connections, seconds=seconds - 2, threads=2)
-    cpu_us = (cpu_total(server.pid()) - cpu0) * 1e6 / max(1, r.requests)
+    cpu1 = cpu_by_thread(server.pid())
+    # The Python threads' CPU (granian's Rust threads are named tokio-*), while py-spy sampled them.
+    python = sum(v - cpu0.get(k, 0.0) for k, v in cpu1.items() if not k.startswith("tokio"))
+    cpu_us = python * 1e6 / max(1, r.requests)
     for p in procs:
         p.wait(60)
     stacks: Counter = Counter()
@@ -324,17 +327,16 @@ def profile(server: PlatformUnderTest, out_dir: Path, connections: int, seconds:
     return stacks, r.requests, cpu_us
 
 
-def print_stages(name: str, stacks: Counter, requests: int, cpu_us: float, rate: int, seconds: int) -> None:
-    """Python CPU per request by stage: a stage's samples (the GIL held) / rate / requests. wrk ran for
-    `seconds` - 2 of the `seconds` sampled, so the samples are scaled by that share."""
+def print_stages(name: str, stacks: Counter, requests: int, cpu_us: float) -> None:
+    """Python CPU per request by stage: a stage's share of the samples (the GIL held) times the Python
+    threads' CPU per request, measured meanwhile (/proc). Not the samples / rate: on a busy machine a
+    thread that holds the GIL while it waits for a core is sampled, but is not on a CPU."""
     by_stage = stages(stacks, loop_only=False)
     total = sum(by_stage.values()) or 1
-    scale = (seconds - 2) / seconds
-    per_req = {k: n * scale / rate / max(1, requests) * 1e6 for k, n in by_stage.items()}
-    print(f"\n{name}: Python CPU by stage (py-spy --gil, {total} samples, {requests} requests; the server's "
-          f"CPU meanwhile {cpu_us:.0f} us/request, of which {sum(per_req.values()):.0f} sampled holding the GIL)")
+    print(f"\n{name}: Python CPU by stage (py-spy --gil, {total} samples; {requests} requests; the Python threads' "
+          f"CPU meanwhile {cpu_us:.0f} us/request while py-spy sampled)")
     for stage, n in by_stage.most_common():
-        print(f"  {stage:40s} {per_req[stage]:6.1f} us  {100.0 * n / total:5.1f} %")
+        print(f"  {stage:40s} {cpu_us * n / total:6.1f} us  {100.0 * n / total:5.1f} %")
 
 
 def flame_svg(stacks: Counter, title: str, width: int = 1600, row: int = 16) -> str:
@@ -435,7 +437,7 @@ def main() -> None:
                 if isinstance(s, PlatformUnderTest):
                     stacks, requests, cpu_us = profile(s, Path(args.profile), conns[0], args.profile_seconds,
                                                        args.profile_rate)
-                    print_stages(s.name, stacks, requests, cpu_us, args.profile_rate, args.profile_seconds)
+                    print_stages(s.name, stacks, requests, cpu_us)
     finally:
         for s in servers:
             s.stop()
