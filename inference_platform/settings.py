@@ -395,10 +395,19 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1
 # --- Registry ----------------------------------------------------------------------------
 
 # Architectures an artifact of a weight format may name: dotted paths to installed
-# nn.Module classes. Loading a weights file never runs code from the file.
+# nn.Module classes. Loading a weights file never runs code from the file. Besides the generic
+# ones, torchvision's classification networks (registry.architectures: same state-dict keys, so
+# torchvision's weights load as they are). The largest, ResNet-50 (25.6 M parameters, 0.1 GB),
+# is far within INFERENCE_MAX_PARAMETERS and INFERENCE_VALIDATION_MEMORY_BYTES.
 INFERENCE_ARCHITECTURES = [
     "registry.architectures.MLP",
     "registry.architectures.SmallCNN",
+    "registry.architectures.ResNet18",
+    "registry.architectures.ResNet34",
+    "registry.architectures.ResNet50",
+    "registry.architectures.MobileNetV3Small",
+    "registry.architectures.MobileNetV3Large",
+    "registry.architectures.EfficientNetB0",
 ] + env.list("INFERENCE_EXTRA_ARCHITECTURES", default=[])
 
 # TorchScript and torch.export artifacts execute code from the file when loaded. Off
