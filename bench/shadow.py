@@ -85,6 +85,21 @@ def count_versions(platform: Platform, key: str, n: int, clients: int = 8) -> Co
     return counts
 
 
+def split_share(platform: Platform, manage_key: str, infer_key: str, requests: int) -> None:
+    put_alias(platform, manage_key, {"split": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]})
+    time.sleep(2)  # every web process sees the move (the registry generation, polled every 0.5 s)
+    count_versions(platform, infer_key, 200)  # both versions loaded in each process
+    t0 = time.perf_counter()
+    counts = count_versions(platform, infer_key, requests)
+    seconds = time.perf_counter() - t0
+    n = sum(counts.values())
+    share = counts[2] / n
+    print(f"(a) 90/10 split, {n} requests in {seconds:.1f} s: v1 {counts[1]} ({counts[1] / n:.2%}), "
+          f"v2 {counts[2]} ({share:.2%}); error {abs(share - 0.10):.2%} "
+          f"({'within' if abs(share - 0.10) <= 0.01 else 'OUTSIDE'} +-1 %); "
+          f"other answers: {dict((k, v) for k, v in counts.items() if k not in (1, 2)) or 'none'}", flush=True)
+
+
 def shadow_metrics(platform: Platform) -> dict[str, float]:
     out: Counter = Counter()
     for (name, labels), value in platform.metrics().items():
@@ -107,6 +122,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--percent", type=int, default=20)
+    ap.add_argument("--no-split", action="store_true", help="skip (a), the 90/10 split")
     args = ap.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inference_platform.settings")
     workdir = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
@@ -131,18 +147,8 @@ def main() -> None:
               f"WEB_CONCURRENCY={os.environ.get('WEB_CONCURRENCY', 'default')}", flush=True)
 
         # (a) a 90/10 split over HTTP
-        put_alias(platform, manage_key, {"split": [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]})
-        time.sleep(2)  # every web process sees the move (the registry generation, polled every 0.5 s)
-        count_versions(platform, infer_key, 200)  # both versions loaded in each process
-        t0 = time.perf_counter()
-        counts = count_versions(platform, infer_key, args.requests)
-        seconds = time.perf_counter() - t0
-        n = sum(counts.values())
-        share = counts[2] / n
-        print(f"(a) 90/10 split, {n} requests in {seconds:.1f} s: v1 {counts[1]} ({counts[1] / n:.2%}), "
-              f"v2 {counts[2]} ({share:.2%}); error {abs(share - 0.10):.2%} "
-              f"({'within' if abs(share - 0.10) <= 0.01 else 'OUTSIDE'} +-1 %); "
-              f"other answers: {dict((k, v) for k, v in counts.items() if k not in (1, 2)) or 'none'}", flush=True)
+        if not args.no_split:
+            split_share(platform, manage_key, infer_key, args.requests)
 
         # (b) throughput and p99 with and without a shadow, alternating
         body = mlp_body(1)
