@@ -6,11 +6,6 @@ hits every server alike; the report gives medians and ratios to the single-lock 
 the same run. Results go to docs/benchmarks.md (between the BENCH markers) with a plot.
 
     python -m bench [--seconds 8] [--rounds 2] [--servers platform,single-lock,torchserve,mlserver]
-
-The ResNet-18 scenario (bench.vision: one 224x224 JPEG per request through torchvision's
-preprocessing) runs on a platform of its own, alone on the machine after the others: the
-reference servers serve only the MLP and iris, and its activations would weigh on the web RSS
-target, which is about those.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import vision
 from .common import MLP_ARGS, ROOT, WrkResult, format_codes, mlp_config, run_wrk, write_mlp_safetensors
 from .references import (
     MLServerServer,
@@ -52,7 +46,6 @@ SCENARIOS = [
     # (model, connections, instances per request)
     ("mlp", 1, 1), ("mlp", 32, 1), ("mlp", 256, 1), ("mlp", 32, 32),
     ("iris", 1, 1), ("iris", 16, 1), ("iris", 256, 1), ("iris", 32, 32),
-    (vision.MODEL, 8, 1),
 ]
 
 
@@ -69,9 +62,6 @@ def iris_artifacts(workdir: Path) -> tuple[Path, dict]:
 
 def rows_for(model: str, n: int) -> list:
     import numpy as np
-
-    if model == vision.MODEL:
-        return vision.images(n)
 
     width = 512 if model == "mlp" else 4
     rng = np.random.default_rng(n)
@@ -136,8 +126,6 @@ class Run:
     # the heavy-input check (bench.heavy_input): "refused" with the default budgets, "accepted" with a per-request
     # pixel budget that lets the requests through, to be decoded off the event loop
     heavy: dict[str, object] = field(default_factory=dict)
-    # the ResNet-18 platform's largest web process after its scenarios (bench.vision)
-    vision_rss: int = 0
     # bench.runtimes: the MLP on the PyTorch runtime and exported to ONNX (ONNX Runtime), one platform
     runtimes: object = None
     # bench.large_input: requests of many images (decoding and pre-processing on the board)
@@ -166,28 +154,6 @@ def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> tuple[l
             out.append(r)
         time.sleep(3)  # the flusher writes the last records
         return out, recorded_latency(server, first_id)
-    finally:
-        server.stop()
-
-
-def vision_alone(python: str, workdir: Path, scenarios: list[tuple], run: Run) -> int:
-    """The ResNet-18 scenarios on a platform serving only it; return its largest web process's RSS."""
-    server = PlatformServer(python)
-    try:
-        server.start({vision.MODEL: vision.artifacts(workdir)})
-        for model, conns, n in scenarios:
-            key = (model, conns, n)
-            body = server.body(model, rows_for(model, n))
-            run_wrk(server.url(model), body, server.headers(), connections=conns, seconds=3)  # warm-up
-            before = server.platform.batch_counts(model)
-            for _ in range(run.args.rounds):
-                r = run_wrk(server.url(model), body, server.headers(), connections=conns, seconds=run.args.seconds)
-                run.results.setdefault(key, {}).setdefault("platform", []).append(r)
-                print(f"{model} c={conns:<3d} n={n:<2d} platform {r.rps * n:8.1f} images/s  p50 {r.p50_ms:8.2f} ms"
-                      f"  p99 {r.p99_ms:8.2f} ms  non-2xx {r.codes()} {r.errors}", flush=True)
-            after = server.platform.batch_counts(model)
-            run.batch_sizes[key] = (after[0] - before[0]) / max(1.0, after[1] - before[1])
-        return max(server.platform.worker_rss(), default=0)
     finally:
         server.stop()
 
@@ -264,8 +230,6 @@ def main() -> None:
     scenarios = SCENARIOS
     if args.scenarios:
         scenarios = [(m, int(c), int(n)) for m, c, n in (s.split(":") for s in args.scenarios.split(","))]
-    vision_scenarios = [s for s in scenarios if s[0] == vision.MODEL]
-    scenarios = [s for s in scenarios if s[0] != vision.MODEL]
 
     servers: dict[str, object] = {}
     platform_python = sys.executable
@@ -293,7 +257,7 @@ def main() -> None:
             "baseline": lambda: [("baseline", PlatformServer(platform_python, Path(args.baseline).resolve(),
                                                              "baseline"))],
         }
-        for name in wanted if scenarios else ():  # none: only the ResNet-18 scenario, on its own platform
+        for name in wanted:
             for key, s in factories[name]():
                 started = time.time()
                 try:
@@ -340,11 +304,6 @@ def main() -> None:
                 s.stop()
             except Exception:  # noqa: BLE001
                 pass
-    if "platform" in wanted and vision_scenarios:  # alone on the machine, after the others stopped
-        try:
-            run.vision_rss = vision_alone(platform_python, workdir, vision_scenarios, run)
-        except Exception as exc:  # noqa: BLE001 - report the rest
-            run.notes.append(f"the ResNet-18 scenario could not run: {str(exc)[-300:]}")
     if "platform" in wanted and not args.no_overload:  # alone on the machine, after the others stopped
         try:
             run.overload, run.overload_server = overload(platform_python, run.artifacts, args.seconds, args.rounds)
@@ -436,17 +395,8 @@ def render(run: Run) -> str:
             mb = f"{run.batch_sizes.get((model, conns, n), 0):.1f}" if name == "platform" else ""
             lines.append(f"| {model} | {conns} | {n} | {name} | {rps:.1f} | {ratio} | {med(rs, 'p50_ms'):.2f} | "
                          f"{med(rs, 'p99_ms'):.2f} | {format_codes(codes_of(rs)) or sum(r.non_2xx for r in rs)} | {mb} |")
-    for (model, conns, n), per in run.results.items():
-        if model == vision.MODEL:
-            lines += ["", f"ResNet-18 (bench.vision; the platform alone, serving only it): one 224x224 JPEG per "
-                      "request, resize 256, center crop 224, ImageNet normalisation, top 5; max_batch_size 8, one "
-                      f"intra-op thread per batcher. c={conns}: "
-                      + "; ".join(f"{med(rs, 'rps') * n:.1f} images/s, p50 {med(rs, 'p50_ms'):.1f} ms, "
-                                  f"p99 {med(rs, 'p99_ms'):.1f} ms" for rs in per.values())
-                      + f"; largest web process {run.vision_rss / 2**20:.0f} MiB."]
-    if run.rss:
-        lines += ["", "RSS after the run: " + ", ".join(
-            f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in run.rss.items()) + "."]
+    lines += ["", "RSS after the run: " + ", ".join(
+        f"{'platform (all web processes)' if k == 'platform' else k} {v / 2**20:.0f} MiB" for k, v in run.rss.items()) + "."]
     if run.overload:
         lines += ["", overload_line(run.overload, run.overload_server)]
     if run.heavy:

@@ -5,6 +5,9 @@ so the figures include base64 and PNG decoding and the image pipeline, not only 
 
 * ``digits``: the digits demo (SmallCNN, 8x8 greyscale PNGs through its ``image`` step), 64
   distinct held-out digits per request, 8 connections.
+* ``resnet18``: a ResNet-18 (1000 classes, seeded weights) with torchvision's ImageNet
+  pre-processing as declarative steps (decode, resize 256, center crop 224, normalize), one
+  224x224 JPEG per request, 8 connections (bench.vision).
 
 Each row runs on one platform (the platform alone on the machine), in alternating rounds when
 there are several rows; the report gives images/s, requests/s, p50 and p99 (medians of rounds).
@@ -50,8 +53,17 @@ def digits(data_dir: Path, images: int = 64) -> tuple[Path, dict, str]:
     return artifact, demo.config, body
 
 
+def resnet18(data_dir: Path) -> tuple[Path, dict, str]:
+    from . import vision
+
+    artifact, config = vision.artifacts(data_dir)
+    return artifact, config, json.dumps({"instances": vision.images(1)})
+
+
 ROWS = [
     Row("digits", 64, 8, digits, "digits demo (SmallCNN), 64 base64 8x8 PNGs per request"),
+    Row("resnet18", 1, 8, resnet18, "ResNet-18 with torchvision's ImageNet pre-processing, one base64 224x224 JPEG "
+        "per request, max_batch_size 8, one intra-op thread per batcher"),
 ]
 
 

@@ -1,13 +1,13 @@
-"""The ResNet-18 scenario of `make bench`: images through torchvision's preprocessing, served by the platform.
+"""The ResNet-18 row of `make bench`: images through torchvision's preprocessing, served by the platform.
 
 A ResNet-18 (registry.architectures.ResNet18, 1000 classes, weights from seed 0) with the
 pipeline of torchvision's ImageNet weights: ``image`` (decode) -> ``resize`` 256 ->
 ``center_crop`` 224 -> ``normalize`` ImageNet -> model -> softmax -> top 5. Each request
 carries one 224x224 JPEG (a smooth picture, quality 90), base64-encoded as the image step takes
-it; with one image per request, requests/s is images/s. The platform alone serves it (the
-reference servers serve only the MLP and iris), under the scenario ``resnet18:8:1``:
+it; with one image per request, requests/s is images/s. It is a row of bench.large_input, on a
+platform of its own (the reference servers serve only the MLP and iris):
 
-    python -m bench --servers platform --scenarios resnet18:8:1 [--no-overload --no-heavy]
+    python -m bench.large_input --models resnet18
 """
 
 from __future__ import annotations
