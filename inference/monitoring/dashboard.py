@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import Count
 from django.utils import timezone
 
-from .rollups import RANGES, series
+from .rollups import RANGES, series, version_summaries
 
 
 def job_counts(*, since: datetime) -> list[dict[str, Any]]:
@@ -119,3 +119,24 @@ def dashboard(*, range_name: str) -> dict[str, Any]:
         "tasks": task_outcomes(since=since),
         "generated_at": now,
     }
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f} ms"
+
+
+def release_rows(*, model: str, versions: list[int], range_name: str,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
+    """The rows that compare an alias's versions side by side on the model's admin page:
+    ``[{"label", "values": {version: text}}]``, from the per-minute rollups over the range.
+
+    Figures are per version, whichever alias (or pinned number) the requests came through."""
+    figures = version_summaries(model=model, versions=versions, range_name=range_name, now=now)
+    rows = (
+        ("requests", lambda f: f"{f['requests']:,}"),
+        ("p50 latency", lambda f: _ms(f["p50_ms"])),
+        ("p99 latency", lambda f: _ms(f["p99_ms"])),
+        ("error rate", lambda f: f"{f['error_rate']:.2f} %" if f["requests"] else "—"),
+        ("5xx rate", lambda f: f"{f['server_error_rate']:.2f} %" if f["requests"] else "—"),
+    )
+    return [{"label": label, "values": {n: show(figures[n]) for n in versions}} for label, show in rows]
