@@ -136,7 +136,7 @@ def test_set_a_split_with_the_form(iris, staff):
     assert (alias.version.version, alias.split) == (1, SPLIT_90_10)
     event = AliasEvent.objects.filter(alias="production").latest("id")
     assert (event.from_version, event.from_split, event.to_split, event.actor) == (1, None, SPLIT_90_10, "user:ops")
-    assert messages_of(response) == ["iris@production → v1 90 % · v2 10 %."]
+    assert messages_of(response) == ["Saved: iris@production → v1 90 % · v2 10 %."]
     # v2 as the primary: the split's order follows (the primary first).
     client.post(url(iris, "set"), split_form(2, v1=30, v2=70))
     assert production().split == [{"version": 2, "weight": 70}, {"version": 1, "weight": 30}]
@@ -205,14 +205,14 @@ def test_promote_then_roll_back_with_one_click_each(iris, staff):
     response = client.post(url(iris, "promote"), {"name": "production", "version": "2"})
     assert response.status_code == 302
     assert (production().version.version, production().split) == (2, None)
-    assert messages_of(response) == ["iris@production promoted: v2."]
+    assert messages_of(response) == ["Promoted: iris@production → v2."]
     html = client.get(page_url(iris)).content.decode()
     assert "release-promote" not in html  # one version: no candidate
     assert "Roll back to the previous target (v1 90 % · v2 10 %)" in html
 
     response = client.post(url(iris, "roll_back"), {"name": "production"})
     assert (production().version.version, production().split) == (1, SPLIT_90_10)
-    assert messages_of(response) == ["iris@production rolled back: v1 90 % · v2 10 %."]
+    assert messages_of(response) == ["Rolled back: iris@production → v1 90 % · v2 10 %."]
     moves = list(AliasEvent.objects.filter(alias="production").order_by("id").values_list("to_split", "actor"))
     assert moves[-3:] == [(SPLIT_90_10, "user:ops"), (None, "user:ops"), (SPLIT_90_10, "user:ops")]
 

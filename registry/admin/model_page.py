@@ -166,7 +166,7 @@ class RegisteredModelAdmin(admin.ModelAdmin):
                     form.add_error(None, exc)
                 else:
                     saved = ModelAlias.objects.select_related("version").get(model=model, name=form.cleaned_data["name"])
-                    self.message_user(request, f"{saved} → {describe_targets(saved.version.version, saved.split)}.",
+                    self.message_user(request, f"Saved: {saved} → {describe_targets(saved.version.version, saved.split)}.",
                                       messages.SUCCESS)
                     return self._back(model, saved.name)
         context = {
@@ -200,14 +200,14 @@ class RegisteredModelAdmin(admin.ModelAdmin):
                 if number is None:
                     raise ValidationError("Say which version to promote (a version number).")
                 alias = services.alias_promote(model=model, alias=name, version_number=number, actor=actor)
-                done = "promoted: "
+                done = "Promoted"
             else:
                 alias = services.alias_roll_back(model=model, alias=name, actor=actor)
-                done = "rolled back: "
+                done = "Rolled back"
         except ValidationError as exc:
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return self._back(model, name)
         alias.refresh_from_db()
-        self.message_user(request, f"{alias} {done}{describe_targets(alias.version.version, alias.split)}.",
+        self.message_user(request, f"{done}: {alias} → {describe_targets(alias.version.version, alias.split)}.",
                           messages.SUCCESS)
         return self._back(model, name)
