@@ -126,6 +126,10 @@ class Run:
     # the heavy-input check (bench.heavy_input): "refused" with the default budgets, "accepted" with a per-request
     # pixel budget that lets the requests through, to be decoded off the event loop
     heavy: dict[str, object] = field(default_factory=dict)
+    # bench.runtimes: the MLP on the PyTorch runtime and exported to ONNX (ONNX Runtime), one platform
+    runtimes: object = None
+    # bench.large_input: requests of many images (decoding and pre-processing on the board)
+    large_input: object = None
 
 
 def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> tuple[list[WrkResult], dict]:
@@ -203,6 +207,10 @@ def main() -> None:
     ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
     ap.add_argument("--no-heavy", action="store_true",
                     help="skip the heavy-input check (/healthz while clients send 200 4096x4096 images per request)")
+    ap.add_argument("--no-runtimes", action="store_true",
+                    help="skip the runtimes check (the MLP on the PyTorch runtime vs exported to ONNX, c=1 and c=32)")
+    ap.add_argument("--no-large-input", action="store_true",
+                    help="skip the large-input rows (the digits demo with 64 images per request)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--baseline", default="", metavar="DIR",
@@ -242,6 +250,8 @@ def main() -> None:
             "platform": lambda: [("platform", PlatformServer(platform_python))],
             "single-lock": lambda: [(f"single-lock:{m}", SingleLockServer(m)) for m in run.artifacts],
             "torchserve": lambda: [("torchserve", TorchServeServer())],
+            "torchserve-default": lambda: [("torchserve-default", TorchServeServer(os.cpu_count() or 1,
+                                                                                   "torchserve-default"))],
             "mlserver": lambda: [("mlserver", MLServerServer())],
             "platform-wsgi": lambda: [("platform-wsgi", PlatformWSGIServer(platform_python))],
             "baseline": lambda: [("baseline", PlatformServer(platform_python, Path(args.baseline).resolve(),
@@ -310,12 +320,43 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - report the rest
                 run.notes.append(f"the heavy-input check ({case}) could not run: {str(exc)[-300:]}")
 
+    if "platform" in wanted and not args.no_runtimes:  # alone, so the two runtimes share the machine alike
+        from . import runtimes
+
+        try:
+            run.runtimes = runtimes.run(python=platform_python, seconds=args.seconds, rounds=args.rounds)
+        except Exception as exc:  # noqa: BLE001 - report the rest
+            run.notes.append(f"the runtimes check could not run: {str(exc)[-300:]}")
+
+    if "platform" in wanted and not args.no_large_input:
+        from . import large_input
+
+        try:
+            run.large_input = large_input.run(python=platform_python, seconds=args.seconds, rounds=args.rounds)
+        except Exception as exc:  # noqa: BLE001 - report the rest
+            run.notes.append(f"the large-input rows could not run: {str(exc)[-300:]}")
+
     run.baseline_rss = torch_baseline_rss(platform_python)
     report = render(run)
     print(report)
     if not args.no_write:
         write_report(Path(args.out), report)
         plot(run.results, Path(args.out).with_name("benchmarks.png"))
+
+
+def machine_line() -> str:
+    """The CPU model, cores, kernel and Python of this run: the same harness gave different figures on
+    AMD EPYC and Intel Xeon machines of the same size, so every report names its machine."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model} ({stdlib_platform.machine()}, {os.cpu_count()} cores), Linux {stdlib_platform.release()}, "
+            f"Python {stdlib_platform.python_version()}")
 
 
 def codes_of(rs: list) -> dict[int, int]:
@@ -335,8 +376,8 @@ def render(run: Run) -> str:
     args = run.args
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, "
-        f"{stdlib_platform.machine()} with {os.cpu_count()} cores, Python {stdlib_platform.python_version()}. "
+        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`, {machine_line()}; the platform from "
+        f"the {args.platform_venv} venv. "
         f"{args.seconds} s per measurement, {args.rounds} alternating rounds, medians. wrk drives "
         f"{run.capacity:.0f} req/s against a trivial responder on this machine (the load generator's ceiling).",
         "",
@@ -362,6 +403,13 @@ def render(run: Run) -> str:
         lines += ["", "Heavy input (bench.heavy_input; the platform alone, the digits demo): 4 client processes each "
                   "send requests of 200 base64 PNGs of 4096x4096 pixels in a loop while a probe asks /healthz every "
                   "20 ms; with the default budgets, and with a per-request pixel budget that accepts them."]
+    if run.runtimes is not None:
+        lines += ["", "Runtimes (bench.runtimes; the platform alone): the MLP from safetensors (PyTorch runtime) and "
+                  "exported with torch.onnx.export (ONNX Runtime), same weights, same batching and 1 thread per "
+                  "batcher, alternating rounds.", "", *run.runtimes.report()]
+    if run.large_input is not None:
+        lines += ["", "Large inputs (bench.large_input; the platform alone): "
+                  + "\n".join(run.large_input.report())]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(run)]
     if run.notes:
@@ -404,7 +452,7 @@ def targets(run: Run) -> list[str]:
     if p and s:
         ratio = med(p, "rps") / med(s, "rps")
         out.append(f"{'PASS' if ratio >= 3 else 'FAIL'}: MLP c=32: platform {ratio:.2f}x the single-lock server (>= 3x)")
-        for peer in ("mlserver", "torchserve"):
+        for peer in ("mlserver", "torchserve", "torchserve-default"):
             q = get("mlp", 32, 1, peer)
             if q:
                 r2 = med(p, "rps") / med(q, "rps")

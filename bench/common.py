@@ -47,6 +47,31 @@ def write_mlp_safetensors(path: Path) -> Path:
     return path
 
 
+def mlp_onnx_config(max_batch_size: int, delay_ms: float = 5.0, queue: int = 1024) -> dict:
+    """The same MLP's config for its ONNX export (format onnx: no architecture, the graph is the model)."""
+    cfg = {k: v for k, v in mlp_config(max_batch_size, delay_ms, queue).items()
+           if k not in ("architecture", "architecture_args")}
+    return {**cfg, "format": "onnx"}
+
+
+def write_mlp_onnx(path: Path) -> Path:
+    """Export the 512-4096-4096-10 MLP (seed 0: the weights of write_mlp_safetensors) to ONNX with a
+    dynamic batch axis, as docs/registry.md tells users to (the TorchScript-based exporter)."""
+    import warnings
+
+    import torch
+
+    from registry.architectures import MLP
+
+    torch.manual_seed(0)
+    model = MLP(**MLP_ARGS).eval()
+    with warnings.catch_warnings():  # dynamo=False is deprecated, not gone; it needs no onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(1, 512),), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, dynamo=False)
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

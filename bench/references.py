@@ -9,7 +9,9 @@ safetensors weights, 1 torch thread) and is driven by wrk with its native reques
   under gunicorn's threads.
 * ``single-lock``: a Flask app with one global lock around ``model(x)``, under gunicorn.
 * ``torchserve``: its own venv; batch_size 32, max_batch_delay 5 ms, 1 worker, token auth
-  off for the benchmark only.
+  off for the benchmark only. ``torchserve-default``: the same with its documented default of
+  workers per model, one per logical CPU (``default_workers_per_model``: "number of logical
+  processors available to the JVM"), 2 on the benchmark machine.
 * ``mlserver``: its own venv; adaptive batching max_batch_size 32, max_batch_time 0.005.
 """
 
@@ -192,10 +194,17 @@ class SingleLockServer(Server):
 
 
 class TorchServeServer(Server):
-    def __init__(self) -> None:
-        super().__init__("torchserve")
+    def __init__(self, workers: int = 1, name: str = "torchserve") -> None:
+        super().__init__(name)
+        self.workers = workers
         self.mgmt_port = free_port()
         self.metrics_port = free_port()
+
+    @property
+    def tmpdir(self) -> dict[str, str]:
+        """TorchServe keeps its pid file in the temporary directory and refuses to start while the one
+        there names a live server: each instance (1 worker, default workers) gets its own."""
+        return {"TMPDIR": str(self.workdir)}
 
     def url(self, model: str) -> str:
         return f"{self.base}/predictions/{model}"
@@ -218,7 +227,7 @@ class TorchServeServer(Server):
                 check=True,
             )
         models = {
-            m: {"1.0": {"marName": f"{m}.mar", "minWorkers": 1, "maxWorkers": 1, "batchSize": 32,
+            m: {"1.0": {"marName": f"{m}.mar", "minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": 32,
                         "maxBatchDelay": 5, "responseTimeout": 120}}
             for m in artifacts
         }
@@ -229,7 +238,7 @@ class TorchServeServer(Server):
             f"metrics_address=http://127.0.0.1:{self.metrics_port}",
             f"model_store={store}",
             "load_models=" + ",".join(f"{m}.mar" for m in artifacts),
-            "default_workers_per_model=1",
+            f"default_workers_per_model={self.workers}",
             # The benchmark only: token auth and the model API are off so wrk needs no token.
             "disable_token_authorization=true",
             "enable_model_api=false",
@@ -239,7 +248,7 @@ class TorchServeServer(Server):
             "models=" + json.dumps(models),
         ]) + "\n")
         env = dict(os.environ, OMP_NUM_THREADS="1", TS_DISABLE_SYSTEM_METRICS="true",
-                   PATH=f"{env_dir / 'bin'}:{os.environ['PATH']}")
+                   PATH=f"{env_dir / 'bin'}:{os.environ['PATH']}", **self.tmpdir)
         self._spawn([str(env_dir / "bin" / "torchserve"), "--start", "--foreground", "--ncs",
                      "--ts-config", str(props), "--model-store", str(store), "--disable-token-auth"], env,
                     cwd=self.workdir)
@@ -263,7 +272,7 @@ class TorchServeServer(Server):
         env_dir = ENVS / "torchserve"
         if (env_dir / "bin" / "torchserve").exists():
             subprocess.run([str(env_dir / "bin" / "torchserve"), "--stop"], cwd=self.workdir,
-                           capture_output=True, timeout=60)
+                           capture_output=True, timeout=60, env=dict(os.environ, **self.tmpdir))
         super().stop()
 
 

@@ -568,6 +568,13 @@ INFERENCE_RECORDS_BUFFER_MAX = env.int("INFERENCE_RECORDS_BUFFER_MAX", default=1
 # The writer thread starts on a process's first record; off, records wait for an explicit
 # flush (the test suite flushes them itself).
 INFERENCE_RECORDS_FLUSH_THREAD = env.bool("INFERENCE_RECORDS_FLUSH_THREAD", default=True)
+# Shadow traffic (an alias's "shadow": inference.services.shadow): copies of requests wait for the
+# shadow version in a bounded queue per process; a full queue drops the copy (counted). The
+# comparison counts are written to ShadowRollup every INFERENCE_SHADOW_FLUSH_SECONDS.
+INFERENCE_SHADOW_QUEUE = env.int("INFERENCE_SHADOW_QUEUE", default=256)
+INFERENCE_SHADOW_FLUSH_SECONDS = env.float("INFERENCE_SHADOW_FLUSH_SECONDS", default=5.0)
+# The shadow thread waits up to this long for a full batch of copies (nobody awaits their answers).
+INFERENCE_SHADOW_GATHER_MS = env.float("INFERENCE_SHADOW_GATHER_MS", default=250.0)
 # Captured payloads (RegisteredModel.capture_payloads, off by default) larger than this are
 # replaced by a note.
 INFERENCE_CAPTURE_MAX_BYTES = env.int("INFERENCE_CAPTURE_MAX_BYTES", default=64 * 1024)

@@ -37,7 +37,7 @@ from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, Regist
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
 from .selectors import is_registry_name
 from .signals import announce_change
-from .splits import aliases_naming, split_check
+from .splits import aliases_naming, shadow_check, split_check
 from .validation import ValidationOutcome, validate_in_subprocess
 
 logger = logging.getLogger("registry")
@@ -305,9 +305,14 @@ def model_version_validate(*, version: ModelVersion, actor: str = "system") -> M
 
 @transaction.atomic
 def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | None = None,
-              split: Sequence[tuple[ModelVersion, int]] | None = None, actor: str = "system") -> ModelAlias:
+              split: Sequence[tuple[ModelVersion, int]] | None = None,
+              shadow: tuple[ModelVersion, int] | None = None, actor: str = "system") -> ModelAlias:
     """Point `model@alias` at `version` (promote or roll back), or at a weighted `split` of versions
-    (a canary: ``registry.splits``), and record the move (with the split) in the alias history."""
+    (a canary: ``registry.splits``), with an optional `shadow` (version, percent) that gets a copy of
+    that share of the requests; record the move (with split and shadow) in the alias history.
+
+    A set replaces the whole alias (PUT): without `shadow` the alias has none afterwards. Setting
+    what the alias already is records nothing."""
     if (version is None) == (split is None):
         raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
     ModelAlias._meta.get_field("name").run_validators(alias)
@@ -333,19 +338,27 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | Non
         )
     if version.archived:
         raise ValidationError(f"{version} is archived.", code="archived")
+    stored_shadow: dict[str, int] | None = None
+    if shadow is not None:
+        targets = [v for v, _ in split] if split is not None else [version]
+        stored_shadow = shadow_check(model=model, shadow=shadow, targets=targets)
     current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
-    if current is not None and current.version_id == version.pk and (current.split or None) == stored:
+    if (current is not None and current.version_id == version.pk and (current.split or None) == stored
+            and (current.shadow or None) == stored_shadow):
         return current
     previous = current.version.version if current is not None else None
     previous_split = current.split if current is not None else None
+    previous_shadow = current.shadow if current is not None else None
     if current is None:
-        current = ModelAlias.objects.create(model=model, name=alias, version=version, split=stored)
+        current = ModelAlias.objects.create(model=model, name=alias, version=version, split=stored,
+                                            shadow=stored_shadow)
     else:
-        current.version, current.split = version, stored
-        current.save(update_fields=["version", "split", "updated_at"])
+        current.version, current.split, current.shadow = version, stored, stored_shadow
+        current.save(update_fields=["version", "split", "shadow", "updated_at"])
     AliasEvent.objects.create(
         model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
-        to_version=version.version, from_split=previous_split, to_split=stored, actor=actor,
+        to_version=version.version, from_split=previous_split, to_split=stored, from_shadow=previous_shadow,
+        to_shadow=stored_shadow, actor=actor,
     )
     announce_change()
     return current
@@ -417,7 +430,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
         return False
     AliasEvent.objects.create(
         model=model, alias=alias, action=AliasEvent.Action.DELETE, from_version=current.version.version,
-        from_split=current.split, to_version=None, actor=actor,
+        from_split=current.split, from_shadow=current.shadow, to_version=None, actor=actor,
     )
     current.delete()
     announce_change()
@@ -428,7 +441,7 @@ def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -
 def model_version_archive(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
     """Archive a version (it stops serving); refused while an alias points to it. Archiving twice is a no-op."""
     RegisteredModel.objects.select_for_update().filter(pk=version.model_id).first()  # see alias_set
-    names = aliases_naming(version)  # as primary target or in a split
+    names = aliases_naming(version)  # as primary target, in a split or as a shadow
     if names:
         raise ValidationError(
             f"{version} is the target of alias(es) {', '.join(sorted(names))}: move them first.", code="alias_target"

@@ -72,3 +72,17 @@ def test_overload_passes_only_when_503s_come_fast():
     no_overload = wrk(1500, latency={200: (1500, 150.0, 300.0)})
     assert overload_target([no_overload]).startswith("FAIL")  # nothing was shed: the check did not check
     assert timed_out(wrk(1, errors="Socket errors: connect 0, read 0, write 0, timeout 12"))
+
+
+def test_the_runtimes_rows_compare_the_medians_of_the_two_runtimes_side_by_side():
+    from bench.runtimes import RuntimeRows
+
+    rows = RuntimeRows(raw={"torch1": 300, "torch32": 1800, "onnx1": 450, "onnx32": 3600,
+                            "maxdiff1": 1e-7, "maxdiff32": 2e-7})
+    rows.results[32] = {"mlp": [wrk(700), wrk(800), wrk(100)], "mlp-onnx": [wrk(900), wrk(1050), wrk(2000)]}
+    rows.batch[(32, "mlp")] = 8.0
+    assert round(rows.ratio(32), 3) == round(1050 / 700, 3)  # medians, not means: one slow round is not the figure
+    table = rows.table()
+    assert "| 32 | pytorch | 700.0 |" in table[2] and table[2].endswith("| 8.0 |  |")
+    assert "| 32 | onnx | 1050.0 |" in table[3] and table[3].endswith("| 1.50 |")
+    assert "ONNX / PyTorch 1.50 and 2.00" in rows.raw_line()
