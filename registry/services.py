@@ -35,7 +35,7 @@ from .artifacts import (
 )
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
-from .selectors import is_registry_name
+from .selectors import alias_candidates, is_registry_name
 from .signals import announce_change
 from .splits import aliases_naming, shadow_check, split_check
 from .validation import ValidationOutcome, validate_in_subprocess
@@ -383,14 +383,15 @@ def _version_numbered(model: RegisteredModel, number: int) -> ModelVersion:
 @transaction.atomic
 def alias_promote(*, model: RegisteredModel, alias: str, version_number: int, actor: str = "system") -> ModelAlias:
     """Send all of `model@alias`'s traffic to its candidate `version_number` (a version of its split
-    other than the primary): the split is cleared. Recorded in the alias history like any move.
+    other than the primary, or its shadow): split and shadow are cleared. Recorded in the alias
+    history like any move.
 
-    Refused (ValidationError, nothing changed) for an alias without a split, or a version that is
-    not one of its candidates: pointing an alias at any other version is a move, not a promotion."""
+    Refused (ValidationError, nothing changed) for an alias without a split or a shadow, or a version
+    that is not one of its candidates: pointing an alias at any other version is a move, not a promotion."""
     current = _alias_locked(model, alias)
-    candidates = [n for n, _ in current.targets if n != current.version.version] if current.split else []
+    candidates = alias_candidates(current)
     if version_number not in candidates:
-        offered = ", ".join(f"v{n}" for n in candidates) or "none: it points at one version"
+        offered = ", ".join(f"v{n}" for n in candidates) or "none: it points at one version, without a shadow"
         raise ValidationError(
             f"v{version_number} is not a candidate of {model.name}@{alias} (its candidates: {offered}).",
             code="not_a_candidate",
@@ -401,7 +402,7 @@ def alias_promote(*, model: RegisteredModel, alias: str, version_number: int, ac
 @transaction.atomic
 def alias_roll_back(*, model: RegisteredModel, alias: str, actor: str = "system") -> ModelAlias:
     """Point `model@alias` back where it pointed before its latest move (the ``from_*`` of its latest
-    AliasEvent: one version, or a split), recorded as a move of its own (so rolling back twice
+    AliasEvent: one version or a split, and the shadow it had), recorded as a move of its own (so rolling back twice
     returns to where the first roll back started).
 
     Refused (ValidationError, nothing changed) when the alias has no previous target (its latest
@@ -412,10 +413,14 @@ def alias_roll_back(*, model: RegisteredModel, alias: str, actor: str = "system"
         raise ValidationError(f"{model.name}@{alias} has no previous target to roll back to.",
                               code="no_previous_target")
     try:
+        shadow = None
+        if last.from_shadow:
+            shadow = (_version_numbered(model, int(last.from_shadow["version"])), int(last.from_shadow["percent"]))
         if last.from_split:
             split = [(_version_numbered(model, int(t["version"])), int(t["weight"])) for t in last.from_split]
-            return alias_set(model=model, alias=alias, split=split, actor=actor)
-        return alias_set(model=model, alias=alias, version=_version_numbered(model, last.from_version), actor=actor)
+            return alias_set(model=model, alias=alias, split=split, shadow=shadow, actor=actor)
+        return alias_set(model=model, alias=alias, version=_version_numbered(model, last.from_version),
+                         shadow=shadow, actor=actor)
     except ValidationError as exc:
         raise ValidationError(f"Cannot roll back {current} to its previous target: {'; '.join(exc.messages)}",
                               code=getattr(exc, "code", None) or "invalid") from exc

@@ -16,7 +16,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
-from inference.monitoring.models import RequestRollup
+from inference.monitoring.models import RequestRollup, ShadowRollup
 from inference.monitoring.records import bucket_upper_ms
 from registry import services
 from registry.models import AliasEvent, ModelAlias, ModelVersion
@@ -222,7 +222,7 @@ def test_refused_promote_and_roll_back_say_why_and_change_nothing(iris, staff):
     response = client.post(url(iris, "promote"), {"name": "production", "version": "2"})
     assert response.status_code == 302
     assert messages_of(response) == ["v2 is not a candidate of iris@production (its candidates: none: it points "
-                                     "at one version)."]
+                                     "at one version, without a shadow)."]
     response = client.post(url(iris, "roll_back"), {"name": "production"})
     assert messages_of(response) == ["iris@production has no previous target to roll back to."]
     response = client.post(url(iris, "promote"), {"name": "production", "version": "two"})
@@ -271,3 +271,74 @@ def test_the_edit_page_shows_the_alias_form(iris, staff):
     assert response.status_code == 200 and "Now: production → v1" in html
     assert 'name="weight_1"' in html and 'name="weight_2"' in html and 'value="100"' in html
     assert staff(*CHANGE, name="ops2").get(url(iris, "set") + "?name=nope").status_code == 404
+
+
+# --- The shadow ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shadowed(iris):
+    """production = v1 with v3 as a 20 % shadow (v2 also ready)."""
+    v3 = ready(small_mlp(2), model_name="iris")
+    services.alias_set(model=iris, alias="production", version=iris.versions.get(version=1), shadow=(v3, 20))
+    return iris
+
+
+def shadow_rollup(minutes_ago: int, primary: int, **counts) -> None:
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=minutes_ago)
+    ShadowRollup.objects.create(minute=minute, model="iris", primary_version=primary, shadow_version=3, **counts)
+
+
+def test_the_shadow_column_shows_agreement_mean_abs_diff_and_dropped(shadowed, staff):
+    rollup(2, 1, count=100, errors=0, bucket=40)
+    shadow_rollup(3, 1, compared=150, agreed=141, abs_diff_sum=6.0, abs_diff_count=450, dropped=4, failed=1)
+    shadow_rollup(2, 1, compared=50, agreed=49, abs_diff_sum=2.0, abs_diff_count=150, dropped=0, failed=0)
+    shadow_rollup(2, 2, compared=999, agreed=0, abs_diff_sum=9.0, abs_diff_count=9)  # v2 is not in this alias
+    html = staff(*CHANGE).get(page_url(shadowed)).content.decode()
+    table = comparison(html)
+    assert table["versions"] == ["1", "3"] and table["traffic share"] == ["100 %", "copy of 20 %"]
+    assert '<th data-version="3">v3 <span class="release-role">shadow</span>' in html
+    assert table["shadow: agreement with the primary"] == ["—", "95.00 %"]  # 190 of 200
+    assert table["shadow: mean abs diff"] == ["—", "0.01333"]  # 8.0 / 600
+    assert table["shadow: predictions compared"] == ["—", "200"]
+    assert table["shadow: dropped (queue full)"] == ["—", "4"] and table["shadow: failed"] == ["—", "1"]
+    assert "production → <span class=\"release-targets\">v1 + shadow v3 20 %</span>" in html
+    assert "Promote v3 to 100 %" in html
+    # The form says what the shadow is now, so that saving the split keeps it.
+    assert '<option value="3" selected>v3</option>' in html and 'name="shadow_percent" value="20"' in html
+
+
+def test_saving_the_split_keeps_the_shadow_the_form_carries(shadowed, staff):
+    client = staff(*CHANGE)
+    form = {**split_form(1, v1=90, v2=10), "shadow_version": "3", "shadow_percent": "20"}
+    assert client.post(url(shadowed, "set"), form).status_code == 302
+    alias = production()
+    assert (alias.split, alias.shadow) == (SPLIT_90_10, {"version": 3, "percent": 20})
+    # No shadow chosen: the alias has none afterwards (a set replaces the alias).
+    client.post(url(shadowed, "set"), {**split_form(1, v1=90, v2=10), "shadow_version": ""})
+    assert production().shadow is None
+    event = AliasEvent.objects.filter(alias="production").latest("id")
+    assert (event.from_shadow, event.to_shadow) == ({"version": 3, "percent": 20}, None)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"shadow_version": "3"}, "Say which share of the requests (1 to 100 %) the shadow v3 gets a copy of."),
+    ({"shadow_version": "3", "shadow_percent": "0"}, "Ensure this value is greater than or equal to 1."),
+    ({"shadow_version": "2", "shadow_percent": "20"}, "iris v2 already answers this alias&#x27;s requests"),
+])
+def test_shadow_errors_show_on_the_form(shadowed, staff, extra, message):
+    events = AliasEvent.objects.count()
+    response = staff(*CHANGE).post(url(shadowed, "set"), {**split_form(1, v1=90, v2=10), **extra})
+    assert response.status_code == 200 and message in response.content.decode()
+    assert AliasEvent.objects.count() == events and production().shadow == {"version": 3, "percent": 20}
+
+
+def test_promote_the_shadow_then_roll_back(shadowed, staff):
+    client = staff(*CHANGE)
+    response = client.post(url(shadowed, "promote"), {"name": "production", "version": "3"})
+    assert messages_of(response) == ["Promoted: iris@production → v3."]
+    assert (production().version.version, production().shadow) == (3, None)
+    assert "Roll back to the previous target (v1 + shadow v3 20 %)" in client.get(page_url(shadowed)).content.decode()
+    response = client.post(url(shadowed, "roll_back"), {"name": "production"})
+    assert messages_of(response) == ["Rolled back: iris@production → v1 + shadow v3 20 %."]
+    assert (production().version.version, production().shadow) == (1, {"version": 3, "percent": 20})

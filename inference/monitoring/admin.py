@@ -7,7 +7,8 @@
   in a table under its chart, so the page reads without JavaScript.
 * A version's change page shows the same charts for that version alone.
 * A model's change page compares each alias's versions side by side (requests, p50/p99 latency,
-  error rates) beside its split, promote and roll back (``registry.admin.releases``).
+  error rates; a shadow's agreement with the primary, mean abs diff, dropped) beside its split
+  and shadow, promote and roll back (``registry.admin.releases``).
 * Request records are listed read-only (find a request by its id; captured payloads).
 """
 
@@ -88,7 +89,8 @@ class MonitoredRegisteredModelAdmin(RegisteredModelAdmin):
     def release_figures(self, request: HttpRequest, model: RegisteredModel) -> ReleaseFigures:
         range_name = range_choice(request.GET.get("releases"))
         return ReleaseFigures(
-            rows=lambda numbers: release_rows(model=model.name, versions=numbers, range_name=range_name),
+            rows=lambda numbers, shadow: release_rows(model=model.name, versions=numbers, shadow=shadow,
+                                                      range_name=range_name),
             ranges=[{"name": name, "label": label, "url": f"?releases={name}", "selected": name == range_name}
                     for name, (label, _, _) in RANGES.items()],
             note=f"{RANGES[range_name][0]}, from the per-minute rollups, per version (every request it answered)",

@@ -17,7 +17,15 @@ from django.utils.html import format_html
 from .. import services
 from ..models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from ..selectors import version_number
-from .releases import CHANGE_ALIASES, AliasTargetsForm, ReleaseFigures, alias_panels, describe_targets, form_ids
+from .releases import (
+    CHANGE_ALIASES,
+    AliasTargetsForm,
+    ReleaseFigures,
+    alias_panels,
+    describe_alias,
+    describe_targets,
+    form_ids,
+)
 
 
 class VersionInline(admin.TabularInline):
@@ -51,11 +59,11 @@ class AliasEventInline(admin.TabularInline):
 
     @admin.display(description="from")
     def from_target(self, obj: AliasEvent) -> str:
-        return describe_targets(obj.from_version, obj.from_split)
+        return describe_targets(obj.from_version, obj.from_split, obj.from_shadow)
 
     @admin.display(description="to")
     def to_target(self, obj: AliasEvent) -> str:
-        return describe_targets(obj.to_version, obj.to_split)
+        return describe_targets(obj.to_version, obj.to_split, obj.to_shadow)
 
 
 class RegistryEventInline(admin.TabularInline):
@@ -93,7 +101,7 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="aliases")
     def alias_list(self, obj: RegisteredModel) -> str:
-        return ", ".join(f"{a.name} → {describe_targets(a.version.version, a.split)}" for a in obj.aliases.all()) or "—"
+        return ", ".join(f"{a.name} → {describe_alias(a)}" for a in obj.aliases.all()) or "—"
 
     # ---- releases ------------------------------------------------------------------------------------
 
@@ -161,13 +169,12 @@ class RegisteredModelAdmin(admin.ModelAdmin):
             if form.is_valid():
                 try:
                     services.alias_set(model=model, alias=form.cleaned_data["name"], split=form.cleaned_data["split"],
-                                       actor=services.actor_for(user=request.user))
+                                       shadow=form.cleaned_data["shadow"], actor=services.actor_for(user=request.user))
                 except ValidationError as exc:
                     form.add_error(None, exc)
                 else:
                     saved = ModelAlias.objects.select_related("version").get(model=model, name=form.cleaned_data["name"])
-                    self.message_user(request, f"Saved: {saved} → {describe_targets(saved.version.version, saved.split)}.",
-                                      messages.SUCCESS)
+                    self.message_user(request, f"Saved: {saved} → {describe_alias(saved)}.", messages.SUCCESS)
                     return self._back(model, saved.name)
         context = {
             **self.admin_site.each_context(request),
@@ -175,7 +182,7 @@ class RegisteredModelAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "original": model,
             "alias": alias,
-            "alias_now": describe_targets(alias.version.version, alias.split) if alias else "",
+            "alias_now": describe_alias(alias) if alias else "",
             "form": form,
             "creating": creating,
             "back_url": self._back(model, name if alias else "").url,
@@ -208,6 +215,5 @@ class RegisteredModelAdmin(admin.ModelAdmin):
             self.message_user(request, "; ".join(exc.messages), messages.ERROR)
             return self._back(model, name)
         alias.refresh_from_db()
-        self.message_user(request, f"{done}: {alias} → {describe_targets(alias.version.version, alias.split)}.",
-                          messages.SUCCESS)
+        self.message_user(request, f"{done}: {alias} → {describe_alias(alias)}.", messages.SUCCESS)
         return self._back(model, name)

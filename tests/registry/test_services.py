@@ -562,7 +562,7 @@ def test_promote_refuses_what_is_not_a_candidate(two_versions, weights, iris_con
     services.alias_set(model=model, alias="production", version=v1)
     with pytest.raises(ValidationError) as exc:  # no split: no candidate
         services.alias_promote(model=model, alias="production", version_number=2)
-    assert exc.value.code == "not_a_candidate" and "none" in exc.value.messages[0]
+    assert exc.value.code == "not_a_candidate" and "none: it points at one version" in exc.value.messages[0]
     v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
     services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)])
     for number in (1, 3, 99):  # the primary, a version outside the split, no such version
@@ -631,3 +631,40 @@ def test_roll_back_refuses_a_previous_version_that_is_archived_or_not_ready(two_
     assert exc.value.code == "not_ready" and "failed, not ready" in exc.value.messages[0]
     assert ModelAlias.objects.get(model=model, name="production").version_id == v2.pk
     assert len(alias_moves(model)) == 2
+
+
+def test_promote_the_shadow_or_a_candidate_clears_the_shadow(two_versions, iris_config):
+    v1, v2 = two_versions
+    v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1, shadow=(v2, 20))
+    services.alias_promote(model=model, alias="production", version_number=2, actor="user:alice")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split, alias.shadow) == (v2.pk, None, None)
+    event = AliasEvent.objects.filter(model=model).latest("id")
+    assert (event.from_version, event.from_shadow, event.to_version, event.to_shadow) == (
+        1, {"version": 2, "percent": 20}, 2, None)
+    # A split's candidate promoted: the shadow goes too.
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)], shadow=(v3, 50))
+    services.alias_promote(model=model, alias="production", version_number=2)
+    alias.refresh_from_db()
+    assert (alias.version_id, alias.split, alias.shadow) == (v2.pk, None, None)
+
+
+def test_roll_back_restores_the_previous_shadow(two_versions, iris_config):
+    v1, v2 = two_versions
+    v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
+    model = v1.model
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)], shadow=(v3, 20))
+    services.alias_promote(model=model, alias="production", version_number=3)
+    services.alias_roll_back(model=model, alias="production")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split, alias.shadow) == (v1.pk, SPLIT_90_10, {"version": 3, "percent": 20})
+    # An archived previous shadow refuses the roll back, naming it.
+    services.alias_set(model=model, alias="production", version=v1)
+    services.model_version_archive(version=v3)
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=model, alias="production")
+    assert exc.value.code == "shadow_archived" and "iris v3 is archived" in exc.value.messages[0]
+    alias.refresh_from_db()
+    assert (alias.split, alias.shadow) == (None, None)
