@@ -16,8 +16,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from inference.monitoring.models import RequestRollup
+from inference.monitoring.models import RequestRollup, ShadowRollup
 from inference.monitoring.records import bucket_upper_ms
+from registry import services
 from registry.models import AliasEvent, ModelAlias
 from tests.conftest import small_mlp
 from tests.inference.support import ready
@@ -127,3 +128,30 @@ def test_view_only_staff_see_the_figures_without_forms_or_buttons(browser, site,
     assert releases.locator("input").count() == 0
     assert "You may view these aliases, not change them" in releases.inner_text()
     releases.screenshot(path=str(SCREENSHOTS / "admin-releases-view-only.png"))
+
+
+def test_operator_sees_the_shadow_beside_the_primary_and_promotes_it(browser, site, iris):  # noqa: F811
+    v3 = ready(small_mlp(2), model_name="iris")
+    services.alias_set(model=iris, alias="production", version=iris.versions.get(version=1), shadow=(v3, 20))
+    minute = timezone.now().replace(second=0, microsecond=0) - timedelta(minutes=2)
+    ShadowRollup.objects.create(minute=minute, model="iris", primary_version=1, shadow_version=3, compared=60,
+                                agreed=57, abs_diff_sum=1.5, abs_diff_count=180, dropped=2, failed=0)
+    staff_user("operator", *VIEW, "change_modelalias")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    login(page, site, "operator", "s3cret-pass")
+    page.goto(f"{site}/admin/registry/registeredmodel/{iris.pk}/change/")
+    targets = page.locator("#alias-production .release-targets")
+    assert targets.inner_text() == "v1 + shadow v3 20 %"
+    assert column(page, "traffic share") == ["100 %", "copy of 20 %"]
+    assert column(page, "shadow: agreement with the primary") == ["—", "95.00 %"]
+    assert column(page, "shadow: mean abs diff") == ["—", "0.008333"]
+    assert column(page, "shadow: dropped (queue full)") == ["—", "2"]
+    page.click("#alias-production summary")
+    assert page.input_value("#id_production_shadow_version") == "3"
+    assert page.input_value("#id_production_shadow_percent") == "20"
+    page.locator("#releases").screenshot(path=str(SCREENSHOTS / "admin-releases-shadow.png"))
+    page.click("#alias-production button.release-promote[data-version='3']")
+    page.wait_for_url("**/change/#alias-production")
+    assert targets.inner_text() == "v3"
+    alias = ModelAlias.objects.select_related("version").get(model=iris, name="production")
+    assert (alias.version.version, alias.shadow) == (3, None)
