@@ -100,3 +100,11 @@ def shadow_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> t
     version = ModelVersion.objects.select_related("model", "hardware").filter(
         model=model, archived=False, version=int(shadow["version"])).first()
     return (version, int(shadow["percent"])) if version is not None else None
+
+
+def alias_candidates(alias: ModelAlias) -> list[int]:
+    """The version numbers `alias` could promote: each version of its split other than the primary,
+    then its shadow's."""
+    numbers = [n for n, _ in alias.targets if n != alias.version.version] if alias.split else []
+    shadow = alias.shadow_target
+    return numbers + [shadow[0]] if shadow is not None and shadow[0] not in numbers else numbers

@@ -35,7 +35,7 @@ from .artifacts import (
 )
 from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
-from .selectors import is_registry_name
+from .selectors import alias_candidates, is_registry_name
 from .signals import announce_change
 from .splits import aliases_naming, shadow_check, split_check
 from .validation import ValidationOutcome, validate_in_subprocess
@@ -362,6 +362,68 @@ def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | Non
     )
     announce_change()
     return current
+
+
+def _alias_locked(model: RegisteredModel, alias: str) -> ModelAlias:
+    """Lock the model row (one alias change at a time, see alias_set) and return `model@alias` as it is now."""
+    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
+    if current is None:
+        raise ValidationError(f"{model.name} has no alias {alias!r}.", code="no_alias")
+    return current
+
+
+def _version_numbered(model: RegisteredModel, number: int) -> ModelVersion:
+    version = ModelVersion.objects.filter(model=model, version=number).select_related("model").first()
+    if version is None:
+        raise ValidationError(f"{model.name} has no version {number}.", code="unknown_version")
+    return version
+
+
+@transaction.atomic
+def alias_promote(*, model: RegisteredModel, alias: str, version_number: int, actor: str = "system") -> ModelAlias:
+    """Send all of `model@alias`'s traffic to its candidate `version_number` (a version of its split
+    other than the primary, or its shadow): split and shadow are cleared. Recorded in the alias
+    history like any move.
+
+    Refused (ValidationError, nothing changed) for an alias without a split or a shadow, or a version
+    that is not one of its candidates: pointing an alias at any other version is a move, not a promotion."""
+    current = _alias_locked(model, alias)
+    candidates = alias_candidates(current)
+    if version_number not in candidates:
+        offered = ", ".join(f"v{n}" for n in candidates) or "none: it points at one version, without a shadow"
+        raise ValidationError(
+            f"v{version_number} is not a candidate of {model.name}@{alias} (its candidates: {offered}).",
+            code="not_a_candidate",
+        )
+    return alias_set(model=model, alias=alias, version=_version_numbered(model, version_number), actor=actor)
+
+
+@transaction.atomic
+def alias_roll_back(*, model: RegisteredModel, alias: str, actor: str = "system") -> ModelAlias:
+    """Point `model@alias` back where it pointed before its latest move (the ``from_*`` of its latest
+    AliasEvent: one version or a split, and the shadow it had), recorded as a move of its own (so rolling back twice
+    returns to where the first roll back started).
+
+    Refused (ValidationError, nothing changed) when the alias has no previous target (its latest
+    move created it) or a previous version is no longer ready or is archived."""
+    current = _alias_locked(model, alias)
+    last = AliasEvent.objects.filter(model=model, alias=alias).order_by("-at", "-id").first()
+    if last is None or last.from_version is None:
+        raise ValidationError(f"{model.name}@{alias} has no previous target to roll back to.",
+                              code="no_previous_target")
+    try:
+        shadow = None
+        if last.from_shadow:
+            shadow = (_version_numbered(model, int(last.from_shadow["version"])), int(last.from_shadow["percent"]))
+        if last.from_split:
+            split = [(_version_numbered(model, int(t["version"])), int(t["weight"])) for t in last.from_split]
+            return alias_set(model=model, alias=alias, split=split, shadow=shadow, actor=actor)
+        return alias_set(model=model, alias=alias, version=_version_numbered(model, last.from_version),
+                         shadow=shadow, actor=actor)
+    except ValidationError as exc:
+        raise ValidationError(f"Cannot roll back {current} to its previous target: {'; '.join(exc.messages)}",
+                              code=getattr(exc, "code", None) or "invalid") from exc
 
 
 @transaction.atomic

@@ -214,6 +214,19 @@ def series(*, range_name: str = "1h", now: datetime | None = None, model: str | 
     return out
 
 
+def version_summaries(*, model: str, versions: list[int], range_name: str = "1h",
+                      now: datetime | None = None) -> dict[int, dict[str, Any]]:
+    """Each of `model`'s `versions` over the range, from its rollups: the figures of ``series``'s summary
+    (requests, error rate, p50/p95/p99 ...), a version without traffic at zero requests and no latency."""
+    _, length, _ = RANGES[range_name]
+    now = now or timezone.now()
+    end = _minute(now) + timedelta(minutes=1)
+    totals: dict[int, _Acc] = {n: _Acc() for n in versions}
+    for r in RequestRollup.objects.filter(model=model, version__in=versions, minute__gte=end - length, minute__lt=end):
+        totals[r.version].add(r)
+    return {n: {k: _round(v) for k, v in acc.figures(length.total_seconds()).items()} for n, acc in totals.items()}
+
+
 def shadow_summary(*, model: str, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
     """Return, per (primary version, shadow version) of `model` with shadow traffic from `since` (to `until`),
     the comparison counts added up (``ShadowRollup``, per minute, from ``inference.services.shadow``).
