@@ -342,3 +342,19 @@ def test_promote_the_shadow_then_roll_back(shadowed, staff):
     response = client.post(url(shadowed, "roll_back"), {"name": "production"})
     assert messages_of(response) == ["Rolled back: iris@production → v1 + shadow v3 20 %."]
     assert (production().version.version, production().shadow) == (1, {"version": 3, "percent": 20})
+
+
+def test_the_alias_form_says_that_saving_one_version_drops_the_split_and_shadow(shadowed, staff):
+    client = staff(*CHANGE)
+    alias = production()
+    change = reverse("admin:registry_modelalias_change", args=[alias.pk])
+    assert "removes its split and shadow" in client.get(change).content.decode()
+    # Saved there anyway: the alias is that one version, and the history says what it was before.
+    v2 = shadowed.versions.get(version=2)
+    assert client.post(change, {"version": v2.pk}).status_code == 302
+    alias = production()
+    assert (alias.version.version, alias.split, alias.shadow) == (2, None, None)
+    event = AliasEvent.objects.filter(alias="production").latest("id")
+    assert event.from_shadow == {"version": 3, "percent": 20}
+    services.alias_set(model=shadowed, alias="production", version=v2)
+    assert "removes its split and shadow" not in client.get(change).content.decode()  # nothing to drop now

@@ -29,6 +29,11 @@ class AliasForm(forms.ModelForm):
             qs = qs.filter(model=self.instance.model)
         self.fields["version"].queryset = qs
         self.fields["version"].help_text = "Only ready, unarchived versions can take an alias."
+        if self.instance.pk and (self.instance.split or self.instance.shadow):
+            # This form sets one version (the whole alias, as the API's PUT does): say what saving drops.
+            self.fields["version"].help_text += (
+                " Saving here points the alias at this one version and removes its split and shadow; to keep "
+                "them, edit the alias in the Releases panel of its model's page.")
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -159,8 +159,8 @@ def test_failure_after_the_file_is_written_removes_it(weights, iris_config, monk
         raise RuntimeError("alias store down")
 
     # validation is not the subject here: say yes without the subprocess
-    monkeypatch.setattr(services, "_validate_bytes", lambda **kwargs: ValidationOutcome(True))
-    monkeypatch.setattr(services, "alias_set", boom)
+    monkeypatch.setattr(services.versions, "_validate_bytes", lambda **kwargs: ValidationOutcome(True))
+    monkeypatch.setattr(services.versions, "alias_set", boom)
     with pytest.raises(RuntimeError, match="alias store down"):
         register(weights, iris_config, aliases=["production"])
     assert_nothing_stored()
