@@ -128,6 +128,8 @@ class Run:
     heavy: dict[str, object] = field(default_factory=dict)
     # bench.runtimes: the MLP on the PyTorch runtime and exported to ONNX (ONNX Runtime), one platform
     runtimes: object = None
+    # bench.large_input: requests of many images (decoding and pre-processing on the board)
+    large_input: object = None
 
 
 def overload(python: str, artifacts: dict, seconds: int, rounds: int) -> tuple[list[WrkResult], dict]:
@@ -207,6 +209,8 @@ def main() -> None:
                     help="skip the heavy-input check (/healthz while clients send 200 4096x4096 images per request)")
     ap.add_argument("--no-runtimes", action="store_true",
                     help="skip the runtimes check (the MLP on the PyTorch runtime vs exported to ONNX, c=1 and c=32)")
+    ap.add_argument("--no-large-input", action="store_true",
+                    help="skip the large-input rows (the digits demo with 64 images per request)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--baseline", default="", metavar="DIR",
@@ -324,6 +328,14 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report the rest
             run.notes.append(f"the runtimes check could not run: {str(exc)[-300:]}")
 
+    if "platform" in wanted and not args.no_large_input:
+        from . import large_input
+
+        try:
+            run.large_input = large_input.run(python=platform_python, seconds=args.seconds, rounds=args.rounds)
+        except Exception as exc:  # noqa: BLE001 - report the rest
+            run.notes.append(f"the large-input rows could not run: {str(exc)[-300:]}")
+
     run.baseline_rss = torch_baseline_rss(platform_python)
     report = render(run)
     print(report)
@@ -395,6 +407,9 @@ def render(run: Run) -> str:
         lines += ["", "Runtimes (bench.runtimes; the platform alone): the MLP from safetensors (PyTorch runtime) and "
                   "exported with torch.onnx.export (ONNX Runtime), same weights, same batching and 1 thread per "
                   "batcher, alternating rounds.", "", *run.runtimes.report()]
+    if run.large_input is not None:
+        lines += ["", "Large inputs (bench.large_input; the platform alone): "
+                  + "\n".join(run.large_input.report())]
     lines += ["", "Targets:", ""]
     lines += [f"- {t}" for t in targets(run)]
     if run.notes:

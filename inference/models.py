@@ -2,6 +2,6 @@
 
 from .jobs.models import InferenceJob
 from .keys import APIKey
-from .monitoring.models import RequestRecord, RequestRollup
+from .monitoring.models import RequestRecord, RequestRollup, ShadowRollup
 
-__all__ = ["APIKey", "InferenceJob", "RequestRecord", "RequestRollup"]
+__all__ = ["APIKey", "InferenceJob", "RequestRecord", "RequestRollup", "ShadowRollup"]

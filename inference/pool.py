@@ -78,7 +78,7 @@ class ServingPool:
 
     def preload(self) -> list[ModelVersion]:
         """Load the versions each registered model serves by default (its production alias, every
-        version of it when it is a split, else its newest ready version), in name order, then the
+        version of it when it is a split, and its shadow, else its newest ready version), in name order, then the
         pinned ones, as a web process starts: its first requests then wait for no load.
 
         Stops before a version whose weights would not fit in INFERENCE_MODEL_CACHE_BYTES beside
@@ -88,8 +88,10 @@ class ServingPool:
         loaded = []
         for model in RegisteredModel.objects.order_by("name"):
             route = memo.route(model, None)
-            # Every version of a split (a canary) answers some requests: each is preloaded.
-            for version in route.versions if route is not None else ():
+            # Every version of a split (a canary) answers some requests: each is preloaded, and so is the
+            # alias's shadow (its first copies would otherwise wait for a load, and be dropped meanwhile).
+            versions = [*route.versions, *([route.shadow[0]] if route.shadow else [])] if route is not None else []
+            for version in versions:
                 if not self._preload_one(version, loaded):
                     return loaded
         # Then the versions an operator pre-loaded (`load`: a canary's candidate before its split moves).

@@ -5,6 +5,10 @@ and their cumulative weights, read from the registry once per registry change. P
 arithmetic on that tuple (no database, no lock, nothing that blocks the event loop): a random bucket
 in 0..99, or, for a request with a routing key (the ``X-Routing-Key`` header), a stable hash of the
 key, so that the same key always lands on the same version while the split stays as it is.
+
+A route may carry a shadow, (version, percent): ``shadows()`` says whether one request is also sent
+to it (a random draw per request, never the routing key: a sticky client is not always or never
+shadowed). What is then done with the request is ``inference.shadow``'s business.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ def key_bucket(key: str, total: int = 100) -> int:
 class Route:
     """The versions an alias (or a version number) sends requests to, with their weights."""
 
-    __slots__ = ("versions", "weights", "bounds")
+    __slots__ = ("versions", "weights", "bounds", "shadow")
 
-    def __init__(self, targets: Sequence[tuple[Any, int]]) -> None:
+    def __init__(self, targets: Sequence[tuple[Any, int]], shadow: tuple[Any, int] | None = None) -> None:
         if not targets:
             raise ValueError("a route needs at least one version")
+        self.shadow = (shadow[0], int(shadow[1])) if shadow is not None else None
         self.versions = tuple(version for version, _ in targets)
         self.weights = tuple(int(weight) for _, weight in targets)
         bounds, total = [], 0
@@ -66,6 +71,11 @@ class Route:
         if routing_key:
             return self.at(key_bucket(routing_key, self.total))
         return self.at(_random.randrange(self.total))
+
+    def shadows(self) -> bool:
+        """Whether one request is also sent to the shadow: with probability percent/100 (False without one)."""
+        shadow = self.shadow
+        return shadow is not None and (shadow[1] >= 100 or _random.randrange(100) < shadow[1])
 
     def __contains__(self, version: Any) -> bool:
         return any(v.pk == version.pk for v in self.versions)

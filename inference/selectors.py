@@ -11,7 +11,8 @@ every INFERENCE_REGISTRY_POLL_SECONDS; the process that made the change forgets 
 
 An alias with a weighted split (a canary) is memoized as its ``routing.Route`` (versions and
 weights), never as one pick of it: each request picks its version from the memo (by weight, or by
-its X-Routing-Key), with no database read and nothing that blocks the event loop.
+its X-Routing-Key), with no database read and nothing that blocks the event loop. The route also
+carries the alias's shadow (version, percent), for ``inference.shadow``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from django.core.signals import setting_changed
 
 from registry.models import ModelAlias, ModelVersion, RegisteredModel
-from registry.selectors import is_registry_name, model_list, targets_resolve
+from registry.selectors import is_registry_name, model_list, shadow_resolve, targets_resolve
 from registry.signals import GENERATION_CACHE_KEY, generation_cache
 
 from .conf import hot
@@ -88,10 +89,11 @@ class RegistryMemo:
 
     def route(self, model: RegisteredModel, ref: str | int | None, *, may_block: bool = True) -> Route | None:
         """The versions `ref` names (a number, an alias, or None: production, else the newest ready), with
-        their weights: one version, or an alias's split. The split is kept, not one pick of it."""
+        their weights: one version, or an alias's split, and the alias's shadow. The split is kept, not one
+        pick of it."""
         def read() -> Route | None:
             targets = targets_resolve(model=model, ref=ref)
-            return Route(targets) if targets else None
+            return Route(targets, shadow_resolve(model=model, ref=ref)) if targets else None
         return self._read((model.name, "" if ref is None else str(ref)), read, may_block)
 
     def version(self, model: RegisteredModel, ref: str | int | None, *, routing_key: str | None = None,
@@ -102,12 +104,14 @@ class RegistryMemo:
         return route.pick(routing_key) if route is not None else None
 
     def aliased(self, model: RegisteredModel, *, may_block: bool = True) -> frozenset[int]:
-        """The ids of the model's versions that an alias points at (as its version or in its split)."""
+        """The ids of the model's versions that an alias points at (as its version, in its split or as
+        its shadow: each gets requests)."""
         def read() -> frozenset[int]:
-            rows = list(ModelAlias.objects.filter(model=model).values_list("version_id", "split"))
-            numbers = {int(t["version"]) for _, split in rows for t in split or ()}
+            rows = list(ModelAlias.objects.filter(model=model).values_list("version_id", "split", "shadow"))
+            numbers = {int(t["version"]) for _, split, _ in rows for t in split or ()}
+            numbers |= {int(shadow["version"]) for _, _, shadow in rows if shadow}
             ids = set(ModelVersion.objects.filter(model=model, version__in=numbers).values_list("pk", flat=True))
-            return frozenset({pk for pk, _ in rows} | ids)
+            return frozenset({pk for pk, _, _ in rows} | ids)
         return self._read((model.name, "#aliased"), read, may_block)
 
 
@@ -125,19 +129,25 @@ def visible_model(*, model_name: str, key: Any, may_block: bool = True) -> Regis
     return model
 
 
-def serving_version(*, model_name: str, ref: str | int | None, key: Any, routing_key: str | None = None,
-                    may_block: bool = True) -> ModelVersion:
-    """The version a request for `model_name` (at `ref`) is served by; NotFound (404) or ServiceUnavailable (503).
-    An alias with a split picks one of its versions by weight, or by `routing_key` (sticky) when given."""
+def serving_route(*, model_name: str, ref: str | int | None, key: Any, may_block: bool = True) -> Route:
+    """The route of a request for `model_name` (at `ref`): its versions by weight and its shadow; NotFound
+    (404) or ServiceUnavailable (503)."""
     model = visible_model(model_name=model_name, key=key, may_block=may_block)
-    version = memo.version(model, ref, routing_key=routing_key, may_block=may_block)
-    if version is None:
+    route = memo.route(model, ref, may_block=may_block)
+    if route is None:
         if ref is None:
             raise ServiceUnavailable(
                 f"Model {model_name!r} has no ready version and no production alias yet.", retry_after=30
             )
         raise NotFound(f"Model {model_name!r} has no version or alias {str(ref)!r}.")
-    return version
+    return route
+
+
+def serving_version(*, model_name: str, ref: str | int | None, key: Any, routing_key: str | None = None,
+                    may_block: bool = True) -> ModelVersion:
+    """The version a request for `model_name` (at `ref`) is served by; NotFound (404) or ServiceUnavailable (503).
+    An alias with a split picks one of its versions by weight, or by `routing_key` (sticky) when given."""
+    return serving_route(model_name=model_name, ref=ref, key=key, may_block=may_block).pick(routing_key)
 
 
 def may_load_on_demand(*, version: ModelVersion, key: Any, may_block: bool = True) -> bool:

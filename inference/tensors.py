@@ -285,6 +285,15 @@ def check_model_inputs(arrays: Mapping[str, np.ndarray], inputs: Sequence[Tensor
         arr = arrays.get(spec.name)
         if arr is None:
             raise InputError(f"preprocessing produced no {spec.name!r} tensor", path=spec.name)
+        if arr.dtype == object and arr.ndim == 1 and all(isinstance(i, np.ndarray) for i in arr):
+            raise InputError(
+                f"after preprocessing, {spec.name!r} holds images of different sizes "
+                f"({', '.join('x'.join(map(str, i.shape)) for i in arr[:4])}), the model takes {list(spec.shape)}: "
+                "send one image per request, or end the preprocess with a step that gives them one size "
+                "(center_crop, or resize to [height, width])",
+                path=spec.name,
+                code="invalid_shape",
+            )
         if not _shape_matches(arr.shape[1:], spec.shape):
             raise InputError(
                 f"after preprocessing, {spec.name!r} has shape {list(arr.shape[1:])}, "

@@ -395,10 +395,19 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("INFERENCE_MAX_BODY_BYTES", default=16 * 1
 # --- Registry ----------------------------------------------------------------------------
 
 # Architectures an artifact of a weight format may name: dotted paths to installed
-# nn.Module classes. Loading a weights file never runs code from the file.
+# nn.Module classes. Loading a weights file never runs code from the file. Besides the generic
+# ones, torchvision's classification networks (registry.architectures: same state-dict keys, so
+# torchvision's weights load as they are). The largest, ResNet-50 (25.6 M parameters, 0.1 GB),
+# is far within INFERENCE_MAX_PARAMETERS and INFERENCE_VALIDATION_MEMORY_BYTES.
 INFERENCE_ARCHITECTURES = [
     "registry.architectures.MLP",
     "registry.architectures.SmallCNN",
+    "registry.architectures.ResNet18",
+    "registry.architectures.ResNet34",
+    "registry.architectures.ResNet50",
+    "registry.architectures.MobileNetV3Small",
+    "registry.architectures.MobileNetV3Large",
+    "registry.architectures.EfficientNetB0",
 ] + env.list("INFERENCE_EXTRA_ARCHITECTURES", default=[])
 
 # TorchScript and torch.export artifacts execute code from the file when loaded. Off
@@ -570,6 +579,13 @@ INFERENCE_RECORDS_BUFFER_MAX = env.int("INFERENCE_RECORDS_BUFFER_MAX", default=1
 # The writer thread starts on a process's first record; off, records wait for an explicit
 # flush (the test suite flushes them itself).
 INFERENCE_RECORDS_FLUSH_THREAD = env.bool("INFERENCE_RECORDS_FLUSH_THREAD", default=True)
+# Shadow traffic (an alias's "shadow": inference.services.shadow): copies of requests wait for the
+# shadow version in a bounded queue per process; a full queue drops the copy (counted). The
+# comparison counts are written to ShadowRollup every INFERENCE_SHADOW_FLUSH_SECONDS.
+INFERENCE_SHADOW_QUEUE = env.int("INFERENCE_SHADOW_QUEUE", default=256)
+INFERENCE_SHADOW_FLUSH_SECONDS = env.float("INFERENCE_SHADOW_FLUSH_SECONDS", default=5.0)
+# The shadow thread waits up to this long for a full batch of copies (nobody awaits their answers).
+INFERENCE_SHADOW_GATHER_MS = env.float("INFERENCE_SHADOW_GATHER_MS", default=250.0)
 # Captured payloads (RegisteredModel.capture_payloads, off by default) larger than this are
 # replaced by a note.
 INFERENCE_CAPTURE_MAX_BYTES = env.int("INFERENCE_CAPTURE_MAX_BYTES", default=64 * 1024)

@@ -184,7 +184,11 @@ class ModelAlias(models.Model):
     weighted split of several (a canary): ``split`` is then ``[{"version": N, "weight": W}, ...]``
     (version numbers, integer weights summing to 100) and ``version`` is its first entry, the
     primary target, so that every reader of ``alias.version`` keeps working. ``split`` is null for
-    an alias that points at one version (100 %)."""
+    an alias that points at one version (100 %).
+
+    ``shadow`` (null: none) is ``{"version": N, "percent": P}``: a share P (1..100) of the alias's
+    requests is also sent to version N after the client has its answer, and the two answers are
+    compared (``inference.shadow``); the shadow never answers a client."""
 
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
     name = models.CharField(max_length=63, validators=[slug_validator])
@@ -192,6 +196,9 @@ class ModelAlias(models.Model):
     split = models.JSONField(null=True, blank=True, default=None,
                              help_text='Weighted targets, e.g. [{"version": 3, "weight": 90}, {"version": 4, '
                                        '"weight": 10}]; empty: all requests go to `version`.')
+    shadow = models.JSONField(null=True, blank=True, default=None,
+                              help_text='A version that gets a copy of a share of the requests, off the request path, '
+                                        'e.g. {"version": 4, "percent": 20}; empty: no shadow.')
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -210,6 +217,13 @@ class ModelAlias(models.Model):
             return [(int(t["version"]), int(t["weight"])) for t in self.split]
         return [(self.version.version, 100)]
 
+    @property
+    def shadow_target(self) -> tuple[int, int] | None:
+        """(version number, percent) of the shadow, or None."""
+        if self.shadow:
+            return int(self.shadow["version"]), int(self.shadow["percent"])
+        return None
+
 
 class AliasEvent(models.Model):
     """One move of an alias: the history of promotions and rollbacks."""
@@ -225,6 +239,8 @@ class AliasEvent(models.Model):
     to_version = models.PositiveIntegerField(null=True, blank=True)
     from_split = models.JSONField(null=True, blank=True, default=None, help_text="The split before (null: one version).")
     to_split = models.JSONField(null=True, blank=True, default=None, help_text="The split set (null: one version).")
+    from_shadow = models.JSONField(null=True, blank=True, default=None, help_text="The shadow before (null: none).")
+    to_shadow = models.JSONField(null=True, blank=True, default=None, help_text="The shadow set (null: none).")
     actor = models.CharField(max_length=200, help_text="user:<username> or key:<key name> (prefix)")
     at = models.DateTimeField(auto_now_add=True, db_index=True)
 

@@ -85,3 +85,26 @@ def targets_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> 
             return targets_resolve(model=model, ref=DEFAULT_ALIAS)
     version = version_resolve(model=model, ref=ref)
     return [(version, 100)] if version is not None else []
+
+
+def shadow_resolve(*, model: RegisteredModel, ref: str | int | None = None) -> tuple[ModelVersion, int] | None:
+    """Return (version, percent) of the shadow of the alias `ref` names (None: the production alias), or None:
+    a version number has no shadow, nor an alias without one or whose shadow is no longer live."""
+    if ref is None:
+        ref = DEFAULT_ALIAS
+    elif isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()) or not is_registry_name(ref):
+        return None
+    shadow = ModelAlias.objects.filter(model=model, name=ref).values_list("shadow", flat=True).first()
+    if not shadow:
+        return None
+    version = ModelVersion.objects.select_related("model", "hardware").filter(
+        model=model, archived=False, version=int(shadow["version"])).first()
+    return (version, int(shadow["percent"])) if version is not None else None
+
+
+def alias_candidates(alias: ModelAlias) -> list[int]:
+    """The version numbers `alias` could promote: each version of its split other than the primary,
+    then its shadow's."""
+    numbers = [n for n, _ in alias.targets if n != alias.version.version] if alias.split else []
+    shadow = alias.shadow_target
+    return numbers + [shadow[0]] if shadow is not None and shadow[0] not in numbers else numbers

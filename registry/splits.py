@@ -5,6 +5,11 @@ version at most once, every version ready, not archived and of the same input sc
 of the alias must not see its request refused by one version and served by another). The first
 entry is the alias's primary target (``ModelAlias.version``). Which version answers a request is
 decided on the serving side (``inference.routing``); the registry only stores the split.
+
+A shadow (``shadow_check``) is one more version that receives a copy of a share of the alias's
+requests (1..100 percent) off the request path, to be compared with the answers clients got: it
+must be ready, not archived, take the same inputs as the alias's primary and not be one of the
+alias's own targets (a version that answers clients cannot also shadow them).
 """
 
 from __future__ import annotations
@@ -55,11 +60,47 @@ def split_check(*, model: RegisteredModel, split: Sequence[tuple[ModelVersion, i
     return [{"version": version.version, "weight": weight} for version, weight in split]
 
 
+MAX_SHADOW_PERCENT = 100
+
+
+def shadow_check(*, model: RegisteredModel, shadow: tuple[ModelVersion, int],
+                 targets: Sequence[ModelVersion]) -> dict[str, int]:
+    """Return the shadow as stored (``{"version": N, "percent": P}``) or raise ValidationError (code
+    ``invalid_shadow``: the percent, or a version of another model or among `targets`, the alias's own;
+    ``shadow_not_ready``, ``shadow_archived``, ``shadow_schema_mismatch``). `targets` come first in
+    the alias (the primary first); the shadow must take the primary's inputs."""
+    version, percent = shadow
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= MAX_SHADOW_PERCENT:
+        raise ValidationError(f"The shadow's percent must be an integer from 1 to 100 (got {percent!r}).",
+                              code="invalid_shadow")
+    if version.model_id != model.pk:
+        raise ValidationError(f"{version} is not a version of {model.name}.", code="invalid_shadow")
+    if any(target.pk == version.pk for target in targets):
+        raise ValidationError(f"{version} already answers this alias's requests: a shadow is another version.",
+                              code="invalid_shadow")
+    version.refresh_from_db(fields=["status", "archived", "input_schema"])
+    if version.status != ModelVersion.Status.READY:
+        raise ValidationError(f"{version} is {version.status}, not ready: only a validated version can shadow "
+                              "an alias.", code="shadow_not_ready")
+    if version.archived:
+        raise ValidationError(f"{version} is archived: it cannot shadow an alias.", code="shadow_archived")
+    primary = targets[0]
+    primary.refresh_from_db(fields=["input_schema"])
+    if version.input_schema != primary.input_schema:
+        raise ValidationError(
+            f"{version} takes different inputs than v{primary.version}: a shadow must take the primary's input "
+            "schema (it is sent the same requests).", code="shadow_schema_mismatch")
+    return {"version": version.version, "percent": percent}
+
+
 def aliases_naming(version: ModelVersion) -> list[str]:
-    """The names of the aliases that point at `version`, as their primary target or in their split."""
+    """The names of the aliases that point at `version`: as their primary target, in their split or as
+    their shadow (each sends it requests)."""
     names = set(ModelAlias.objects.filter(version=version).values_list("name", flat=True))
-    for name, split in ModelAlias.objects.filter(model_id=version.model_id, split__isnull=False).values_list(
-            "name", "split"):
+    for name, split, shadow in ModelAlias.objects.filter(model_id=version.model_id).exclude(
+            split__isnull=True, shadow__isnull=True).values_list("name", "split", "shadow"):
         if any(int(t["version"]) == version.version for t in split or ()):
+            names.add(name)
+        if shadow and int(shadow["version"]) == version.version:
             names.add(name)
     return sorted(names)

@@ -53,7 +53,7 @@ def subprocess_calls(monkeypatch):
         calls.append(kwargs)
         return ValidationOutcome(True, details={})
 
-    monkeypatch.setattr(services, "validate_in_subprocess", record)
+    monkeypatch.setattr(services.versions, "validate_in_subprocess", record)
     return calls
 
 

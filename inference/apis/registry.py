@@ -57,15 +57,22 @@ def version_body(version: ModelVersion) -> dict[str, Any]:
 
 
 def alias_body(alias: ModelAlias) -> dict[str, Any]:
-    """`version` is the primary target; `split` the weighted targets (one at 100 for a plain alias)."""
+    """`version` is the primary target; `split` the weighted targets (one at 100 for a plain alias);
+    `shadow` the version that gets a copy of a share of the requests, or null."""
+    shadow = alias.shadow_target
     return {"model": alias.model.name, "alias": alias.name, "version": alias.version.version,
-            "split": [{"version": n, "weight": w} for n, w in alias.targets], "updated_at": alias.updated_at}
+            "split": [{"version": n, "weight": w} for n, w in alias.targets],
+            "shadow": {"version": shadow[0], "percent": shadow[1]} if shadow else None,
+            "updated_at": alias.updated_at}
 
 
 def event_body(event: AliasEvent) -> dict[str, Any]:
     return {"at": event.at, "action": event.action, "from_version": event.from_version,
             "to_version": event.to_version, "from_split": event.from_split, "to_split": event.to_split,
-            "actor": event.actor}
+            "from_shadow": event.from_shadow, "to_shadow": event.to_shadow, "actor": event.actor}
+
+
+ALIAS_BODY_KEYS = ({"version"}, {"split"}, {"version", "shadow"}, {"split", "shadow"})
 
 
 class ManageAPIView(PlatformAPIView):
@@ -235,23 +242,28 @@ class AliasView(ManageAPIView):
 
     @extend_schema(
         operation_id="models_aliases_update",
-        summary="Point an alias at a version (promote, roll back) or at a weighted split (a canary)",
+        summary="Point an alias at a version (promote, roll back) or at a weighted split (a canary), with a shadow",
         description=MANAGE_ONLY + ' Body {"version": N} (409 unless the version is `ready` and not archived) or '
         '{"split": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]}: integer weights summing to '
         "100, each version once, all ready, unarchived and with the same input schema (else 400, nothing "
         "changed); the first entry is the primary `version`. Each request through the alias is routed by "
-        "weight (sticky with an X-Routing-Key header). Recorded in the alias history with this key's name.",
+        'weight (sticky with an X-Routing-Key header). Either may add "shadow": {"version": 4, "percent": 20}: '
+        "that share of the requests is also run by the shadow version after the client has its answer, off the "
+        "request path, and compared with the answer (agreement, mean absolute difference per minute); the "
+        "shadow must be ready, unarchived, take the primary's inputs and not be one of the alias's targets "
+        "(else 400). A PUT replaces the alias: without `shadow` it has none. Recorded in the alias history "
+        "with this key's name.",
         request=s.AliasSetSerializer,
         responses={200: s.AliasSerializer, 400: E, 401: E, 403: E, 404: E, 409: E, 413: E, 415: E, 429: E},
     )
     def put(self, request: Request, name: str, alias: str) -> Response:
         model = svc.managed_model(name=name, key=request.auth)
         body = loads(json_bytes(request))
-        if not isinstance(body, dict) or set(body) not in ({"version"}, {"split"}):
-            raise InvalidInput('The body must be {"version": N} or {"split": [{"version": N, "weight": W}, ...]}.',
-                               path="version")
+        if not isinstance(body, dict) or set(body) not in ALIAS_BODY_KEYS:
+            raise InvalidInput('The body must be {"version": N} or {"split": [{"version": N, "weight": W}, ...]}, '
+                               'optionally with "shadow": {"version": N, "percent": P}.', path="version")
         row, previous = svc.alias_point(key=request.auth, model=model, alias=alias, number=body.get("version"),
-                                        split=body.get("split"))
+                                        split=body.get("split"), shadow=body.get("shadow"))
         return Response({**alias_body(row), "previous_version": previous})
 
     @extend_schema(

@@ -174,11 +174,20 @@ class SplitTargetSerializer(serializers.Serializer):
     weight = serializers.IntegerField(min_value=1, max_value=100, help_text="Percent of requests (integers, sum 100).")
 
 
+class ShadowSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="A ready version of this model that no target is.")
+    percent = serializers.IntegerField(min_value=1, max_value=100,
+                                       help_text="The share of the alias's requests the shadow also runs.")
+
+
 class AliasSetSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1, required=False,
                                        help_text="A ready, unarchived version of this model (100 %).")
     split = SplitTargetSerializer(many=True, required=False,
                                   help_text="Instead of version: weighted versions (a canary), the first is primary.")
+    shadow = ShadowSerializer(required=False, allow_null=True,
+                              help_text="A version that also runs this share of the requests, off the request "
+                                        "path, compared with the answers (absent or null: none).")
 
 
 class AliasEventSerializer(serializers.Serializer):
@@ -188,6 +197,8 @@ class AliasEventSerializer(serializers.Serializer):
     to_version = serializers.IntegerField(allow_null=True)
     from_split = SplitTargetSerializer(many=True, allow_null=True, required=False)
     to_split = SplitTargetSerializer(many=True, allow_null=True, required=False)
+    from_shadow = ShadowSerializer(allow_null=True, required=False)
+    to_shadow = ShadowSerializer(allow_null=True, required=False)
     actor = serializers.CharField()
 
 
@@ -197,6 +208,7 @@ class AliasSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="The primary target (the first of the split).")
     split = SplitTargetSerializer(many=True, help_text="Where requests go, by weight ([{version, weight: 100}] "
                                   "for a plain alias).")
+    shadow = ShadowSerializer(allow_null=True, help_text="The shadow version and its share, or null.")
     previous_version = serializers.IntegerField(allow_null=True, required=False,
                                                 help_text="PUT only: the version it pointed to before (null: new).")
     updated_at = serializers.DateTimeField()

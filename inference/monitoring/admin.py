@@ -6,6 +6,9 @@
   workers. Charts are drawn by uPlot, served from this app's static files; every figure is
   in a table under its chart, so the page reads without JavaScript.
 * A version's change page shows the same charts for that version alone.
+* A model's change page compares each alias's versions side by side (requests, p50/p99 latency,
+  error rates; a shadow's agreement with the primary, mean abs diff, dropped) beside its split
+  and shadow, promote and roll back (``registry.admin.releases``).
 * Request records are listed read-only (find a request by its id; captured payloads).
 """
 
@@ -17,11 +20,13 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from registry.admin import ModelVersionAdmin
-from registry.models import ModelVersion
+from registry.admin import ModelVersionAdmin, RegisteredModelAdmin
+from registry.admin.releases import ReleaseFigures
+from registry.models import ModelVersion, RegisteredModel
 
-from .dashboard import dashboard, range_choice, version_panels
+from .dashboard import dashboard, range_choice, release_rows, version_panels
 from .models import RequestRecord
+from .rollups import RANGES
 
 
 def monitoring_view(request: HttpRequest) -> HttpResponse:
@@ -78,6 +83,22 @@ class MonitoredModelVersionAdmin(ModelVersionAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
 
-if admin.site.is_registered(ModelVersion):
-    admin.site.unregister(ModelVersion)
-admin.site.register(ModelVersion, MonitoredModelVersionAdmin)
+class MonitoredRegisteredModelAdmin(RegisteredModelAdmin):
+    """The registry's model admin, with each alias's versions compared from the per-minute rollups."""
+
+    def release_figures(self, request: HttpRequest, model: RegisteredModel) -> ReleaseFigures:
+        range_name = range_choice(request.GET.get("releases"))
+        return ReleaseFigures(
+            rows=lambda numbers, shadow: release_rows(model=model.name, versions=numbers, shadow=shadow,
+                                                      range_name=range_name),
+            ranges=[{"name": name, "label": label, "url": f"?releases={name}", "selected": name == range_name}
+                    for name, (label, _, _) in RANGES.items()],
+            note=f"{RANGES[range_name][0]}, from the per-minute rollups, per version (every request it answered)",
+        )
+
+
+for registered, model_admin in ((ModelVersion, MonitoredModelVersionAdmin),
+                                (RegisteredModel, MonitoredRegisteredModelAdmin)):
+    if admin.site.is_registered(registered):
+        admin.site.unregister(registered)
+    admin.site.register(registered, model_admin)

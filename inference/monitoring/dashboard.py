@@ -13,7 +13,7 @@ from typing import Any
 from django.db.models import Count
 from django.utils import timezone
 
-from .rollups import RANGES, series
+from .rollups import RANGES, series, shadow_summary, version_summaries
 
 
 def job_counts(*, since: datetime) -> list[dict[str, Any]]:
@@ -119,3 +119,56 @@ def dashboard(*, range_name: str) -> dict[str, Any]:
         "tasks": task_outcomes(since=since),
         "generated_at": now,
     }
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f} ms"
+
+
+def release_rows(*, model: str, versions: list[int], shadow: int | None, range_name: str,
+                 now: datetime | None = None) -> list[dict[str, Any]]:
+    """The rows that compare an alias's versions side by side on the model's admin page:
+    ``[{"label", "values": {version: text}}]``, from the per-minute rollups over the range.
+
+    Request figures are per version, whichever alias (or pinned number) the requests came through.
+    For the `shadow` (one of `versions`), its comparison with the versions that answered (the others):
+    agreement (same top-1), mean absolute difference, predictions compared, copies dropped and failed."""
+    figures = version_summaries(model=model, versions=versions, range_name=range_name, now=now)
+    rows = (
+        ("requests", lambda f: f"{f['requests']:,}"),
+        ("p50 latency", lambda f: _ms(f["p50_ms"])),
+        ("p99 latency", lambda f: _ms(f["p99_ms"])),
+        ("error rate", lambda f: f"{f['error_rate']:.2f} %" if f["requests"] else "—"),
+        ("5xx rate", lambda f: f"{f['server_error_rate']:.2f} %" if f["requests"] else "—"),
+    )
+    out = [{"label": label, "values": {n: show(figures[n]) for n in versions}} for label, show in rows]
+    if shadow is not None:
+        out += _shadow_rows(model=model, shadow=shadow, primaries=[n for n in versions if n != shadow],
+                            range_name=range_name, now=now)
+    return out
+
+
+def _shadow_rows(*, model: str, shadow: int, primaries: list[int], range_name: str,
+                 now: datetime | None) -> list[dict[str, Any]]:
+    """The shadow column's comparison rows (``rollups.shadow_summary``, per primary that answered)."""
+    now = now or timezone.now()
+    pairs = [p for p in shadow_summary(model=model, since=now - RANGES[range_name][1], until=now)
+             if p["shadow_version"] == shadow and p["primary_version"] in primaries]
+    pairs.sort(key=lambda p: p["primary_version"])
+    compared, agreed = sum(p["compared"] for p in pairs), sum(p["agreed"] for p in pairs)
+
+    def per_primary(key: str, show: Any) -> str:
+        # Counts add up over the primaries; the mean difference is shown per primary (one mean each).
+        shown = [(p["primary_version"], show(p[key])) for p in pairs if p[key] is not None]
+        if len(shown) == 1:
+            return shown[0][1]
+        return " · ".join(f"v{n}: {text}" for n, text in shown) or "—"
+
+    rows = (
+        ("shadow: agreement with the primary", f"{100 * agreed / compared:.2f} %" if compared else "—"),
+        ("shadow: mean abs diff", per_primary("mean_abs_diff", lambda v: f"{v:.4g}")),
+        ("shadow: predictions compared", f"{compared:,}"),
+        ("shadow: dropped (queue full)", f"{sum(p['dropped'] for p in pairs):,}"),
+        ("shadow: failed", f"{sum(p['failed'] for p in pairs):,}"),
+    )
+    return [{"label": label, "values": {shadow: text}} for label, text in rows]

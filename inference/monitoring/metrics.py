@@ -102,3 +102,22 @@ def observe_request(model: str, version: int | None, status: int, timings: dict[
         metrics.request(status, timings)
     else:
         REQUESTS.labels(model, str(version or ""), str(status)).inc()
+
+# Shadow traffic (inference.services.shadow): what happened to the copies of requests sent to a shadow version.
+SHADOW_REQUESTS = Counter(
+    "inference_shadow_requests",
+    "Requests copied to a shadow version, by outcome: compared, dropped (shadow queue full), failed.",
+    ["model", "primary", "shadow", "outcome"],
+)
+SHADOW_PREDICTIONS = Counter(
+    "inference_shadow_predictions", "Predictions compared with a shadow's, by top-1 agreement (agreed, disagreed).",
+    ["model", "primary", "shadow", "agreement"],
+)
+SHADOW_ABS_DIFF = Counter(
+    "inference_shadow_abs_diff", "Sum of |primary - shadow| over the numeric output elements compared.",
+    ["model", "primary", "shadow"],
+)
+SHADOW_DIFF_ELEMENTS = Counter(
+    "inference_shadow_diff_elements", "Numeric output elements compared (the mean absolute difference is "
+    "inference_shadow_abs_diff_total / inference_shadow_diff_elements_total).", ["model", "primary", "shadow"],
+)

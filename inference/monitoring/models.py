@@ -84,3 +84,46 @@ class RequestRollup(models.Model):
     @property
     def mean_batch_size(self) -> float:
         return self.batch_size_sum / self.batched if self.batched else 0.0
+
+
+class ShadowRollup(models.Model):
+    """One minute of one shadow comparison: a model's primary version (the one that answered) against the
+    version that shadowed it (``inference.services.shadow``).
+
+    Every count is in predictions (instances): ``compared`` were run by both and compared, ``agreed`` of
+    them had the same top-1 (label, or argmax of the first numeric output); ``dropped`` were not run by
+    the shadow (its queue was full), ``failed`` could not be compared (the shadow raised, timed out, or
+    answered other shapes). Each web process adds its counts every few seconds (an atomic increment),
+    so several processes add up in one row.
+    """
+
+    minute = models.DateTimeField(db_index=True, help_text="Start of the minute (UTC).")
+    model = models.CharField(max_length=63)
+    primary_version = models.PositiveIntegerField(help_text="The version that answered the clients.")
+    shadow_version = models.PositiveIntegerField(help_text="The version that got a copy of the requests.")
+    compared = models.PositiveBigIntegerField(default=0)
+    agreed = models.PositiveBigIntegerField(default=0)
+    abs_diff_sum = models.FloatField(default=0.0, help_text="Sum of |primary - shadow| over the numeric outputs.")
+    abs_diff_count = models.PositiveBigIntegerField(default=0, help_text="Output elements in abs_diff_sum.")
+    dropped = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-minute", "model", "primary_version", "shadow_version"]
+        verbose_name = "shadow rollup (per minute)"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "primary_version", "shadow_version", "minute"],
+                                    name="shadow_rollup_unique_per_minute"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} v{self.primary_version} vs v{self.shadow_version} {self.minute:%Y-%m-%d %H:%M}"
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    @property
+    def mean_abs_diff(self) -> float | None:
+        return self.abs_diff_sum / self.abs_diff_count if self.abs_diff_count else None

@@ -21,11 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Min, Q, Sum
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from .models import RequestRecord, RequestRollup
+from .models import RequestRecord, RequestRollup, ShadowRollup
 from .records import bucket_upper_ms
 
 PERCENTILES = (("p50_ms", 0.50), ("p95_ms", 0.95), ("p99_ms", 0.99))
@@ -102,13 +102,15 @@ def rollup_requests(*, now: datetime | None = None, minutes: int | None = None) 
 
 
 def purge_monitoring(*, now: datetime | None = None) -> dict[str, int]:
-    """Delete records and rollups older than their retention settings; return how many of each."""
+    """Delete records and rollups (shadow comparisons too) older than their retention settings; return how many
+    of each."""
     now = now or timezone.now()
     records_before = now - timedelta(days=settings.INFERENCE_RECORDS_RETENTION_DAYS)
     rollups_before = now - timedelta(days=settings.INFERENCE_ROLLUPS_RETENTION_DAYS)
     records, _ = RequestRecord.objects.filter(at__lt=records_before).delete()
     rollups, _ = RequestRollup.objects.filter(minute__lt=rollups_before).delete()
-    return {"records": records, "rollups": rollups}
+    shadow_rollups, _ = ShadowRollup.objects.filter(minute__lt=rollups_before).delete()
+    return {"records": records, "rollups": rollups, "shadow_rollups": shadow_rollups}
 
 
 # ---- series for the admin ---------------------------------------------------------------------------
@@ -209,4 +211,47 @@ def series(*, range_name: str = "1h", now: datetime | None = None, model: str | 
         summary = {k: _round(v) for k, v in totals[key].figures(length.total_seconds()).items()}
         out.append({"model": key[0], "version": key[1], "summary": summary, "points": points,
                     "step_minutes": step})
+    return out
+
+
+def version_summaries(*, model: str, versions: list[int], range_name: str = "1h",
+                      now: datetime | None = None) -> dict[int, dict[str, Any]]:
+    """Each of `model`'s `versions` over the range, from its rollups: the figures of ``series``'s summary
+    (requests, error rate, p50/p95/p99 ...), a version without traffic at zero requests and no latency."""
+    _, length, _ = RANGES[range_name]
+    now = now or timezone.now()
+    end = _minute(now) + timedelta(minutes=1)
+    totals: dict[int, _Acc] = {n: _Acc() for n in versions}
+    for r in RequestRollup.objects.filter(model=model, version__in=versions, minute__gte=end - length, minute__lt=end):
+        totals[r.version].add(r)
+    return {n: {k: _round(v) for k, v in acc.figures(length.total_seconds()).items()} for n, acc in totals.items()}
+
+
+def shadow_summary(*, model: str, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
+    """Return, per (primary version, shadow version) of `model` with shadow traffic from `since` (to `until`),
+    the comparison counts added up (``ShadowRollup``, per minute, from ``inference.services.shadow``).
+
+    Each item: ``{"model", "primary_version", "shadow_version", "compared", "agreed", "agreement"
+    (agreed / compared, None when nothing was compared), "mean_abs_diff" (None likewise), "dropped",
+    "failed", "first_minute", "last_minute"}``; counts are predictions; newest pairs first."""
+    rows = ShadowRollup.objects.filter(model=model, minute__gte=_minute(since))
+    if until is not None:
+        rows = rows.filter(minute__lte=until)
+    sums = rows.order_by().values("primary_version", "shadow_version").annotate(
+        compared=Sum("compared"), agreed=Sum("agreed"), abs_diff_sum=Sum("abs_diff_sum"),
+        abs_diff_count=Sum("abs_diff_count"), dropped=Sum("dropped"), failed=Sum("failed"),
+        first_minute=Min("minute"), last_minute=Max("minute"),
+    )
+    out = []
+    for row in sums:
+        compared, elements = row["compared"] or 0, row["abs_diff_count"] or 0
+        out.append({
+            "model": model, "primary_version": row["primary_version"], "shadow_version": row["shadow_version"],
+            "compared": compared, "agreed": row["agreed"] or 0,
+            "agreement": (row["agreed"] or 0) / compared if compared else None,
+            "mean_abs_diff": (row["abs_diff_sum"] or 0.0) / elements if elements else None,
+            "dropped": row["dropped"] or 0, "failed": row["failed"] or 0,
+            "first_minute": row["first_minute"], "last_minute": row["last_minute"],
+        })
+    out.sort(key=lambda r: (r["last_minute"], r["primary_version"], r["shadow_version"]), reverse=True)
     return out

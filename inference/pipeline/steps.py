@@ -1,24 +1,23 @@
 """Built-in pipeline steps (see base.py for the contract).
 
-Pre: ``normalize``, ``reshape``, ``cast``, ``image``. Post: ``softmax``, ``argmax``,
-``topk``, ``labels``, ``round``. All work on whole numpy arrays (the batch dimension
-first), never per element in Python.
+Pre: ``normalize``, ``reshape``, ``cast``, and the image steps (images.py): ``image``
+(decoding), ``resize`` and ``center_crop``. Post: ``softmax``, ``argmax``, ``topk``,
+``labels``, ``round``. All work on whole numpy arrays (the batch dimension first), never
+per element in Python.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
-import struct
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 
 from registry.schemas import DATATYPES
 
 from .base import Arrays, Step, StepConfigError, StepContext, StepInputError
+from .images import IMAGE_STEPS, ImageDecode, as_batch
+
+__all__ = ["ImageDecode"]  # it lived here before images.py: the old import path keeps working
 
 
 def _numbers(value: Any, what: str) -> np.ndarray:
@@ -31,12 +30,31 @@ def _numbers(value: Any, what: str) -> np.ndarray:
     return arr
 
 
+# Mean and std per RGB channel of ImageNet's training images, on pixels / 255: what torchvision's
+# classification weights were trained with (their transforms' Normalize).
+PRESETS = {"imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])}
+
+
 class Normalize(Step):
-    """x -> (x - mean) / std, per feature along `axis` of each instance (default: the last)."""
+    """x -> (x - mean) / std, per feature along `axis` of each instance (default: the last).
+
+    ``preset: "imagenet"`` stands for ImageNet's mean and std per channel, along axis 0 (the
+    channels of a CHW image) unless `axis` says otherwise.
+    """
 
     name = "normalize"
 
-    def __init__(self, mean: Any, std: Any, input: str | None = None, axis: int = -1):
+    def __init__(self, mean: Any = None, std: Any = None, input: str | None = None, axis: int | None = None,
+                 preset: str | None = None):
+        if preset is not None:
+            if preset not in PRESETS:
+                raise StepConfigError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+            if mean is not None or std is not None:
+                raise StepConfigError(f"preset {preset!r} sets mean and std: give either the preset or both of them")
+            mean, std = PRESETS[preset]
+            axis = 0 if axis is None else axis
+        elif mean is None or std is None:
+            raise StepConfigError('normalize needs mean and std (or a preset, such as "imagenet")')
         self.mean = _numbers(mean, "mean")
         self.std = _numbers(std, "std")
         if np.any(self.std == 0):
@@ -44,11 +62,13 @@ class Normalize(Step):
         if self.mean.size > 1 and self.std.size > 1 and self.mean.size != self.std.size:
             raise StepConfigError("mean and std must have the same length")
         self.input = input
-        self.axis = int(axis)
+        if isinstance(axis, bool) or not isinstance(axis, (int, type(None))):
+            raise StepConfigError("axis must be an integer")
+        self.axis = -1 if axis is None else axis
 
-    def __call__(self, data: Arrays, ctx: StepContext) -> Arrays:
-        key = self.pick(data, self.input, kind="input")
-        x = data[key].astype(np.float32, copy=False)
+    def _normalize(self, x: np.ndarray, key: str) -> np.ndarray:
+        """(x - mean) / std for a batch x (the batch dimension first)."""
+        x = x.astype(np.float32, copy=False)
         mean, std = self.mean, self.std
         if max(mean.size, std.size) > 1:
             axis = self.axis if self.axis < 0 else self.axis + 1  # skip the batch dimension
@@ -61,8 +81,16 @@ class Normalize(Step):
             shape = [1] * x.ndim
             shape[axis] = -1
             mean, std = mean.reshape(shape), std.reshape(shape)
+        return (x - mean) / std
+
+    def __call__(self, data: Arrays, ctx: StepContext) -> Arrays:
+        key = self.pick(data, self.input, kind="input")
+        x = data[key]
         out = dict(data)
-        out[key] = (x - mean) / std
+        if x.dtype == object and all(isinstance(i, np.ndarray) for i in x):  # images of different sizes (images.py)
+            out[key] = as_batch([self._normalize(i[None], key)[0] for i in x])
+        else:
+            out[key] = self._normalize(x, key)
         return out
 
 
@@ -108,162 +136,6 @@ class Cast(Step):
         key = self.pick(data, self.input, kind="input")
         out = dict(data)
         out[key] = data[key].astype(self.dtype)
-        return out
-
-
-# Bytes of an encoded image read to find its dimensions before anything is decoded: a PNG's are
-# at a fixed place (its IHDR chunk), a JPEG's frame header comes after its EXIF and tables, usually
-# well within HEADER_PREFIX_BYTES; a longer header is read whole.
-PNG_HEADER_BYTES = 24
-HEADER_PREFIX_BYTES = 4096
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_size(head: bytes) -> tuple[int, int] | None:
-    """(width, height) of a PNG from its first 24 bytes (signature, then the IHDR chunk); None for
-    anything else. What the bytes claim is only the budget's measure: decoding checks the rest."""
-    if len(head) < PNG_HEADER_BYTES or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", head[16:24])
-
-
-class ImageDecode(Step):
-    """Decode base64 PNG/JPEG (or raw v2 BYTES) into the declared image tensor.
-
-    Each instance's value is an encoded image. It is opened with Pillow, refused when
-    its pixel count exceeds `max_pixels` (a decompression-bomb guard checked before any
-    pixel is decoded), converted to `mode` ("L" grey, "RGB"), resized to `size` [H, W],
-    optionally inverted, divided by `scale`, and laid out as CHW (default) or HWC.
-    """
-
-    name = "image"
-    decodes_input = True
-
-    def __init__(
-        self,
-        size: list[int],
-        mode: str = "RGB",
-        input: str | None = None,
-        scale: float = 255.0,
-        invert: bool = False,
-        layout: str = "CHW",
-        max_pixels: int | None = None,
-    ):
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(d, int) and 1 <= d <= 8192 for d in size)):
-            raise StepConfigError("size must be [height, width] in pixels")
-        if mode not in ("L", "RGB", "RGBA"):
-            raise StepConfigError('mode must be "L", "RGB" or "RGBA"')
-        if layout not in ("CHW", "HWC"):
-            raise StepConfigError('layout must be "CHW" or "HWC"')
-        if not isinstance(scale, (int, float)) or scale <= 0:
-            raise StepConfigError("scale must be a positive number")
-        self.size = size
-        self.mode = mode
-        self.input = input
-        self.scale = float(scale)
-        self.invert = bool(invert)
-        self.layout = layout
-        self.max_pixels = int(max_pixels or getattr(settings, "INFERENCE_IMAGE_MAX_PIXELS", 4096 * 4096))
-
-    @staticmethod
-    def _raw(value: Any, path: str, prefix: int | None = None) -> bytes:
-        """The encoded image's bytes (with `prefix`: about its first `prefix` bytes only, which hold
-        a PNG's header and most JPEGs' dimensions)."""
-        if isinstance(value, str):
-            if prefix is not None:
-                value = value[: (prefix // 3) * 4]
-            try:
-                return base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise StepInputError("not valid base64", path=path) from exc
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value[:prefix] if prefix is not None else value)
-        raise StepInputError("an image must be a base64 string", path=path)
-
-    def _size(self, raw: bytes, path: str, *, cut: bool = False) -> tuple[int, int] | None:
-        """(width, height) from the image's header; None when `raw`, `cut` short, ends before its header does."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                if img.format not in ("PNG", "JPEG", "MPO"):
-                    raise StepInputError(f"unsupported image format {img.format}; send PNG or JPEG", path=path)
-                return img.size
-        except StepInputError:
-            raise
-        except Image.DecompressionBombError as exc:
-            raise StepInputError(
-                f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
-            ) from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            if cut:
-                return None
-            raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
-
-    def _pixels(self, value: Any, path: str) -> int:
-        """The image's pixel count, read from its header alone (no pixel decoded, most of a base64
-        string not even decoded); refused past max_pixels."""
-        size = _png_size(self._raw(value, path, prefix=PNG_HEADER_BYTES))  # a PNG: its IHDR, 24 bytes in
-        if size is None:
-            head = self._raw(value, path, prefix=HEADER_PREFIX_BYTES)
-            size = self._size(head, path, cut=len(head) < len(value) * (3 / 4 if isinstance(value, str) else 1) - 3)
-        if size is None:  # a header longer than the prefix (a JPEG with a large EXIF block)
-            size = self._size(self._raw(value, path), path)
-        w, h = size
-        if w * h > self.max_pixels:
-            raise StepInputError(
-                f"image of {w}x{h} pixels is over the limit of {self.max_pixels} pixels",
-                path=path,
-                code="image_too_large",
-            )
-        return w * h
-
-    def _decode(self, raw: bytes, path: str) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(raw)) as img:
-                if img.mode.startswith("I;16"):
-                    img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8), "L")
-                img = img.convert(self.mode)
-                if img.size != (self.size[1], self.size[0]):
-                    img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32)
-        except Image.DecompressionBombError as exc:
-            raise StepInputError(
-                f"image is over the limit of {self.max_pixels} pixels ({exc})", path=path, code="image_too_large"
-            ) from exc
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise StepInputError(f"cannot decode the image: {exc}", path=path) from exc
-        if self.invert:
-            arr = 255.0 - arr
-        arr = arr / self.scale
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return np.ascontiguousarray(arr.transpose(2, 0, 1)) if self.layout == "CHW" else arr
-
-    def __call__(self, data: Arrays, ctx: StepContext) -> Arrays:
-        """Decode every image of the request, after checking from their headers alone that each is
-        within max_pixels and all of them together within INFERENCE_MAX_REQUEST_PIXELS (413)."""
-        key = self.pick(data, self.input, kind="input")
-        values = data[key].reshape(len(data[key]), -1)
-        suffix = "" if len(ctx.inputs) == 1 else f".{key}"
-        total = 0
-        for i, row in enumerate(values):
-            if row.size != 1:
-                raise StepInputError("each instance must hold exactly one image", path=f"instances[{i}]{suffix}")
-            total += self._pixels(row[0], f"instances[{i}]{suffix}")
-        budget = settings.INFERENCE_MAX_REQUEST_PIXELS
-        if total > budget:
-            raise StepInputError(
-                f"the request's {len(values)} images hold {total} pixels together, over the limit of {budget} "
-                "pixels per request (INFERENCE_MAX_REQUEST_PIXELS); send fewer or smaller images per request",
-                path=f"instances{suffix}", code="payload_too_large", status=413,
-            )
-        images = [self._decode(self._raw(row[0], path), path)
-                  for i, row in enumerate(values) for path in [f"instances[{i}]{suffix}"]]
-        out = dict(data)
-        out[key] = np.stack(images) if images else np.zeros((0,), np.float32)
         return out
 
 
@@ -400,4 +272,4 @@ def _round_json(value: Any, decimals: int) -> Any:
     return value
 
 
-BUILTIN_STEPS: list[type[Step]] = [Normalize, Reshape, Cast, ImageDecode, Softmax, Argmax, TopK, Labels, Round]
+BUILTIN_STEPS: list[type[Step]] = [Normalize, Reshape, Cast, *IMAGE_STEPS, Softmax, Argmax, TopK, Labels, Round]

@@ -7,6 +7,8 @@
            ServedVersion.prepare      decode + preprocess + schema checks
            Batcher.run                one forward per batch, on the batcher's thread
            ServedVersion.finish       postprocess (v2: postprocess_tensors, the tensor steps only)
+           shadow.sample / offer      a drawn share of an alias's requests copied to its shadow, once
+                                      answered (a non-blocking put; services.shadow runs it elsewhere)
       -> the protocol's renderer      apis.v1 / apis.v2 (apis.errors for refusals; oip_outputs for v2's tensors)
 
 The event loop that awaits this only parses, authenticates and waits: a read that misses this
@@ -43,9 +45,11 @@ from ..errors import APIError, ErrorCode, InvalidInput, ModelFailed, PayloadTooL
 from ..monitoring.observe import observe
 from ..pipeline.served import Prepared
 from ..pool import Loaded, get_pool
+from ..routing import Route
 from ..runtime.base import ModelNotReady
 from ..runtime.batcher import BatcherStopped, Overloaded
 from ..tensors import InputError, MaybeBools
+from . import shadow
 
 logger = logging.getLogger("inference.predict")
 
@@ -125,17 +129,17 @@ def observed(model_name: str, request_id: str = "") -> Iterator[PredictOutcome]:
 # ---- the steps of a request ------------------------------------------------------------------------
 
 async def serving(*, model_name: str, ref: str | int | None, key: Any,
-                  routing_key: str | None = None) -> tuple[ModelVersion, Loaded]:
-    """The version that answers (one pick of a split alias, sticky by `routing_key`) and its loaded form in
-    this process (404, 503 with the reason)."""
-    version = await offload.without_blocking(selectors.serving_version, model_name=model_name, ref=ref, key=key,
-                                             routing_key=routing_key)
+                  routing_key: str | None = None) -> tuple[ModelVersion, Loaded, Route]:
+    """The version that answers (one pick of a split alias, sticky by `routing_key`), its loaded form in
+    this process and the route it was picked from (with the alias's shadow); 404, 503 with the reason."""
+    route = await offload.without_blocking(selectors.serving_route, model_name=model_name, ref=ref, key=key)
+    version = route.pick(routing_key)
     try:
         loaded = await loaded_version(version, key=key)
     except ModelNotReady as exc:
         raise ServiceUnavailable(f"model not ready: {exc}", retry_after=30,
                                  details={"model": model_name, "version": version.version}) from exc
-    return version, loaded
+    return version, loaded, route
 
 
 async def loaded_version(version: ModelVersion, *, key: Any) -> Loaded:
@@ -173,9 +177,11 @@ def _output_elements(outputs: dict[str, np.ndarray]) -> int:
 
 
 async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Prepared], Any], *,
-                  outcome: PredictOutcome | None = None, timeout: float | None = None) -> Any:
+                  outcome: PredictOutcome | None = None, timeout: float | None = None,
+                  raw_outputs: dict[str, np.ndarray] | None = None) -> Any:
     """Batch and compute prepared inputs on the batcher's thread, then finish (postprocess, off the
-    loop above INFERENCE_INLINE_ELEMENTS of output); every failure mapped to its API error."""
+    loop above INFERENCE_INLINE_ELEMENTS of output); every failure mapped to its API error. The
+    model's own outputs are also put in `raw_outputs` when given (a copy for the shadow)."""
     timings = outcome.timings if outcome is not None else {}
     timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
     depth = loaded.batcher.queue_depth
@@ -197,6 +203,8 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
         ) from exc
     except Exception as exc:  # noqa: BLE001 - the model's own error, for this batch only
         raise ModelFailed(f"The model failed on this batch: {type(exc).__name__}: {exc}") from exc
+    if raw_outputs is not None:
+        raw_outputs.update(outputs)
     t2 = time.perf_counter()
     timings["queue"] = max(0.0, pending.started - pending.enqueued)
     timings["compute"] = pending.finished - pending.started
@@ -237,7 +245,7 @@ async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any
     """Answer a v1 predict request (its parsed JSON `body`, `size` bytes on the wire): the response body."""
     with observed(model_name, request_id) as outcome:
         instances, parameters = parse_predict_body(body)
-        version, loaded = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
+        version, loaded, route = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
         outcome.version, outcome.loaded = version.version, loaded
         capture = version.model.capture_payloads  # RegisteredModel.capture_payloads, from the memo
         if capture:
@@ -246,14 +254,20 @@ async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any
         heavy = served.decodes_input or size > settings.INFERENCE_INLINE_BYTES
         prepared = await prepare(lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools),
                                  heavy=heavy, timings=outcome.timings)
+        copy = shadow.sample(route, version)  # None unless this request is also sent to the alias's shadow
+        if copy is not None:
+            copy.keep_instances(instances, parameters, maybe_bools=maybe_bools)
         if not capture:
             # The parsed JSON holds a Python object per number: drop it now rather than keep it
             # while the request waits for its batch.
             body = instances = None
-        predictions = await compute(loaded, prepared, served.finish, outcome=outcome)
+        raw = {} if copy is not None else None
+        predictions = await compute(loaded, prepared, served.finish, outcome=outcome, raw_outputs=raw)
         response = {"id": request_id, "model": model_name, "version": version.version, "predictions": predictions}
         if capture:
             outcome.payload = (body, response)
+        if copy is not None and raw:
+            copy.offer(served=served, prepared=prepared, outputs=raw, numeric=False)  # never waits
         return response
 
 
@@ -263,7 +277,7 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
     """Answer an Open Inference Protocol infer request, whose body (`size` bytes on the wire) `body()`
     returns (decompressed, checked against the size limit): (response body, Inference-Header-Content-Length)."""
     with observed(model_name, request_id) as outcome:
-        version, loaded = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
+        version, loaded, route = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
         outcome.version, outcome.loaded = version.version, loaded
         served = loaded.served
         heavy = size > settings.INFERENCE_INLINE_BYTES
@@ -271,6 +285,9 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
         parameters = {k: v for k, v in parsed.parameters.items() if k != "binary_data_output"} or None
         prepared = await prepare(lambda: served.prepare_arrays(parsed.inputs, parameters),
                                  heavy=heavy or served.decodes_input, timings=outcome.timings)
+        copy = shadow.sample(route, version)  # None unless this request is also sent to the alias's shadow
+        if copy is not None:
+            copy.keep_arrays(parsed.inputs, parameters)
         result = await compute(loaded, prepared, served.postprocess_tensors, outcome=outcome)
         labels = served.class_labels
 
@@ -280,8 +297,11 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
                 model_name=model_name, model_version=str(version.version), request_id=parsed.id, tensors=tensors,
                 requested=parsed.outputs, binary_default=parsed.binary_output)
 
-        return await offload.compute(
+        answer = await offload.compute(
             respond, heavy=sum(t.size for t in result.values()) > settings.INFERENCE_INLINE_ELEMENTS)
+        if copy is not None:
+            copy.offer(served=served, prepared=prepared, outputs=result, numeric=True)  # never waits
+        return answer
 
 
 async def predict_instances(loaded: Loaded, instances: list[Any], parameters: Any = None, *,

@@ -206,9 +206,33 @@ def _split_versions(model: RegisteredModel, split: Any) -> list[tuple[ModelVersi
     return pairs
 
 
+_SHADOW_CODES = {"invalid_shadow", "shadow_not_ready", "shadow_archived", "shadow_schema_mismatch"}
+
+
+def _shadow_version(model: RegisteredModel, shadow: Any) -> tuple[ModelVersion, int]:
+    """The (version, percent) of a PUT body's `shadow`, shape and numbers checked (400 with the field's
+    path); the registry judges the version (ready, same inputs, not a target: ``registry.splits``)."""
+    usage = 'shadow must be an object like {"version": 4, "percent": 20}'
+    if not isinstance(shadow, dict) or set(shadow) != {"version", "percent"}:
+        raise InvalidInput(usage + ".", path="shadow", details={"reason": "invalid_shadow"})
+    number, percent = shadow["version"], shadow["percent"]
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidInput("shadow.version must be a version number.", path="shadow.version",
+                           details={"reason": "invalid_shadow"})
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 1 <= percent <= 100:
+        raise InvalidInput(f"shadow.percent must be an integer from 1 to 100 (got {percent!r}).",
+                           path="shadow.percent", details={"reason": "invalid_shadow"})
+    try:
+        version = managed_version(model=model, number=number)
+    except NotFound as exc:
+        raise InvalidInput(exc.message, path="shadow.version", details={"reason": "unknown_version"}) from None
+    return version, percent
+
+
 def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any = None,
-                split: Any = None) -> tuple[ModelAlias, int | None]:
-    """Point `model@alias` at version `number` (promote or roll back), or at a weighted `split` (a canary);
+                split: Any = None, shadow: Any = None) -> tuple[ModelAlias, int | None]:
+    """Point `model@alias` at version `number` (promote or roll back), or at a weighted `split` (a canary),
+    with an optional `shadow` ({"version", "percent"}; None: no shadow, as a PUT replaces the alias);
     return (alias, the version it pointed to before, or None if it is new)."""
     _alias_name_check(alias)
     pairs: list[tuple[ModelVersion, int]] | None = None
@@ -222,15 +246,19 @@ def alias_point(*, key: Any, model: RegisteredModel, alias: str, number: Any = N
             version = managed_version(model=model, number=number)
         except NotFound as exc:
             raise InvalidInput(exc.message, path="version", details={"reason": "unknown_version"}) from None
+    shadowing = _shadow_version(model, shadow) if shadow is not None else None
     try:
         with transaction.atomic():
             # The lock alias_set takes, taken first so that `previous` is the version this move replaced.
             RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
             previous = ModelAlias.objects.filter(model=model, name=alias).values_list(
                 "version__version", flat=True).first()
-            row = registry.alias_set(model=model, alias=alias, version=version, split=pairs, actor=actor(key))
+            row = registry.alias_set(model=model, alias=alias, version=version, split=pairs, shadow=shadowing,
+                                     actor=actor(key))
     except ValidationError as exc:
-        raise api_error(exc, path="split" if pairs is not None else "version") from exc
+        code = getattr(exc, "code", None)
+        path = "shadow" if code in _SHADOW_CODES else "split" if pairs is not None else "version"
+        raise api_error(exc, path=path) from exc
     return row, previous
 
 

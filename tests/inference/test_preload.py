@@ -55,6 +55,20 @@ def test_every_version_of_a_split_production_alias_is_preloaded():
 
 
 @pytest.mark.django_db
+def test_the_shadow_of_the_production_alias_is_preloaded():
+    from registry.services import alias_set
+
+    v1 = ready(small_mlp(0), model_name="alpha", aliases=["production"])
+    v2 = ready(small_mlp(1), model_name="alpha")
+    ready(small_mlp(2), model_name="alpha")  # in no alias: not preloaded
+    alias_set(model=v1.model, alias="production", version=v1, shadow=(v2, 20))
+    pool = get_pool()
+    # The shadow runs copies of production's requests: its first ones wait for no load.
+    assert sorted((v.model.name, v.version) for v in pool.preload()) == [("alpha", 1), ("alpha", 2)]
+    assert pool.is_loaded(v2)
+
+
+@pytest.mark.django_db
 def test_preloading_stops_before_the_model_cache_would_overflow(caplog):
     first = ready(small_mlp(0), model_name="alpha")
     ready(small_mlp(1), model_name="beta")

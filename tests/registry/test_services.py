@@ -159,8 +159,8 @@ def test_failure_after_the_file_is_written_removes_it(weights, iris_config, monk
         raise RuntimeError("alias store down")
 
     # validation is not the subject here: say yes without the subprocess
-    monkeypatch.setattr(services, "_validate_bytes", lambda **kwargs: ValidationOutcome(True))
-    monkeypatch.setattr(services, "alias_set", boom)
+    monkeypatch.setattr(services.versions, "_validate_bytes", lambda **kwargs: ValidationOutcome(True))
+    monkeypatch.setattr(services.versions, "alias_set", boom)
     with pytest.raises(RuntimeError, match="alias store down"):
         register(weights, iris_config, aliases=["production"])
     assert_nothing_stored()
@@ -532,3 +532,139 @@ def test_registry_changes_are_announced_after_commit(weights, iris_config, djang
         assert len(received) == 2
     finally:
         registry_changed.disconnect(listener)
+
+
+# --- Promote a candidate, roll back -------------------------------------------------------------
+
+
+SPLIT_90_10 = [{"version": 1, "weight": 90}, {"version": 2, "weight": 10}]
+
+
+def alias_moves(model, alias="production") -> list[tuple]:
+    return list(AliasEvent.objects.filter(model=model, alias=alias).order_by("id").values_list(
+        "from_version", "to_version", "from_split", "to_split", "actor"))
+
+
+def test_promote_sends_everything_to_the_candidate_and_records_it(two_versions, user):
+    v1, v2 = two_versions
+    model = v1.model
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)], actor="user:alice")
+    alias = services.alias_promote(model=model, alias="production", version_number=2,
+                                   actor=services.actor_for(user=user))
+    stored = ModelAlias.objects.get(pk=alias.pk)
+    assert stored.version_id == v2.pk and stored.split is None and stored.targets == [(2, 100)]
+    assert alias_moves(model)[-1] == (1, 2, SPLIT_90_10, None, "user:alice")
+
+
+def test_promote_refuses_what_is_not_a_candidate(two_versions, weights, iris_config):
+    v1, v2 = two_versions
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1)
+    with pytest.raises(ValidationError) as exc:  # no split: no candidate
+        services.alias_promote(model=model, alias="production", version_number=2)
+    assert exc.value.code == "not_a_candidate" and "none: it points at one version" in exc.value.messages[0]
+    v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)])
+    for number in (1, 3, 99):  # the primary, a version outside the split, no such version
+        with pytest.raises(ValidationError) as exc:
+            services.alias_promote(model=model, alias="production", version_number=number)
+        assert exc.value.code == "not_a_candidate" and "its candidates: v2" in exc.value.messages[0]
+    with pytest.raises(ValidationError) as exc:
+        services.alias_promote(model=model, alias="canary", version_number=2)
+    assert exc.value.code == "no_alias"
+    assert ModelAlias.objects.get(model=model, name="production").split == SPLIT_90_10
+    assert len(alias_moves(model)) == 2 and v3.version == 3
+
+
+def test_roll_back_returns_to_the_previous_split_then_forth(two_versions):
+    v1, v2 = two_versions
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1)
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)])
+    services.alias_promote(model=model, alias="production", version_number=2)
+    back = services.alias_roll_back(model=model, alias="production", actor="user:bob")
+    assert (back.version_id, ModelAlias.objects.get(pk=back.pk).split) == (v1.pk, SPLIT_90_10)
+    assert alias_moves(model)[-1] == (2, 1, None, SPLIT_90_10, "user:bob")
+    # Rolling back again undoes the roll back (its own move is now the latest).
+    services.alias_roll_back(model=model, alias="production")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split) == (v2.pk, None)
+    assert len(alias_moves(model)) == 5
+
+
+def test_roll_back_to_one_version(two_versions):
+    v1, v2 = two_versions
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1)
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)])
+    services.alias_roll_back(model=model, alias="production")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split) == (v1.pk, None)
+    assert alias_moves(model)[-1][:4] == (1, 1, SPLIT_90_10, None)
+
+
+def test_roll_back_refuses_without_a_previous_target(two_versions):
+    v1, _ = two_versions
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=v1.model, alias="production")
+    assert exc.value.code == "no_alias"
+    services.alias_set(model=v1.model, alias="production", version=v1)
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=v1.model, alias="production")
+    assert exc.value.code == "no_previous_target" and "no previous target" in exc.value.messages[0]
+    assert len(alias_moves(v1.model)) == 1
+
+
+def test_roll_back_refuses_a_previous_version_that_is_archived_or_not_ready(two_versions):
+    v1, v2 = two_versions
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1)
+    services.alias_set(model=model, alias="production", version=v2)
+    services.model_version_archive(version=v1)
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=model, alias="production")
+    assert exc.value.code == "archived"
+    assert "Cannot roll back iris@production" in exc.value.messages[0] and "archived" in exc.value.messages[0]
+    ModelVersion.objects.filter(pk=v1.pk).update(archived=False, status=ModelVersion.Status.FAILED)
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=model, alias="production")
+    assert exc.value.code == "not_ready" and "failed, not ready" in exc.value.messages[0]
+    assert ModelAlias.objects.get(model=model, name="production").version_id == v2.pk
+    assert len(alias_moves(model)) == 2
+
+
+def test_promote_the_shadow_or_a_candidate_clears_the_shadow(two_versions, iris_config):
+    v1, v2 = two_versions
+    v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
+    model = v1.model
+    services.alias_set(model=model, alias="production", version=v1, shadow=(v2, 20))
+    services.alias_promote(model=model, alias="production", version_number=2, actor="user:alice")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split, alias.shadow) == (v2.pk, None, None)
+    event = AliasEvent.objects.filter(model=model).latest("id")
+    assert (event.from_version, event.from_shadow, event.to_version, event.to_shadow) == (
+        1, {"version": 2, "percent": 20}, 2, None)
+    # A split's candidate promoted: the shadow goes too.
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)], shadow=(v3, 50))
+    services.alias_promote(model=model, alias="production", version_number=2)
+    alias.refresh_from_db()
+    assert (alias.version_id, alias.split, alias.shadow) == (v2.pk, None, None)
+
+
+def test_roll_back_restores_the_previous_shadow(two_versions, iris_config):
+    v1, v2 = two_versions
+    v3 = ready_version(safetensors_bytes(small_mlp(seed=2)), iris_config)
+    model = v1.model
+    services.alias_set(model=model, alias="production", split=[(v1, 90), (v2, 10)], shadow=(v3, 20))
+    services.alias_promote(model=model, alias="production", version_number=3)
+    services.alias_roll_back(model=model, alias="production")
+    alias = ModelAlias.objects.get(model=model, name="production")
+    assert (alias.version_id, alias.split, alias.shadow) == (v1.pk, SPLIT_90_10, {"version": 3, "percent": 20})
+    # An archived previous shadow refuses the roll back, naming it.
+    services.alias_set(model=model, alias="production", version=v1)
+    services.model_version_archive(version=v3)
+    with pytest.raises(ValidationError) as exc:
+        services.alias_roll_back(model=model, alias="production")
+    assert exc.value.code == "shadow_archived" and "iris v3 is archived" in exc.value.messages[0]
+    alias.refresh_from_db()
+    assert (alias.split, alias.shadow) == (None, None)

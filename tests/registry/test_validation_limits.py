@@ -39,7 +39,7 @@ def peak_rss_bytes() -> int:
 
 @pytest.fixture
 def no_validation_process(monkeypatch):
-    monkeypatch.setattr(services, "validate_in_subprocess",
+    monkeypatch.setattr(services.versions, "validate_in_subprocess",
                         lambda **kw: pytest.fail("the validation process was started"))
 
 

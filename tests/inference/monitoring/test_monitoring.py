@@ -504,10 +504,10 @@ def test_the_scheduled_tasks_roll_up_and_purge(db, settings):
     assert tasks.rollup_requests() == 1
     old = RequestRollup.objects.create(minute=datetime.now(UTC) - timedelta(days=100), model="iris", version=1, count=1)
     settings.INFERENCE_RECORDS_RETENTION_DAYS = 7
-    assert tasks.purge_monitoring() == {"records": 2, "rollups": 1}
+    assert tasks.purge_monitoring() == {"records": 2, "rollups": 1, "shadow_rollups": 0}
     assert RequestRecord.objects.count() == 1
     assert not RequestRollup.objects.filter(pk=old.pk).exists()
-    assert purge_monitoring() == {"records": 0, "rollups": 0}
+    assert purge_monitoring() == {"records": 0, "rollups": 0, "shadow_rollups": 0}
 
 
 def test_rollups_of_real_traffic(api, iris, key):

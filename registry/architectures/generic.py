@@ -1,4 +1,4 @@
-"""Generic architectures shipped in the allowlist (settings.INFERENCE_ARCHITECTURES).
+"""The generic architectures: MLP and SmallCNN.
 
 Both are plain ``nn.Sequential`` subclasses, so their state-dict keys (``0.weight``,
 ``0.bias``, ``2.weight`` ...) are those of an ``nn.Sequential`` built the same way

@@ -1,11 +1,4 @@
-"""Writes to the registry. The admin, the commands and the registry API all call these.
-
-Every function is keyword-only and atomic. A version is registered in two steps that
-never leave a half-written row: the artifact and config are checked (and, for a
-synchronous registration, validated in a separate process) *before* anything is
-stored; then the file and the row are written in one transaction, and the file is
-removed again if that transaction fails.
-"""
+"""Writes of models and versions: create, register (checked, validated, stored atomically), validate again, archive."""
 
 from __future__ import annotations
 
@@ -13,7 +6,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -24,7 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .artifacts import (
+from ..artifacts import (
     ArtifactError,
     TooManyParameters,
     architecture_class,
@@ -33,29 +26,15 @@ from .artifacts import (
     read_fileobj,
     sha256_of,
 )
-from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
-from .schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
-from .selectors import is_registry_name
-from .signals import announce_change
-from .splits import aliases_naming, split_check
-from .validation import ValidationOutcome, validate_in_subprocess
+from ..models import HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
+from ..schemas import CODE_FORMATS, WEIGHT_FORMATS, VersionConfig, parse_version_config
+from ..signals import announce_change
+from ..splits import aliases_naming
+from ..validation import ValidationOutcome, validate_in_subprocess
+from .aliases import alias_set
+from .common import actor_for, check_name, record
 
 logger = logging.getLogger("registry")
-
-
-def actor_for(*, user: Any = None, api_key: Any = None, default: str = "system") -> str:
-    """Return how history records name who acted: 'user:<name>' or 'key:<name> (<prefix>)'."""
-    if user is not None and getattr(user, "is_authenticated", False):
-        return f"user:{user.get_username()}"
-    if api_key is not None:
-        return f"key:{api_key.name} ({api_key.prefix})"
-    return default
-
-
-def _record(model: RegisteredModel, action: str, actor: str, *, version: int | None = None, detail: str = "") -> None:
-    """Add one entry to the model's history (RegistryEvent); call inside the change's transaction."""
-    RegistryEvent.objects.create(model=model, version=version, action=action, actor=actor or "system",
-                                 detail=detail[:500])
 
 
 def model_get_or_create(
@@ -74,19 +53,9 @@ def model_get_or_create(
         return RegisteredModel.objects.get(name=name)  # created concurrently
 
 
-def _check_name(value: str, what: str) -> None:
-    """The field's RegexValidator ends in `$`, which also matches before a final newline: refuse
-    "name\n" here (the same rule, matched in full)."""
-    if not is_registry_name(value):
-        raise ValidationError(
-            f"{what} name {value!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit.",
-            code="invalid",
-        )
-
-
 def model_create(*, name: str, description: str = "", task: str = "", actor: str = "system") -> RegisteredModel:
     """Create a model and record who did; raise ValidationError (code "exists" if the name is taken)."""
-    _check_name(name, "model")
+    check_name(name, "model")
     if RegisteredModel.objects.filter(name=name).exists():
         raise ValidationError(f"A model named {name!r} already exists.", code="exists")
     model = RegisteredModel(name=name, description=description, task=task)
@@ -94,7 +63,7 @@ def model_create(*, name: str, description: str = "", task: str = "", actor: str
     try:
         with transaction.atomic():
             model.save()
-            _record(model, RegistryEvent.Action.MODEL_CREATED, actor)
+            record(model, RegistryEvent.Action.MODEL_CREATED, actor)
             announce_change()
     except IntegrityError:  # created concurrently
         raise ValidationError(f"A model named {name!r} already exists.", code="exists") from None
@@ -188,7 +157,7 @@ def model_version_register(
     for any bad artifact or config; nothing is stored then.
     """
     RegisteredModel._meta.get_field("name").run_validators(model_name)
-    _check_name(model_name, "model")
+    check_name(model_name, "model")
     expected_sha256 = (expected_sha256 or "").strip().lower()
     if expected_sha256 and not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
         raise ValidationError("sha256 must be 64 hexadecimal digits.", code="invalid_sha256")
@@ -260,7 +229,7 @@ def model_version_register(
             version.artifact.save("artifact", ContentFile(data), save=False)
             version.full_clean()
             version.save()
-            _record(model, RegistryEvent.Action.VERSION_REGISTERED, actor, version=number,
+            record(model, RegistryEvent.Action.VERSION_REGISTERED, actor, version=number,
                     detail=f"{cfg.format}, sha256 {digest}, {len(data)} bytes, {status}")
             for alias in aliases:
                 alias_set(model=model, alias=alias, version=version, actor=actor)
@@ -297,81 +266,17 @@ def model_version_validate(*, version: ModelVersion, actor: str = "system") -> M
     version.validated_at = timezone.now()
     with transaction.atomic():
         version.save(update_fields=["status", "status_error", "validated_at"])
-        _record(version.model, RegistryEvent.Action.VERSION_VALIDATED, actor, version=version.version,
+        record(version.model, RegistryEvent.Action.VERSION_VALIDATED, actor, version=version.version,
                 detail=version.status if outcome.ok else f"{version.status}: {outcome.error}")
         announce_change()
     return version
 
 
 @transaction.atomic
-def alias_set(*, model: RegisteredModel, alias: str, version: ModelVersion | None = None,
-              split: Sequence[tuple[ModelVersion, int]] | None = None, actor: str = "system") -> ModelAlias:
-    """Point `model@alias` at `version` (promote or roll back), or at a weighted `split` of versions
-    (a canary: ``registry.splits``), and record the move (with the split) in the alias history."""
-    if (version is None) == (split is None):
-        raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
-    ModelAlias._meta.get_field("name").run_validators(alias)
-    _check_name(alias, "alias")
-    # Lock the model row (alias moves and archiving of one model take turns on it), then judge
-    # the versions as they are now, not as the caller read them.
-    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
-    stored: list[dict[str, int]] | None = None
-    if split is not None:
-        stored = split_check(model=model, split=split)
-        if len(stored) == 1:
-            stored = None  # one version at 100 % is a plain alias
-    version = split[0][0] if split is not None else version
-    if version is None:  # unreachable: checked above (for type checkers)
-        raise ValidationError("Point an alias at a version or at a split.", code="invalid_split")
-    if version.model_id != model.pk:
-        raise ValidationError(f"{version} is not a version of {model.name}.", code="wrong_model")
-    version.refresh_from_db(fields=["status", "status_error", "archived"])
-    if version.status != ModelVersion.Status.READY:
-        raise ValidationError(
-            f"{version} is {version.status}, not ready: only a validated version can take an alias.",
-            code="not_ready",
-        )
-    if version.archived:
-        raise ValidationError(f"{version} is archived.", code="archived")
-    current = ModelAlias.objects.filter(model=model, name=alias).select_related("version").first()
-    if current is not None and current.version_id == version.pk and (current.split or None) == stored:
-        return current
-    previous = current.version.version if current is not None else None
-    previous_split = current.split if current is not None else None
-    if current is None:
-        current = ModelAlias.objects.create(model=model, name=alias, version=version, split=stored)
-    else:
-        current.version, current.split = version, stored
-        current.save(update_fields=["version", "split", "updated_at"])
-    AliasEvent.objects.create(
-        model=model, alias=alias, action=AliasEvent.Action.SET, from_version=previous,
-        to_version=version.version, from_split=previous_split, to_split=stored, actor=actor,
-    )
-    announce_change()
-    return current
-
-
-@transaction.atomic
-def alias_delete(*, model: RegisteredModel, alias: str, actor: str = "system") -> bool:
-    """Remove `model@alias`; return whether it existed. The removal is recorded."""
-    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()  # one alias change at a time
-    current = ModelAlias.objects.select_for_update().filter(model=model, name=alias).select_related("version").first()
-    if current is None:
-        return False
-    AliasEvent.objects.create(
-        model=model, alias=alias, action=AliasEvent.Action.DELETE, from_version=current.version.version,
-        from_split=current.split, to_version=None, actor=actor,
-    )
-    current.delete()
-    announce_change()
-    return True
-
-
-@transaction.atomic
 def model_version_archive(*, version: ModelVersion, actor: str = "system") -> ModelVersion:
     """Archive a version (it stops serving); refused while an alias points to it. Archiving twice is a no-op."""
     RegisteredModel.objects.select_for_update().filter(pk=version.model_id).first()  # see alias_set
-    names = aliases_naming(version)  # as primary target or in a split
+    names = aliases_naming(version)  # as primary target, in a split or as a shadow
     if names:
         raise ValidationError(
             f"{version} is the target of alias(es) {', '.join(sorted(names))}: move them first.", code="alias_target"
@@ -382,6 +287,6 @@ def model_version_archive(*, version: ModelVersion, actor: str = "system") -> Mo
     version.archived = True
     version.pinned = False  # an archived version is unloaded everywhere (inference.loadctl)
     version.save(update_fields=["archived", "pinned"])
-    _record(version.model, RegistryEvent.Action.VERSION_ARCHIVED, actor, version=version.version)
+    record(version.model, RegistryEvent.Action.VERSION_ARCHIVED, actor, version=version.version)
     announce_change()
     return version

@@ -1,8 +1,5 @@
-"""Admin for the registry: upload versions, see validation, move aliases with history.
-
-Every write goes through ``registry.services``; versions are immutable once registered
-(their change page is read-only, with actions to re-validate or archive).
-"""
+"""Versions in the admin: upload (validated in a separate process), read-only pages, actions to
+re-validate, archive, pre-load and unload; the hardware targets."""
 
 from __future__ import annotations
 
@@ -13,13 +10,12 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
 from django.utils.html import format_html
 
-from . import loading, services
-from .models import AliasEvent, HardwareTarget, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
+from .. import loading, services
+from ..models import HardwareTarget, ModelVersion
 
 CODE_FORMAT_WARNING = (
     "TorchScript and torch.export (.pt2) archives contain a program that runs on this server when "
@@ -114,84 +110,6 @@ class ModelVersionUploadForm(forms.ModelForm):
             raise ValidationError(exc.messages) from exc
         return data
 
-
-class VersionInline(admin.TabularInline):
-    model = ModelVersion
-    fields = ("link", "format", "status", "hardware", "archived", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="version")
-    def link(self, obj: ModelVersion) -> str:
-        return format_html('<a href="{}">v{}</a>', reverse("admin:registry_modelversion_change", args=[obj.pk]), obj.version)
-
-
-class AliasInline(admin.TabularInline):
-    model = ModelAlias
-    fields = ("name", "version", "updated_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class AliasEventInline(admin.TabularInline):
-    model = AliasEvent
-    verbose_name = "alias move"
-    verbose_name_plural = "alias history (promotions and rollbacks)"
-    fields = ("at", "alias", "action", "from_version", "to_version", "actor")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class RegistryEventInline(admin.TabularInline):
-    model = RegistryEvent
-    verbose_name = "change"
-    verbose_name_plural = "history (models created, versions registered, validated, archived)"
-    fields = ("at", "action", "version", "actor", "detail")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(RegisteredModel)
-class RegisteredModelAdmin(admin.ModelAdmin):
-    list_display = ("name", "task", "version_count", "alias_list", "updated_at")
-    search_fields = ("name", "description", "task")
-    list_filter = ("task",)
-    fields = ("name", "description", "task", "capture_payloads", "created_at", "updated_at")
-    readonly_fields = ("created_at", "updated_at")
-    inlines = [AliasInline, VersionInline, AliasEventInline, RegistryEventInline]
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).annotate(n_versions=Count("versions")).prefetch_related("aliases__version")
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
-        return (*self.readonly_fields, "name") if obj else self.readonly_fields
-
-    @admin.display(description="versions", ordering="n_versions")
-    def version_count(self, obj: RegisteredModel) -> int:
-        return obj.n_versions
-
-    @admin.display(description="aliases")
-    def alias_list(self, obj: RegisteredModel) -> str:
-        return ", ".join(f"{a.name} → v{a.version.version}" for a in obj.aliases.all()) or "—"
 
 
 @admin.register(ModelVersion)
@@ -314,91 +232,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
             except ValidationError as exc:
                 self.message_user(request, "; ".join(exc.messages), messages.ERROR)
 
-
-class AliasForm(forms.ModelForm):
-    class Meta:
-        model = ModelAlias
-        fields = ["model", "name", "version"]
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        qs = ModelVersion.objects.select_related("model").filter(status=ModelVersion.Status.READY, archived=False)
-        if self.instance.pk:
-            self.fields["model"].disabled = True
-            self.fields["name"].disabled = True
-            qs = qs.filter(model=self.instance.model)
-        self.fields["version"].queryset = qs
-        self.fields["version"].help_text = "Only ready, unarchived versions can take an alias."
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        model, version = data.get("model"), data.get("version")
-        if model and version and version.model_id != model.pk:
-            raise ValidationError(f"{version} is not a version of {model}.")
-        return data
-
-    def validate_unique(self) -> None:
-        # Moving an existing alias is an update through the service, not a duplicate.
-        pass
-
-
-@admin.register(ModelAlias)
-class ModelAliasAdmin(admin.ModelAdmin):
-    form = AliasForm
-    list_display = ("__str__", "model", "name", "version", "updated_at")
-    list_filter = ("name", "model")
-    search_fields = ("model__name", "name")
-    list_select_related = ("model", "version")
-
-    def save_model(self, request: HttpRequest, obj: ModelAlias, form: Any, change: bool) -> None:
-        alias = services.alias_set(
-            model=obj.model, alias=obj.name, version=obj.version, actor=services.actor_for(user=request.user)
-        )
-        obj.pk = alias.pk
-
-    def delete_model(self, request: HttpRequest, obj: ModelAlias) -> None:
-        services.alias_delete(model=obj.model, alias=obj.name, actor=services.actor_for(user=request.user))
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for obj in queryset.select_related("model"):
-            self.delete_model(request, obj)
-
-
-@admin.register(AliasEvent)
-class AliasEventAdmin(admin.ModelAdmin):
-    list_display = ("at", "model", "alias", "action", "from_version", "to_version", "actor")
-    list_filter = ("action", "alias", "model")
-    search_fields = ("model__name", "alias", "actor")
-    date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-@admin.register(RegistryEvent)
-class RegistryEventAdmin(admin.ModelAdmin):
-    """Read-only history of registry changes other than alias moves (those are in the alias history)."""
-
-    list_display = ("at", "model", "version", "action", "actor", "detail")
-    list_filter = ("action", "model")
-    search_fields = ("model__name", "actor", "detail")
-    list_select_related = ("model",)
-    date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(HardwareTarget)
