@@ -236,6 +236,9 @@ class TorchServeServer(Server):
             f"inference_address=http://127.0.0.1:{self.port}",
             f"management_address=http://127.0.0.1:{self.mgmt_port}",
             f"metrics_address=http://127.0.0.1:{self.metrics_port}",
+            # Its gRPC ports default to 7070/7071: each instance (1 worker, default workers) gets its own.
+            f"grpc_inference_port={free_port()}",
+            f"grpc_management_port={free_port()}",
             f"model_store={store}",
             "load_models=" + ",".join(f"{m}.mar" for m in artifacts),
             f"default_workers_per_model={self.workers}",
