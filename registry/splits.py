@@ -24,6 +24,16 @@ MAX_TARGETS = 10
 TOTAL_WEIGHT = 100
 
 
+def servable_check(version: ModelVersion, *, code: str, not_ready: str, archived: str) -> None:
+    """Refuse `version` as it is in the database now unless it is ready and not archived (codes
+    ``<code>_not_ready``, ``<code>_archived``; the messages end with `not_ready` / `archived`)."""
+    version.refresh_from_db(fields=["status", "archived", "input_schema"])
+    if version.status != ModelVersion.Status.READY:
+        raise ValidationError(f"{version} is {version.status}, not ready: {not_ready}", code=f"{code}_not_ready")
+    if version.archived:
+        raise ValidationError(f"{version} is archived: {archived}", code=f"{code}_archived")
+
+
 def split_check(*, model: RegisteredModel, split: Sequence[tuple[ModelVersion, int]]) -> list[dict[str, int]]:
     """Return the split as stored (``[{"version": N, "weight": W}, ...]``) or raise ValidationError
     (code ``invalid_split``: the weights or the list; ``split_not_ready``, ``split_archived``,
@@ -44,12 +54,8 @@ def split_check(*, model: RegisteredModel, split: Sequence[tuple[ModelVersion, i
     for version, _ in split:
         if version.model_id != model.pk:
             raise ValidationError(f"{version} is not a version of {model.name}.", code="invalid_split")
-        version.refresh_from_db(fields=["status", "archived", "input_schema"])
-        if version.status != ModelVersion.Status.READY:
-            raise ValidationError(f"{version} is {version.status}, not ready: only validated versions can be in "
-                                  "a split.", code="split_not_ready")
-        if version.archived:
-            raise ValidationError(f"{version} is archived: it cannot be in a split.", code="split_archived")
+        servable_check(version, code="split", not_ready="only validated versions can be in a split.",
+                       archived="it cannot be in a split.")
         if schema is None:
             schema = version.input_schema
         elif version.input_schema != schema:
@@ -78,12 +84,8 @@ def shadow_check(*, model: RegisteredModel, shadow: tuple[ModelVersion, int],
     if any(target.pk == version.pk for target in targets):
         raise ValidationError(f"{version} already answers this alias's requests: a shadow is another version.",
                               code="invalid_shadow")
-    version.refresh_from_db(fields=["status", "archived", "input_schema"])
-    if version.status != ModelVersion.Status.READY:
-        raise ValidationError(f"{version} is {version.status}, not ready: only a validated version can shadow "
-                              "an alias.", code="shadow_not_ready")
-    if version.archived:
-        raise ValidationError(f"{version} is archived: it cannot shadow an alias.", code="shadow_archived")
+    servable_check(version, code="shadow", not_ready="only a validated version can shadow an alias.",
+                   archived="it cannot shadow an alias.")
     primary = targets[0]
     primary.refresh_from_db(fields=["input_schema"])
     if version.input_schema != primary.input_schema:

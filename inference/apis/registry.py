@@ -187,8 +187,21 @@ class VersionArchiveView(ManageAPIView):
         return Response(version_body(archived))
 
 
-class VersionLoadView(ManageAPIView):
+class VersionControlView(ManageAPIView):
+    """The model control API's views (Triton's load/unload): one registry service (`control`) on one version."""
+
+    control: Any = None  # the registry service: (key=, version=) -> ModelVersion
+
+    def post(self, request: Request, name: str, version: str) -> Response:
+        model = svc.managed_model(name=name, key=request.auth)
+        row = svc.managed_version(model=model, number=version)
+        return Response(version_body(self.control(key=request.auth, version=row)))
+
+
+class VersionLoadView(VersionControlView):
     """POST .../load: pre-load in every web process."""
+
+    control = staticmethod(svc.version_load)
 
     @extend_schema(
         operation_id="models_versions_load",
@@ -201,17 +214,13 @@ class VersionLoadView(ManageAPIView):
         responses={200: s.ManagedVersionSerializer, 401: E, 403: E, 404: E, 409: E, 429: E},
     )
     def post(self, request: Request, name: str, version: str) -> Response:
-        return self.act(svc.version_load, request, name, version)
-
-    @staticmethod
-    def act(action, request: Request, name: str, version: str) -> Response:
-        model = svc.managed_model(name=name, key=request.auth)
-        row = svc.managed_version(model=model, number=version)
-        return Response(version_body(action(key=request.auth, version=row)))
+        return super().post(request, name, version)
 
 
-class VersionUnloadView(ManageAPIView):
+class VersionUnloadView(VersionControlView):
     """POST .../unload: unload from every process."""
+
+    control = staticmethod(svc.version_unload)
 
     @extend_schema(
         operation_id="models_versions_unload",
@@ -224,7 +233,7 @@ class VersionUnloadView(ManageAPIView):
         responses={200: s.ManagedVersionSerializer, 401: E, 403: E, 404: E, 409: E, 429: E},
     )
     def post(self, request: Request, name: str, version: str) -> Response:
-        return VersionLoadView.act(svc.version_unload, request, name, version)
+        return super().post(request, name, version)
 
 
 class AliasView(ManageAPIView):

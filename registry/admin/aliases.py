@@ -13,6 +13,7 @@ from django.http import HttpRequest
 
 from .. import services
 from ..models import AliasEvent, ModelAlias, ModelVersion, RegistryEvent
+from .readonly import ReadOnlyAdmin
 
 
 class AliasForm(forms.ModelForm):
@@ -70,24 +71,15 @@ class ModelAliasAdmin(admin.ModelAdmin):
 
 
 @admin.register(AliasEvent)
-class AliasEventAdmin(admin.ModelAdmin):
+class AliasEventAdmin(ReadOnlyAdmin):
     list_display = ("at", "model", "alias", "action", "from_version", "to_version", "actor")
     list_filter = ("action", "alias", "model")
     search_fields = ("model__name", "alias", "actor")
     date_hierarchy = "at"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(RegistryEvent)
-class RegistryEventAdmin(admin.ModelAdmin):
+class RegistryEventAdmin(ReadOnlyAdmin):
     """Read-only history of registry changes other than alias moves (those are in the alias history)."""
 
     list_display = ("at", "model", "version", "action", "actor", "detail")
@@ -95,13 +87,4 @@ class RegistryEventAdmin(admin.ModelAdmin):
     search_fields = ("model__name", "actor", "detail")
     list_select_related = ("model",)
     date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 

@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from .. import services
 from ..models import AliasEvent, ModelAlias, ModelVersion, RegisteredModel, RegistryEvent
 from ..selectors import version_number
+from .readonly import ReadOnlyInline
 from .releases import (
     CHANGE_ALIASES,
     AliasTargetsForm,
@@ -28,34 +29,22 @@ from .releases import (
 )
 
 
-class VersionInline(admin.TabularInline):
+class VersionInline(ReadOnlyInline):
     model = ModelVersion
     fields = ("link", "format", "status", "hardware", "archived", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="version")
     def link(self, obj: ModelVersion) -> str:
         return format_html('<a href="{}">v{}</a>', reverse("admin:registry_modelversion_change", args=[obj.pk]), obj.version)
 
 
-class AliasEventInline(admin.TabularInline):
+class AliasEventInline(ReadOnlyInline):
     model = AliasEvent
     verbose_name = "alias move"
     verbose_name_plural = "alias history (promotions and rollbacks)"
     fields = ("at", "alias", "action", "from_target", "to_target", "actor")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="from")
     def from_target(self, obj: AliasEvent) -> str:
@@ -66,18 +55,12 @@ class AliasEventInline(admin.TabularInline):
         return describe_targets(obj.to_version, obj.to_split, obj.to_shadow)
 
 
-class RegistryEventInline(admin.TabularInline):
+class RegistryEventInline(ReadOnlyInline):
     model = RegistryEvent
     verbose_name = "change"
     verbose_name_plural = "history (models created, versions registered, validated, archived)"
     fields = ("at", "action", "version", "actor", "detail")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     max_num = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(RegisteredModel)

@@ -30,17 +30,13 @@ import torchvision
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+sys.path.insert(0, str(HERE.parents[2]))  # the project root: its architectures import torch only
+
 from seeded import INPUT_SHAPE, seeded_input, seeded_state_dict  # noqa: E402
 
-# project class -> torchvision builder (registry.architectures.TORCHVISION_NAMES)
-ARCHITECTURES = {
-    "ResNet18": "resnet18",
-    "ResNet34": "resnet34",
-    "ResNet50": "resnet50",
-    "MobileNetV3Small": "mobilenet_v3_small",
-    "MobileNetV3Large": "mobilenet_v3_large",
-    "EfficientNetB0": "efficientnet_b0",
-}
+from registry.architectures import TORCHVISION_NAMES  # noqa: E402
+
+ARCHITECTURES = TORCHVISION_NAMES  # project class -> torchvision builder
 NUM_CLASSES = 10  # the outputs' head: a small fixture
 
 
