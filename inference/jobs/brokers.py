@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from django import db
 from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import Broker, get_broker
@@ -63,8 +64,12 @@ def mark_taken(payloads: Iterable[Any]) -> None:
     try:
         InferenceJob.objects.filter(InferenceJob.claimable(), pk__in=ids).update(
             taken_by=pusher_id(), taken_until=timezone.now() + timedelta(seconds=settings.INFERENCE_JOB_LEASE_SECONDS))
-    except Exception:  # noqa: BLE001 - the task is in hand: a lost mark only makes the reconciler queue a copy
-        logger.exception("could not mark jobs %s as taken; the reconciler may queue copies of their tasks", ids)
+    except Exception as exc:  # noqa: BLE001 - the task is in hand: a lost mark only makes the reconciler queue a copy
+        logger.warning("could not mark jobs %s as taken (%s: %s); the reconciler may queue copies of their tasks",
+                       ids, type(exc).__name__, exc)
+        # django-q2 resets a worker's connections before each task, never a pusher's: without this, a
+        # connection broken by a database outage would fail every later mark of this pusher.
+        db.close_old_connections()
 
 
 class RecoveringBroker:

@@ -37,12 +37,21 @@ def job_queue(job_id: Any) -> str | None:
     return queues.get(target)
 
 
-def enqueue(job_id: Any, *, front: bool = False) -> None:
-    """Queue the job's task on its queue; `front`: ahead of the tasks waiting there (a re-run)."""
+def current_queue() -> str | None:
+    """The queue this qcluster serves (None: the default one), known without the database."""
+    from django_q.conf import Conf
+
+    return None if Conf.CLUSTER_NAME == settings.Q_CLUSTER["name"] else Conf.CLUSTER_NAME
+
+
+def enqueue(job_id: Any, *, front: bool = False, queue: str | None | object = ...) -> None:
+    """Queue the job's task on its queue (looked up unless given); `front`: ahead of the tasks
+    waiting there (a re-run)."""
     from django_q.tasks import async_task
 
     options: dict[str, Any] = {"ack_failure": True}
-    queue = job_queue(job_id)
+    if queue is ...:
+        queue = job_queue(job_id)
     if queue:
         options["cluster"] = queue  # django-q2's name for a queue: only workers of that cluster take it
     if front:

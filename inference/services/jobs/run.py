@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from typing import Any
 
 import orjson
+from django import db
 from django.conf import settings
 from django.core.files.base import File
 from django.db.models import F
@@ -36,6 +38,39 @@ def _claim(job_id: Any) -> InferenceJob | None:
     return InferenceJob.objects.select_related("version__model", "version__hardware", "model").get(pk=job_id)
 
 
+def _claim_when_reachable(job_id: Any) -> tuple[InferenceJob | None, bool]:
+    """Claim the job, waiting for the database while it is unreachable; return (job, claimed).
+
+    The task in hand is the job's only copy, and its pusher's *taken* mark (renewed by the
+    cluster while that pusher lives) keeps the reconciler from queuing another: a run that gave
+    up here would lose the job until the cluster stops. So it reconnects and tries again (the
+    database is what every task needs: nothing else could run meanwhile), and past
+    ``claim_wait()`` hands the task back to the broker, at the front. (False: not claimed,
+    handed back.)"""
+    deadline = time.monotonic() + claim_wait()
+    pause = 0.25
+    while True:
+        try:
+            return _claim(job_id), True
+        except (db.OperationalError, db.InterfaceError) as exc:
+            db.close_old_connections()  # a connection that failed is dropped; the next query reconnects
+            if time.monotonic() >= deadline:
+                logger.warning("job %s: the database is still unreachable after %.0f s (%s: %s); its task goes "
+                               "back to the broker", job_id, claim_wait(), type(exc).__name__, exc)
+                queueing.enqueue(job_id, front=True, queue=queueing.current_queue())
+                return None, False
+            logger.warning("job %s: cannot claim it, the database is unreachable (%s: %s); trying again in %.1f s",
+                           job_id, type(exc).__name__, exc, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def claim_wait() -> float:
+    """How long a run waits for the database before handing its task back: well inside the
+    task's timeout (django-q2 kills a worker past it)."""
+    return min(300.0, settings.INFERENCE_JOB_TIMEOUT / 4)
+
+
 def _finish(job: InferenceJob, attempt: int, **fields: Any) -> bool:
     """Record the end of this run, only if it still owns the job; return whether it did."""
     fields.setdefault("finished_at", timezone.now())
@@ -49,7 +84,9 @@ def _finish(job: InferenceJob, attempt: int, **fields: Any) -> bool:
 
 def job_run(job_id: Any) -> str:
     """Run one delivery of a job's task; return what happened (for the task's result)."""
-    job = _claim(job_id)
+    job, claimed = _claim_when_reachable(job_id)
+    if not claimed:
+        return "handed back: the database is unreachable"
     if job is None:
         return "skipped: already running elsewhere, finished or cancelled"
     attempt = job.attempts

@@ -123,3 +123,74 @@ def test_a_broker_down_during_reconcile_loses_nothing(queued, settings, monkeypa
     _age(job, requeued_at=_ago(settings, 2))
     assert job_services.jobs_reconcile()["queued"] == 0  # logged: cannot tell whether its task is there
     assert InferenceJob.objects.get(pk=job.pk).status == "queued"
+
+
+# --- a run whose database is unreachable when its task arrives --------------------------------------------
+
+
+def _unreachable(monkeypatch, failures: int | None):
+    """Make the claim's database call fail `failures` times (None: always) as an outage does."""
+    from django.db import OperationalError
+
+    from inference.services.jobs import run
+
+    real = run._claim
+    calls = {"n": 0}
+
+    def claim(job_id):
+        calls["n"] += 1
+        if failures is None or calls["n"] <= failures:
+            raise OperationalError("the connection is closed")
+        return real(job_id)
+
+    monkeypatch.setattr(run, "_claim", claim)
+    monkeypatch.setattr(run.time, "sleep", lambda seconds: None)
+    # The test's own connection is fine (and holds its transaction): count the resets instead.
+    monkeypatch.setattr(run.db, "close_old_connections", lambda: calls.__setitem__("closed", calls["closed"] + 1))
+    calls["closed"] = 0
+    return calls
+
+
+def test_a_taken_job_whose_run_finds_the_database_down_waits_for_it_and_runs(
+        settings, broker, monkeypatch, django_capture_on_commit_callbacks):
+    version = ready(small_mlp(0), model_name="iris")
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
+    assert len(broker.dequeue()) == 1  # the pusher took it: marked taken, renewed while that pusher lives
+    calls = _unreachable(monkeypatch, failures=3)
+    assert job_services.job_run(job.pk) == "succeeded"
+    assert calls["n"] == 4 and calls["closed"] == 3  # each failure dropped the connection before trying again
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.taken_by) == ("succeeded", 1, "")
+
+
+def test_a_run_that_never_reaches_the_database_hands_its_task_back_to_the_front(
+        settings, broker, monkeypatch, django_capture_on_commit_callbacks):
+    settings.INFERENCE_JOB_TIMEOUT = 0  # no wait: hand back at the first failure
+    version = ready(small_mlp(0), model_name="iris")
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
+        other, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
+    tasks = broker.dequeue()
+    assert brokers.job_ids(payload for _, payload in tasks) == {str(job.pk)}
+    _unreachable(monkeypatch, failures=None)
+    assert job_services.job_run(job.pk).startswith("handed back")
+    assert InferenceJob.objects.get(pk=job.pk).status == "queued"  # nothing written
+    # Its task waits again, ahead of the one submitted after it: the next run takes it first.
+    assert brokers.waiting_job_ids() == {str(job.pk), str(other.pk)}
+    assert brokers.job_ids(payload for _, payload in broker.dequeue()) == {str(job.pk)}
+
+
+def test_a_pusher_whose_mark_fails_drops_its_broken_connection(monkeypatch, settings):
+    from django.db import OperationalError
+
+    closed = []
+    monkeypatch.setattr(brokers.db, "close_old_connections", lambda: closed.append(True))
+
+    class Down:
+        def filter(self, *args, **kwargs):
+            raise OperationalError("the connection is closed")
+
+    monkeypatch.setattr(InferenceJob, "objects", Down())
+    brokers.mark_taken([brokers.SignedPackage.dumps({"func": brokers.RUN_JOB, "args": ["a-job"]})])
+    assert closed == [True]  # the next dequeue's mark reconnects
