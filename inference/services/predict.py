@@ -41,6 +41,7 @@ from django.utils.module_loading import import_string
 from registry.models import ModelVersion
 
 from .. import offload, oip, oip_outputs, selectors
+from ..conf import hot
 from ..errors import APIError, ErrorCode, InvalidInput, ModelFailed, PayloadTooLarge, ServiceUnavailable
 from ..monitoring.observe import observe
 from ..pipeline.served import Prepared
@@ -183,7 +184,7 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     loop above INFERENCE_INLINE_ELEMENTS of output); every failure mapped to its API error. The
     model's own outputs are also put in `raw_outputs` when given (a copy for the shadow)."""
     timings = outcome.timings if outcome is not None else {}
-    timeout = timeout if timeout is not None else settings.INFERENCE_PREDICT_TIMEOUT
+    timeout = timeout if timeout is not None else hot.INFERENCE_PREDICT_TIMEOUT
     depth = loaded.batcher.queue_depth
     if outcome is not None:
         outcome.queue_depth = depth
@@ -208,7 +209,7 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     t2 = time.perf_counter()
     timings["queue"] = max(0.0, pending.started - pending.enqueued)
     timings["compute"] = pending.finished - pending.started
-    heavy = _output_elements(outputs) > settings.INFERENCE_INLINE_ELEMENTS
+    heavy = _output_elements(outputs) > hot.INFERENCE_INLINE_ELEMENTS
     try:
         result = await offload.compute(finish, outputs, prepared, heavy=heavy)
     except InputError as exc:
@@ -251,7 +252,7 @@ async def predict(*, model_name: str, ref: str | int | None, key: Any, body: Any
         if capture:
             outcome.payload = (body, None)  # a failed request keeps its input
         served = loaded.served
-        heavy = served.decodes_input or size > settings.INFERENCE_INLINE_BYTES
+        heavy = served.decodes_input or size > hot.INFERENCE_INLINE_BYTES
         prepared = await prepare(lambda: served.prepare(instances, parameters, maybe_bools=maybe_bools),
                                  heavy=heavy, timings=outcome.timings)
         copy = shadow.sample(route, version)  # None unless this request is also sent to the alias's shadow
@@ -280,7 +281,7 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
         version, loaded, route = await serving(model_name=model_name, ref=ref, key=key, routing_key=routing_key)
         outcome.version, outcome.loaded = version.version, loaded
         served = loaded.served
-        heavy = size > settings.INFERENCE_INLINE_BYTES
+        heavy = size > hot.INFERENCE_INLINE_BYTES
         parsed = await offload.compute(lambda: oip.parse_infer_request(body(), header_length), heavy=heavy)
         parameters = {k: v for k, v in parsed.parameters.items() if k != "binary_data_output"} or None
         prepared = await prepare(lambda: served.prepare_arrays(parsed.inputs, parameters),
@@ -298,7 +299,7 @@ async def infer(*, model_name: str, ref: str | int | None, key: Any, body: Calla
                 requested=parsed.outputs, binary_default=parsed.binary_output)
 
         answer = await offload.compute(
-            respond, heavy=sum(t.size for t in result.values()) > settings.INFERENCE_INLINE_ELEMENTS)
+            respond, heavy=sum(t.size for t in result.values()) > hot.INFERENCE_INLINE_ELEMENTS)
         if copy is not None:
             copy.offer(served=served, prepared=prepared, outputs=result, numeric=True)  # never waits
         return answer
