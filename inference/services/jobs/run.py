@@ -45,20 +45,30 @@ def _claim_when_reachable(job_id: Any) -> tuple[InferenceJob | None, bool]:
     cluster while that pusher lives) keeps the reconciler from queuing another: a run that gave
     up here would lose the job until the cluster stops. So it reconnects and tries again (the
     database is what every task needs: nothing else could run meanwhile), and past
-    ``claim_wait()`` hands the task back to the broker, at the front. (False: not claimed,
-    handed back.)"""
-    deadline = time.monotonic() + claim_wait()
+    ``claim_wait()`` hands the task back to the broker, at the front, if the broker takes it (the
+    ORM broker is that same database), else goes on trying both until ``give_up_after()``.
+    (False: not claimed, handed back.)"""
+    started = time.monotonic()
     pause = 0.25
     while True:
         try:
             return _claim(job_id), True
         except (db.OperationalError, db.InterfaceError) as exc:
             db.close_old_connections()  # a connection that failed is dropped; the next query reconnects
-            if time.monotonic() >= deadline:
-                logger.warning("job %s: the database is still unreachable after %.0f s (%s: %s); its task goes "
-                               "back to the broker", job_id, claim_wait(), type(exc).__name__, exc)
-                queueing.enqueue(job_id, front=True, queue=queueing.current_queue())
-                return None, False
+            waited = time.monotonic() - started
+            if waited >= claim_wait():
+                try:
+                    queueing.enqueue(job_id, front=True, queue=queueing.current_queue())
+                except Exception as refused:  # noqa: BLE001 - the broker's error, whatever its client raises
+                    if waited >= give_up_after():
+                        logger.error("job %s: neither the database (%s) nor the broker (%s) answered for %.0f s; "
+                                     "its task is dropped, and the job waits, queued, until this qcluster restarts "
+                                     "(then the reconciler queues it)", job_id, exc, refused, waited)
+                        raise exc from refused
+                else:
+                    logger.warning("job %s: the database is still unreachable after %.0f s (%s: %s); its task went "
+                                   "back to the front of its queue", job_id, waited, type(exc).__name__, exc)
+                    return None, False
             logger.warning("job %s: cannot claim it, the database is unreachable (%s: %s); trying again in %.1f s",
                            job_id, type(exc).__name__, exc, pause)
             time.sleep(pause)
@@ -66,9 +76,14 @@ def _claim_when_reachable(job_id: Any) -> tuple[InferenceJob | None, bool]:
 
 
 def claim_wait() -> float:
-    """How long a run waits for the database before handing its task back: well inside the
-    task's timeout (django-q2 kills a worker past it)."""
+    """How long a run waits for the database before handing its task back."""
     return min(300.0, settings.INFERENCE_JOB_TIMEOUT / 4)
+
+
+def give_up_after() -> float:
+    """How long a run that cannot hand its task back either keeps trying: inside the task's
+    timeout (django-q2 kills a worker past it)."""
+    return settings.INFERENCE_JOB_TIMEOUT * 0.9
 
 
 def _finish(job: InferenceJob, attempt: int, **fields: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 from django_q.brokers import get_broker
 
@@ -194,3 +195,45 @@ def test_a_pusher_whose_mark_fails_drops_its_broken_connection(monkeypatch, sett
     monkeypatch.setattr(InferenceJob, "objects", Down())
     brokers.mark_taken([brokers.SignedPackage.dumps({"func": brokers.RUN_JOB, "args": ["a-job"]})])
     assert closed == [True]  # the next dequeue's mark reconnects
+
+
+def test_a_run_that_can_hand_its_task_back_nowhere_gives_up_past_its_deadline(
+        settings, broker, monkeypatch, django_capture_on_commit_callbacks):
+    settings.INFERENCE_JOB_TIMEOUT = 0
+    version = ready(small_mlp(0), model_name="iris")
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
+    broker.dequeue()
+    _unreachable(monkeypatch, failures=None)
+
+    def refused(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(job_services.queueing, "enqueue", refused)
+    with pytest.raises(OperationalError):
+        job_services.job_run(job.pk)
+    assert InferenceJob.objects.get(pk=job.pk).status == "queued"
+
+
+def test_a_run_whose_hand_back_fails_claims_once_the_database_is_back(
+        settings, broker, monkeypatch, django_capture_on_commit_callbacks):
+    settings.INFERENCE_JOB_TIMEOUT = 100  # hand back after 25 s, give up after 90 s (time is faked below)
+    version = ready(small_mlp(0), model_name="iris")
+    with django_capture_on_commit_callbacks(execute=True):
+        job, _ = job_services.job_submit(version=version, instances=[[1, 2, 3, 4]])
+    broker.dequeue()
+    from inference.services.jobs import run
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(run.time, "monotonic", lambda: clock["now"])
+    calls = _unreachable(monkeypatch, failures=8)
+    monkeypatch.setattr(run.time, "sleep", lambda seconds: clock.__setitem__("now", clock["now"] + 10))
+    offers = []
+
+    def refused(*args, **kwargs):
+        offers.append(clock["now"])
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(job_services.queueing, "enqueue", refused)
+    assert job_services.job_run(job.pk) == "succeeded"
+    assert calls["n"] == 9 and offers == [30.0, 40.0, 50.0, 60.0, 70.0]  # tried to hand back from 25 s on
