@@ -9,6 +9,7 @@ Environment:
   WEB_GRACEFUL_TIMEOUT    seconds a stopping process gets to finish its requests (20)
   WEB_BACKLOG             connections waiting to be accepted (1024)
   WEB_LOG_LEVEL           the server's own log level (warning; the platform logs through Django)
+  WEB_LOOP                each process's event loop: uvloop (the default) or asyncio
 
 Each process loads the models it serves lazily (after start: CUDA cannot be initialised
 before a fork). This module imports neither Django nor torch.
@@ -58,6 +59,17 @@ def metrics_dir(workers: int) -> Path | None:
     return path
 
 
+LOOPS = ("uvloop", "asyncio")
+
+
+def web_loop() -> str:
+    """The event loop each web process runs (WEB_LOOP): uvloop unless asyncio is asked for."""
+    loop = os.environ.get("WEB_LOOP", "uvloop").strip().lower()
+    if loop not in LOOPS:
+        raise SystemExit(f"WEB_LOOP={loop!r} is not one of {', '.join(LOOPS)}.")
+    return loop
+
+
 def server(**overrides):
     """The granian server as configured by the environment (``overrides`` win)."""
     from granian import Granian
@@ -70,6 +82,9 @@ def server(**overrides):
         address=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8000")),
         interface=Interfaces.ASGI,
+        # uvloop: less CPU per request than asyncio's own loop on the request path's many small
+        # awaits and cross-thread wake-ups (docs/benchmarks.md, 2026-12-04 evening).
+        loop=web_loop(),
         workers=workers,
         websockets=False,
         backlog=int(os.environ.get("WEB_BACKLOG", "1024")),

@@ -131,3 +131,22 @@ def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path)
     # Counted once between the two processes: exactly `limit` answered, every other one a 429.
     assert statuses[200] == limit, statuses
     assert statuses[429] == sum(statuses.values()) - limit, statuses
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, "uvloop"), ("asyncio", "asyncio"), (" UVLOOP ", "uvloop")])
+def test_web_processes_run_uvloop_unless_asyncio_is_asked_for(monkeypatch, tmp_path, configured, expected):
+    from inference_platform import serve
+
+    environ = {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+    if configured is not None:
+        environ["WEB_LOOP"] = configured
+    monkeypatch.setattr(os, "environ", environ)
+    assert str(getattr(serve.server().loop, "value", serve.server().loop)) == expected
+
+
+def test_an_unknown_event_loop_is_refused_with_the_choices(monkeypatch, tmp_path):
+    from inference_platform import serve
+
+    monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_LOOP": "tokio"})
+    with pytest.raises(SystemExit, match="not one of uvloop, asyncio"):
+        serve.server()
