@@ -201,7 +201,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--servers", default="platform,single-lock,torchserve,mlserver",
+    ap.add_argument("--servers", default="platform,single-lock,torchserve,torchserve-default,mlserver",
                     help="comma list; platform-wsgi adds the platform under gunicorn (its WSGI deployment)")
     ap.add_argument("--scenarios", default="", help="comma list like mlp:32:1 (default: all)")
     ap.add_argument("--no-overload", action="store_true", help="skip the overload check (a platform with a short queue)")
