@@ -71,23 +71,8 @@ def prepare_process() -> None:
     from inference.loadctl import Watcher
 
     Watcher().start()
-    tune_gc()
-
-
-# CPython collects the young generation every 700 net container allocations, and each collection
-# walks every tracked object allocated since the last one that is still alive: with hundreds of
-# requests in flight, thousands of them. Every 20,000 allocations is fewer walks of about the same
-# objects (iris c=256 +7.6 % req/s, no more RSS measured: docs/benchmarks.md, 2026-12-04 23:05).
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def tune_gc() -> None:
-    """Move everything alive now out of the cyclic GC's sight (torch's and Django's long-lived
-    objects), and collect the young generation less often."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def at_exit() -> None:

@@ -270,18 +270,3 @@ def test_a_wsgi_server_still_serves_the_platform(settings, tmp_path):
     assert status == 200, raw
     np.testing.assert_allclose(json.loads(raw)["predictions"], forward(module, ROWS), rtol=1e-5, atol=1e-6)
     assert headers["X-Request-ID"] == json.loads(raw)["id"]
-
-
-def test_a_web_process_freezes_what_is_alive_and_collects_the_young_generation_less_often():
-    import gc
-
-    from inference_platform.front import GC_YOUNG_THRESHOLD, tune_gc
-
-    before = gc.get_threshold()
-    try:
-        tune_gc()
-        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:]) and GC_YOUNG_THRESHOLD > before[0]
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*before)
