@@ -1,32 +1,25 @@
 """gunicorn settings for the web process (threads; models load lazily per process).
 
-Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 2 on a machine with 2 or
-more usable cores, else 1), GUNICORN_THREADS
+Environment: HOST, PORT, WEB_CONCURRENCY (worker processes, default 2 where 2 or more cores are
+usable, CPU quota included, else 1), GUNICORN_THREADS
 (threads per worker, default 32), GUNICORN_TIMEOUT, GUNICORN_GRACEFUL_TIMEOUT (seconds a
 stopping worker gets to finish its requests, default 20), GUNICORN_WORKER_TMP_DIR;
 gunicorn itself reads FORWARDED_ALLOW_IPS (the proxies trusted for X-Forwarded-*).
 """
 
 import os
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # gunicorn's own script runs from the venv's bin
+    sys.path.insert(0, str(ROOT))
+
+from inference_platform.serve import default_workers  # noqa: E402 - one rule for both servers (no Django, no torch)
 
 host = os.environ.get("HOST", "127.0.0.1")
 port = os.environ.get("PORT", "8000")
 bind = [f"{host}:{port}"]
-
-
-def default_workers() -> int:
-    """Two worker processes where there are two cores to run them, else one.
-
-    One process's Python (HTTP parsing, auth, JSON, pipelines) runs under one GIL, so a
-    second process puts a second core to work (docs/benchmarks.md). Not more by default: each process
-    holds its own copy of every model it serves (set WEB_CONCURRENCY to choose)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
-
 
 workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
@@ -52,7 +45,7 @@ errorlog = "-"
 if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _data_dir = Path(os.environ.get("INFERENCE_DATA_DIR", "var"))
     if not _data_dir.is_absolute():
-        _data_dir = Path(__file__).resolve().parent.parent / _data_dir
+        _data_dir = ROOT / _data_dir
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_data_dir / "prometheus")
 
 

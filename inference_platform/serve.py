@@ -4,7 +4,8 @@
 
 Environment:
   HOST, PORT              where to listen (127.0.0.1:8000)
-  WEB_CONCURRENCY         web processes (default 2 on a machine with 2 or more usable cores, else 1)
+  WEB_CONCURRENCY         web processes (default 2 where 2 or more cores are usable, CPU quota
+                          included, else 1)
   WEB_THREADS             threads per process for the routes other than predict/infer (8)
   WEB_GRACEFUL_TIMEOUT    seconds a stopping process gets to finish its requests (20)
   WEB_BACKLOG             connections waiting to be accepted (1024)
@@ -23,18 +24,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its CPU affinity, and its cgroup's CPU quota (a
+    container's ``--cpus``, a Kubernetes CPU limit), whichever is lower (``joblib.cpu_count``:
+    loky reads cgroup v1 and v2; a quota of 1.5 CPUs counts as 2)."""
+    from joblib import cpu_count
+
+    return cpu_count()
+
+
 def default_workers() -> int:
-    """Two web processes where there are two cores to run them, else one.
+    """Two web processes where there are two usable cores to run them, else one.
 
     One process's Python (HTTP parsing, auth, JSON, pipelines) runs under one GIL, so a
     second process puts a second core to work (docs/benchmarks.md). Not more by default:
     each process holds its own copy of every model it serves (set WEB_CONCURRENCY to choose).
+    A container limited to one CPU on a larger host gets one: a second process would only
+    share that CPU with the first (docs/benchmarks.md, "the Intel Xeon machine").
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 def metrics_dir(workers: int) -> Path | None:

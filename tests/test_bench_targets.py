@@ -86,3 +86,16 @@ def test_the_runtimes_rows_compare_the_medians_of_the_two_runtimes_side_by_side(
     assert "| 32 | pytorch | 700.0 |" in table[2] and table[2].endswith("| 8.0 |  |")
     assert "| 32 | onnx | 1050.0 |" in table[3] and table[3].endswith("| 1.50 |")
     assert "ONNX / PyTorch 1.50 and 2.00" in rows.raw_line()
+
+
+def test_the_kernels_table_gives_medians_over_rounds_and_ratios_to_torch():
+    from bench.kernels import medians, table
+
+    rounds = [{"torch": {1: 300.0, 32: 2000.0}, "numpy": {1: 450.0, 32: 1500.0}},
+              {"torch": {1: 320.0, 32: 1900.0}, "numpy": {1: 480.0, 32: 1700.0}},
+              {"torch": {1: 310.0, 32: 2100.0}, "numpy": {1: 400.0, 32: 1600.0}}]
+    med = medians(rounds)
+    assert med == {"torch": {1: 310.0, 32: 2000.0}, "numpy": {1: 450.0, 32: 1600.0}}
+    lines = table(med)
+    assert lines[2] == "| torch | 310 | 2000 | 1.00 | 1.00 |"
+    assert lines[3] == "| numpy | 450 | 1600 | 1.45 | 0.80 |"

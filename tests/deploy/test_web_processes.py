@@ -51,7 +51,23 @@ def _workers(monkeypatch, tmp_path, server: str, cores: int, web_concurrency: st
     (1, None, 1), (2, None, 2), (16, None, 2), (16, "", 2), (2, "1", 1), (2, "4", 4),
 ])
 def test_default_worker_processes_follow_the_cores(monkeypatch, tmp_path, server, cores, web_concurrency, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: max(cores, 2))  # the machine has at least what its affinity allows
     assert _workers(monkeypatch, tmp_path, server, cores, web_concurrency) == expected
+
+
+@pytest.mark.parametrize("server", ["serve", "gunicorn"])
+@pytest.mark.parametrize(("quota", "expected"), [(1, 1), (2, 2), (None, 2)])
+def test_a_cpu_quota_below_the_cores_counts_as_fewer_cores(monkeypatch, tmp_path, server, quota, expected):
+    """A container limited to one CPU (``--cpus 1``) on a host of 8 cores, whose affinity still lists
+    all 8: a second web process would share that one CPU with the first."""
+    import joblib
+
+    from inference_platform import serve
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(joblib, "cpu_count", lambda: min(8, quota or 8))  # what loky reads from the cgroup
+    assert serve.usable_cores() == min(8, quota or 8)
+    assert _workers(monkeypatch, tmp_path, server, 8, None) == expected
 
 
 def test_several_processes_start_with_an_empty_metrics_directory(monkeypatch, tmp_path):
