@@ -18,19 +18,74 @@ before a fork). This module imports neither Django nor torch.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on: its CPU affinity, and its cgroup's CPU quota (a
-    container's ``--cpus``, a Kubernetes CPU limit), whichever is lower (``joblib.cpu_count``:
-    loky reads cgroup v1 and v2; a quota of 1.5 CPUs counts as 2)."""
-    from joblib import cpu_count
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
-    return cpu_count()
+
+def _quota(quota: str, period: str) -> float | None:
+    """CPUs a quota allows ("max" or a negative quota: none)."""
+    if quota == "max" or int(quota) <= 0 or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def cpu_quota() -> float | None:
+    """The CPUs this process's cgroup may use (``docker run --cpus``, a Kubernetes CPU limit, systemd's
+    CPUQuota), the lowest quota of its cgroup and its parents; None without one. cgroup v2 (``cpu.max``)
+    and v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``). A container mounts its own cgroup at the
+    root of /sys/fs/cgroup, so the root is read too.
+
+    joblib.cpu_count reads the same files, but importing joblib imports numpy, which starts OpenBLAS's
+    thread in this launcher before it forks the web processes."""
+    candidates: list[tuple[Path, str]] = []  # (directory, controller version)
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mounts = [(CGROUP_ROOT, "v2")]
+        elif "cpu" in controllers.split(","):
+            mounts = [(CGROUP_ROOT / name, "v1") for name in (controllers, "cpu", "cpu,cpuacct")]
+        else:
+            continue
+        parts = Path(path).parts[1:]
+        for mount, version in mounts:
+            candidates += [(mount.joinpath(*parts[:i]), version) for i in range(len(parts), -1, -1)]
+    limits = []
+    for directory, version in dict.fromkeys(candidates):
+        try:
+            if version == "v2":
+                limit = _quota(*(directory / "cpu.max").read_text().split()[:2])
+            else:
+                limit = _quota((directory / "cpu.cfs_quota_us").read_text().strip(),
+                               (directory / "cpu.cfs_period_us").read_text().strip())
+        except (OSError, ValueError, TypeError):
+            continue
+        if limit is not None:
+            limits.append(limit)
+    return min(limits) if limits else None
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on: its CPU affinity, and its cgroup's CPU quota rounded up (1.5
+    CPUs count as 2), whichever is lower."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    quota = cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
 
 def default_workers() -> int:

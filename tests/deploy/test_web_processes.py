@@ -51,22 +51,61 @@ def _workers(monkeypatch, tmp_path, server: str, cores: int, web_concurrency: st
     (1, None, 1), (2, None, 2), (16, None, 2), (16, "", 2), (2, "1", 1), (2, "4", 4),
 ])
 def test_default_worker_processes_follow_the_cores(monkeypatch, tmp_path, server, cores, web_concurrency, expected):
-    monkeypatch.setattr(os, "cpu_count", lambda: max(cores, 2))  # the machine has at least what its affinity allows
+    _cgroups(monkeypatch, tmp_path, "0::/\n", {})  # no CPU quota, whatever the machine running the tests has
     assert _workers(monkeypatch, tmp_path, server, cores, web_concurrency) == expected
 
 
-@pytest.mark.parametrize("server", ["serve", "gunicorn"])
-@pytest.mark.parametrize(("quota", "expected"), [(1, 1), (2, 2), (None, 2)])
-def test_a_cpu_quota_below_the_cores_counts_as_fewer_cores(monkeypatch, tmp_path, server, quota, expected):
-    """A container limited to one CPU (``--cpus 1``) on a host of 8 cores, whose affinity still lists
-    all 8: a second web process would share that one CPU with the first."""
-    import joblib
-
+def _cgroups(monkeypatch, tmp_path, proc_cgroup: str, files: dict[str, str]) -> None:
+    """A cgroup tree under tmp_path (paths relative to /sys/fs/cgroup) and the process's /proc/self/cgroup."""
     from inference_platform import serve
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    monkeypatch.setattr(joblib, "cpu_count", lambda: min(8, quota or 8))  # what loky reads from the cgroup
-    assert serve.usable_cores() == min(8, quota or 8)
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (tmp_path / "proc-cgroup").write_text(proc_cgroup)
+    monkeypatch.setattr(serve, "CGROUP_ROOT", root)
+    monkeypatch.setattr(serve, "PROC_CGROUP", tmp_path / "proc-cgroup")
+
+
+V1 = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n2:cpuset:/docker/abc\n0::/\n"
+
+
+@pytest.mark.parametrize(("proc_cgroup", "files", "quota"), [
+    # cgroup v2, a container with its own namespace: its cgroup is the root
+    ("0::/\n", {"cpu.max": "100000 100000\n"}, 1.0),
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),
+    # cgroup v2 without a namespace (systemd's CPUQuota=150%): the process's cgroup, under the root
+    ("0::/system.slice/inference.service\n", {"system.slice/inference.service/cpu.max": "150000 100000\n",
+                                              "system.slice/cpu.max": "max 100000\n"}, 1.5),
+    # a parent's quota binds its children
+    ("0::/kubepods/pod1/c1\n", {"kubepods/pod1/c1/cpu.max": "max 100000\n",
+                                "kubepods/pod1/cpu.max": "50000 100000\n"}, 0.5),
+    # cgroup v1 seen from inside a container: the host's path in /proc, the container's cgroup at the mount's root
+    (V1, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 2.0),
+    (V1, {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    # cgroup v1 on a host, the cpu controller mounted alone
+    ("1:cpu:/plat1\n2:cpuacct:/\n", {"cpu/plat1/cpu.cfs_quota_us": "100000\n", "cpu/plat1/cpu.cfs_period_us": "100000\n",
+                                      "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1.0),
+    ("0::/\n", {}, None),  # no cgroup files at all (not Linux, or not mounted)
+])
+def test_the_cpu_quota_is_read_from_cgroup_v1_and_v2(monkeypatch, tmp_path, proc_cgroup, files, quota):
+    from inference_platform import serve
+
+    _cgroups(monkeypatch, tmp_path, proc_cgroup, files)
+    assert serve.cpu_quota() == quota
+
+
+@pytest.mark.parametrize("server", ["serve", "gunicorn"])
+@pytest.mark.parametrize(("cpu_max", "expected"), [("100000 100000", 1), ("150000 100000", 2), ("max 100000", 2)])
+def test_a_cpu_quota_below_the_cores_counts_as_fewer_cores(monkeypatch, tmp_path, server, cpu_max, expected):
+    """A container limited to one CPU (``--cpus 1``) on a host of 8 cores, whose affinity still lists all
+    8: a second web process would share that one CPU with the first (docs/benchmarks.md). 1.5 CPUs: 2."""
+    from inference_platform import serve
+
+    _cgroups(monkeypatch, tmp_path, "0::/\n", {"cpu.max": cpu_max + "\n"})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert serve.usable_cores() == {"100000 100000": 1, "150000 100000": 2, "max 100000": 8}[cpu_max]
     assert _workers(monkeypatch, tmp_path, server, 8, None) == expected
 
 
