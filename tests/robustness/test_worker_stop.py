@@ -141,7 +141,10 @@ class RunSh(WebServer):
     name = "deploy/run.sh"
 
     def command(self) -> list[str]:
-        return ["bash", "deploy/run.sh"]
+        # bash cannot trap a signal that was ignored when it started, and a suite started in the
+        # background from a script (`nohup make test &`) ignores SIGINT: env execs bash (the same
+        # pid) with SIGINT at its default, as a terminal's Ctrl-C finds it.
+        return ["env", "--default-signal=INT", "bash", "deploy/run.sh"]
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
