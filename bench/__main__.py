@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import MLP_ARGS, ROOT, WrkResult, format_codes, mlp_config, run_wrk, write_mlp_safetensors
+from .common import MLP_ARGS, ROOT, WrkResult, cpu_model, format_codes, mlp_config, run_wrk, write_mlp_safetensors
 from .references import (
     MLServerServer,
     PlatformServer,
@@ -347,15 +347,7 @@ def main() -> None:
 def machine_line() -> str:
     """The CPU model, cores, kernel and Python of this run: the same harness gave different figures on
     AMD EPYC and Intel Xeon machines of the same size, so every report names its machine."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model} ({stdlib_platform.machine()}, {os.cpu_count()} cores), Linux {stdlib_platform.release()}, "
+    return (f"{cpu_model()} ({stdlib_platform.machine()}, {os.cpu_count()} cores), Linux {stdlib_platform.release()}, "
             f"Python {stdlib_platform.python_version()}")
 
 

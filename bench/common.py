@@ -72,6 +72,17 @@ def write_mlp_onnx(path: Path) -> Path:
     return path
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo): every report names the machine it ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import MLP_ARGS, PY, ROOT, write_mlp_onnx
+from .common import MLP_ARGS, PY, ROOT, cpu_model, write_mlp_onnx
 
 VARIANTS: dict[str, dict[str, str]] = {
     "torch": {},
@@ -96,16 +96,6 @@ except ImportError:
     pass
 print(json.dumps(info))
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import MLP_ARGS, PY, ROOT, write_mlp_safetensors
+from .common import MLP_ARGS, PY, ROOT, cpu_model, write_mlp_safetensors
 
 
 @dataclass
@@ -128,11 +128,9 @@ class Worker:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 

@@ -38,7 +38,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import PY, ROOT, child_pids, free_port, run_wrk, wait_http
+from .common import PY, ROOT, child_pids, cpu_model, free_port, run_wrk, wait_http
 
 IRIS_BODY = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
 TICK = os.sysconf("SC_CLK_TCK")
@@ -441,13 +441,6 @@ def main() -> None:
     finally:
         for s in servers:
             s.stop()
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
