@@ -1,17 +1,24 @@
-"""The web process's front: an ASGI application (served by granian, `inference_platform.serve`).
+"""The web process's front: an RSGI and ASGI application (served by granian, `inference_platform.serve`).
+
+granian calls it through RSGI, its native interface (``Front.__rsgi__``): the body is one await
+and the response one call, where ASGI passes a message dict per event and awaits each; a lone
+client's request spends about a tenth of a millisecond less in the server (docs/benchmarks.md).
+``Front.__call__`` is the same application for any ASGI server (``WEB_INTERFACE=asgi``, uvicorn).
 
 Requests for the async API views (v1 predict, v2 infer: ``inference.middleware.api_route``) are
 served on the process's event loop: a request waiting for its batch is a suspended coroutine, not
 a blocked thread. Around the view the front runs the hook middleware that settings.MIDDLEWARE
 lists above ``APIBoundaryMiddleware`` (request ids, security headers, X-Frame-Options), the same
-list and order a WSGI server runs them in; an exception is Django's own 400/500 response.
+list and order a WSGI server runs them in; an exception is Django's own 400/500 response. The
+request's report (metrics, access line, record, hooks) is made once its response is handed over.
 
 The loop itself only parses, authenticates and waits: each process gets its pools for blocking
 and heavy work as it starts (``inference.offload.configure``), and forward passes run on the
 batchers' threads. Its thread never touches the database.
 
 Every other request (admin, registry and job APIs, health, metrics, static files) is Django's
-WSGI application, unchanged, run on a pool of WEB_THREADS threads (a2wsgi).
+WSGI application, unchanged, run on a pool of WEB_THREADS threads (a2wsgi; under RSGI through
+``AsgiChannels``).
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import ResolverMatch
 from django.utils.log import log_response
 from django.utils.module_loading import import_string
+from granian.rsgi import ProtocolClosed
 
 from inference import offload
 from inference.conf import hot
 from inference.errors import ClientGone
 from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
+from inference.monitoring.observe import reports_after_response
 
 logger = logging.getLogger("inference_platform.front")
 
@@ -132,14 +141,192 @@ class EdgeMiddleware:
         return response
 
 
+class AsgiExchange:
+    """One API request's body and response over ASGI."""
+
+    def __init__(self, scope: Scope, receive: Any, send: Any):
+        self.scope, self.receive, self.send = scope, receive, send
+
+    async def body(self) -> bytes | None:
+        """The body, up to one byte past INFERENCE_MAX_BODY_BYTES (the view answers 413 then); None on disconnect.
+
+        A body whose Content-Length is over the limit is not read at all: the view refuses it by its length.
+        """
+        limit = hot.INFERENCE_MAX_BODY_BYTES
+        if _declared_over(_content_length(self.scope["headers"]), limit):
+            return b""
+        chunks, size = [], 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit or not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        await self.send({"type": "http.response.start", "status": status,
+                         "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+class RsgiExchange:
+    """One API request's body and response over RSGI (granian's protocol object)."""
+
+    def __init__(self, rsgi_scope: Any, protocol: Any):
+        self.rsgi_scope, self.protocol = rsgi_scope, protocol
+
+    async def body(self) -> bytes | None:
+        """As ``AsgiExchange.body``: a declared length is read in one await; a chunked body a chunk at a
+        time, no further than one chunk past the limit."""
+        limit = hot.INFERENCE_MAX_BODY_BYTES
+        length = self.rsgi_scope.headers.get("content-length")
+        if _declared_over(length, limit):
+            return b""
+        try:
+            if length is not None:
+                return await self.protocol()
+            chunks, size = [], 0
+            async for chunk in self.protocol:
+                if not chunk:  # the end (granian also ends a stream it could not read with an empty chunk)
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    break
+            return b"".join(chunks)
+        except ProtocolClosed:  # the client went away before its body was read
+            return None
+
+    async def respond(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.protocol.response_bytes(status, headers, body)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return value
+    return None
+
+
+def _declared_over(length: bytes | str | None, limit: int) -> bool:
+    try:
+        return length is not None and int(length) > limit
+    except ValueError:  # not a number: the server has refused such a request already
+        return False
+
+
+def _address(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    try:
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+def asgi_scope(scope: Any) -> Scope:
+    """The ASGI HTTP scope of an RSGI one: what Django's ``ASGIRequest`` and a2wsgi read.
+
+    granian's RSGI headers are text; a header whose value is not visible ASCII is not among them."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": scope.http_version,
+        "method": scope.method,
+        "scheme": scope.scheme,
+        "path": scope.path,
+        "root_path": "",
+        "query_string": scope.query_string.encode("latin-1"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
+        "client": _address(scope.client),
+        "server": _address(scope.server),
+    }
+
+
+class AsgiChannels:
+    """ASGI's ``receive`` and ``send`` over an RSGI protocol object, for a2wsgi's WSGI bridge."""
+
+    def __init__(self, protocol: Any):
+        self.protocol = protocol
+        self.chunks: Any = None
+        self.ended = False
+        self.start: dict | None = None
+        self.transport: Any = None
+
+    async def receive(self) -> dict:
+        if self.ended:
+            await self.protocol.client_disconnect()
+            return {"type": "http.disconnect"}
+        if self.chunks is None:
+            self.chunks = aiter(self.protocol)
+        try:
+            chunk = await anext(self.chunks)
+        except StopAsyncIteration:
+            chunk = b""
+        except ProtocolClosed:
+            self.ended = True
+            return {"type": "http.disconnect"}
+        self.ended = not chunk
+        return {"type": "http.request", "body": chunk, "more_body": not self.ended}
+
+    async def send(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        body = message.get("body", b"")
+        if self.transport is None:
+            assert self.start is not None, "a response body before its start"
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.start["headers"]]
+            if not message.get("more_body"):
+                self.protocol.response_bytes(self.start["status"], headers, body)
+                return
+            self.transport = self.protocol.response_stream(self.start["status"], headers)
+        if body:
+            await self.transport.send_bytes(body)
+
+    def close(self) -> None:
+        """End a streamed response: granian ends it when its transport is released."""
+        self.transport = None
+
+
 class Front:
-    """The ASGI application: async API views on the loop, everything else through `wsgi_app`."""
+    """The RSGI and ASGI application: async API views on the loop, everything else through `wsgi`."""
 
     def __init__(self, wsgi_app: Any, *, threads: int = 8):
         from a2wsgi import WSGIMiddleware
 
         self.wsgi = WSGIMiddleware(wsgi_app, workers=threads)
         self.edge = EdgeMiddleware.from_settings()
+
+    # ---- RSGI (granian) ---------------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start-up, before the loop serves: an exception stops this process (granian starts another)."""
+        try:
+            loop.run_until_complete(self.start())
+        except Exception:
+            logger.exception("web process start-up failed")
+            raise
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(asyncio.to_thread(at_exit))
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":  # websockets are off (serve.py); nothing here speaks them
+            return
+        match = api_route(scope.path)
+        if match is not None:
+            await self.api(asgi_scope(scope), match, RsgiExchange(scope, protocol))
+            return
+        channels = AsgiChannels(protocol)
+        try:
+            await self.wsgi(asgi_scope(scope), channels.receive, channels.send)
+        finally:
+            channels.close()
+
+    # ---- ASGI -----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -148,7 +335,7 @@ class Front:
         if scope["type"] == "http":
             match = api_route(scope["path"])
             if match is not None:
-                await self.api(scope, receive, send, match)
+                await self.api(scope, match, AsgiExchange(scope, receive, send))
                 return
 
         async def receive_coroutine() -> dict:  # a2wsgi's threads need a coroutine; granian's receive is not one
@@ -161,10 +348,7 @@ class Front:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    offload.configure(io_threads=settings.INFERENCE_IO_THREADS,
-                                      compute_threads=settings.INFERENCE_COMPUTE_THREADS,
-                                      compute_queue=settings.INFERENCE_COMPUTE_QUEUE)
-                    await asyncio.to_thread(prepare_process)  # it reads the database: never on the loop
+                    await self.start()
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
                     logger.exception("web process start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -175,7 +359,16 @@ class Front:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def api(self, scope: Scope, receive: Any, send: Any, match: ResolverMatch) -> None:
+    # ---- both -----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def start() -> None:
+        offload.configure(io_threads=settings.INFERENCE_IO_THREADS,
+                          compute_threads=settings.INFERENCE_COMPUTE_THREADS,
+                          compute_queue=settings.INFERENCE_COMPUTE_QUEUE)
+        await asyncio.to_thread(prepare_process)  # it reads the database: never on the loop
+
+    async def api(self, scope: Scope, match: ResolverMatch, exchange: AsgiExchange | RsgiExchange) -> None:
         # The body is read when the view asks for it (``inference.middleware.receive_body``), after it
         # has authenticated the request from its headers: an unauthenticated client cannot make the
         # process read, and hold, up to INFERENCE_MAX_BODY_BYTES.
@@ -183,7 +376,7 @@ class Front:
         request = ASGIRequest(scope, body_file)
 
         async def fill_body() -> None:
-            body = await self.read_body(scope, receive)
+            body = await exchange.body()
             if body is None:
                 request.client_gone = True
                 raise ClientGone()
@@ -191,41 +384,15 @@ class Front:
             body_file.seek(0)
 
         request.fill_body = fill_body
-        response = await self.edge(request, match)
-        if getattr(request, "client_gone", False):
-            return  # nobody to answer
-        if response.status_code >= 400:
-            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
-        headers += [(b"set-cookie", c.output(header="").strip().encode("latin-1")) for c in response.cookies.values()]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": response.content})
-
-    @staticmethod
-    async def read_body(scope: Scope, receive: Any) -> bytes | None:
-        """The body, up to one byte past INFERENCE_MAX_BODY_BYTES (the view answers 413 then); None on disconnect.
-
-        A body whose Content-Length is over the limit is not read at all: the view refuses it by its length.
-        """
-        limit = hot.INFERENCE_MAX_BODY_BYTES
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return b""
-                except ValueError:
-                    pass
-                break
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit or not message.get("more_body"):
-                return b"".join(chunks)
+        with reports_after_response():  # metrics, access line, record, hooks: once the response is sent
+            response = await self.edge(request, match)
+            if getattr(request, "client_gone", False):
+                return  # nobody to answer
+            if response.status_code >= 400:
+                log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+            headers = list(response.items())
+            headers += [("set-cookie", c.output(header="").strip()) for c in response.cookies.values()]
+            await exchange.respond(response.status_code, headers, response.content)
 
 
 def get_application() -> Front:

@@ -1,4 +1,4 @@
-"""Start the web server: granian serving the front (`inference_platform.asgi:application`).
+"""Start the web server: granian serving the front (`inference_platform.asgi:application`, over RSGI).
 
     python -m inference_platform.serve        # what `make run`, the Procfile and the container run
 
@@ -11,6 +11,7 @@ Environment:
   WEB_BACKLOG             connections waiting to be accepted (1024)
   WEB_LOG_LEVEL           the server's own log level (warning; the platform logs through Django)
   WEB_LOOP                each process's event loop: uvloop (the default) or asyncio
+  WEB_INTERFACE           how granian calls the front: rsgi (the default, granian's own) or asgi
 
 Each process loads the models it serves lazily (after start: CUDA cannot be initialised
 before a fork). This module imports neither Django nor torch.
@@ -133,6 +134,17 @@ def web_loop() -> str:
     return loop
 
 
+INTERFACES = ("rsgi", "asgi")
+
+
+def web_interface() -> str:
+    """How granian calls the front (WEB_INTERFACE): RSGI, its own interface, unless ASGI is asked for."""
+    interface = os.environ.get("WEB_INTERFACE", "rsgi").strip().lower()
+    if interface not in INTERFACES:
+        raise SystemExit(f"WEB_INTERFACE={interface!r} is not one of {', '.join(INTERFACES)}.")
+    return interface
+
+
 def server(**overrides):
     """The granian server as configured by the environment (``overrides`` win)."""
     from granian import Granian
@@ -144,7 +156,9 @@ def server(**overrides):
         target="inference_platform.asgi:application",
         address=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8000")),
-        interface=Interfaces.ASGI,
+        # RSGI: a request's body in one await and its response in one call, where ASGI passes a
+        # message per event (docs/benchmarks.md, 2026-12-05); ASGI serves the same front.
+        interface=Interfaces.RSGI if web_interface() == "rsgi" else Interfaces.ASGI,
         # uvloop: less CPU per request than asyncio's own loop on the request path's many small
         # awaits and cross-thread wake-ups (docs/benchmarks.md, 2026-12-04 evening).
         loop=web_loop(),

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ..conf import hot
@@ -22,7 +25,40 @@ from .logs import BackgroundStreamHandler, JsonFormatter, key_prefix_var, reques
 from .metrics import observe_request
 
 access_logger = logging.getLogger("inference.access")
+logger = logging.getLogger("inference.monitoring")
 _INFO = logging.INFO
+
+# The reports of the request being served, where its server holds them until the response is sent.
+_held: ContextVar[list[Callable[[], None]] | None] = ContextVar("inference_reports_held", default=None)
+
+
+def report(fn: Callable[[], None]) -> None:
+    """Run `fn` (a request's observation: ``observe`` and the hooks) now, or once the response has
+    been handed to the server where the server holds reports (``reports_after_response``)."""
+    held = _held.get()
+    if held is None:
+        fn()
+    else:
+        held.append(fn)
+
+
+@contextmanager
+def reports_after_response() -> Iterator[None]:
+    """Hold the reports of the request served inside until the block ends; the web server's front
+    sends the response inside it. A lone client's request then does not wait for its own metrics,
+    access line, record and hooks: they run while the response travels to it and the client sends
+    its next request. A report that fails is logged; it never touches the response."""
+    held: list[Callable[[], None]] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        for fn in held:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                logger.exception("reporting a request failed")
 
 
 class AccessRecord(logging.LogRecord):

@@ -43,7 +43,8 @@ from registry.models import ModelVersion
 from .. import offload, oip, oip_outputs, selectors
 from ..conf import hot
 from ..errors import APIError, ErrorCode, InvalidInput, ModelFailed, PayloadTooLarge, ServiceUnavailable
-from ..monitoring.observe import observe
+from ..monitoring.logs import key_prefix_var, request_id_var
+from ..monitoring.observe import observe, report
 from ..pipeline.served import Prepared
 from ..pool import Loaded, get_pool
 from ..routing import Route
@@ -108,7 +109,8 @@ def run_hooks(outcome: PredictOutcome) -> None:
 
 @contextmanager
 def observed(model_name: str, request_id: str = "") -> Iterator[PredictOutcome]:
-    """Time one inference request and report it (metrics, access log, record, hooks) however it ends;
+    """Time one inference request and report it (metrics, access log, record, hooks) however it ends:
+    at once, or after its response where the server holds reports (``observe.reports_after_response``);
     the caller sets ``outcome.version`` and ``outcome.loaded`` once it knows them."""
     t0 = time.perf_counter()
     outcome = PredictOutcome(model=model_name, version=None, status=200, request_id=request_id)
@@ -123,8 +125,15 @@ def observed(model_name: str, request_id: str = "") -> Iterator[PredictOutcome]:
         raise
     finally:
         outcome.timings["total"] = time.perf_counter() - t0
-        observe(outcome)
-        run_hooks(outcome)
+        # Named now: the report may run after the response, when the request's context has ended.
+        outcome.request_id = outcome.request_id or request_id_var.get()
+        outcome.key_prefix = outcome.key_prefix or key_prefix_var.get()
+        report(lambda: _report(outcome))
+
+
+def _report(outcome: PredictOutcome) -> None:
+    observe(outcome)
+    run_hooks(outcome)
 
 
 # ---- the steps of a request ------------------------------------------------------------------------

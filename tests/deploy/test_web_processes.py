@@ -205,3 +205,17 @@ def test_an_unknown_event_loop_is_refused_with_the_choices(monkeypatch, tmp_path
     monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_LOOP": "tokio"})
     with pytest.raises(SystemExit, match="not one of uvloop, asyncio"):
         serve.server()
+
+
+@pytest.mark.parametrize(("configured", "expected"), [(None, "rsgi"), ("asgi", "asgi"), (" RSGI ", "rsgi")])
+def test_granian_calls_the_front_over_rsgi_unless_asgi_is_asked_for(monkeypatch, tmp_path, configured, expected):
+    from inference_platform import serve
+
+    environ = {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
+    if configured is not None:
+        environ["WEB_INTERFACE"] = configured
+    monkeypatch.setattr(os, "environ", environ)
+    assert str(getattr(serve.server().interface, "value", serve.server().interface)) == expected
+    monkeypatch.setattr(os, "environ", {**environ, "WEB_INTERFACE": "wsgi"})
+    with pytest.raises(SystemExit, match="not one of rsgi, asgi"):
+        serve.server()

@@ -51,14 +51,14 @@ def in_process(path: str, *, data: bytes | None = None, headers: dict | None = N
     return response.status_code, response.headers, response.content
 
 
-@pytest.fixture
-def served(settings, tmp_path):
+@pytest.fixture(params=["rsgi", "asgi"])  # granian's own interface (the default), and ASGI (WEB_INTERFACE=asgi)
+def served(settings, tmp_path, request):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INFERENCE_MAX_BODY_BYTES = LIMIT
     module = small_mlp(0)
     ready(module, model_name="mlp", aliases=["production"])
     key = make_key("front", rate="100000/s")
-    web = WebServer(settings.MEDIA_ROOT, env={"INFERENCE_MAX_BODY_BYTES": str(LIMIT)})
+    web = WebServer(settings.MEDIA_ROOT, env={"INFERENCE_MAX_BODY_BYTES": str(LIMIT), "WEB_INTERFACE": request.param})
     web.start()
     try:
         yield web, module, key
