@@ -229,7 +229,11 @@ def _address(value: str) -> tuple[str, int] | None:
 def asgi_scope(scope: Any) -> Scope:
     """The ASGI HTTP scope of an RSGI one: what Django's ``ASGIRequest`` and a2wsgi read.
 
-    granian's RSGI headers are text; a header whose value is not visible ASCII is not among them."""
+    granian's RSGI headers are text; a header whose value is not visible ASCII is not among them. An
+    HTTP/2 request names its host in ``:authority``, which Django reads as the Host header."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()]
+    if scope.authority and "host" not in scope.headers:
+        headers.append((b"host", scope.authority.encode("latin-1")))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -239,7 +243,7 @@ def asgi_scope(scope: Any) -> Scope:
         "path": scope.path,
         "root_path": "",
         "query_string": scope.query_string.encode("latin-1"),
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in scope.headers.items()],
+        "headers": headers,
         "client": _address(scope.client),
         "server": _address(scope.server),
     }

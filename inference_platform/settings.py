@@ -506,7 +506,7 @@ INFERENCE_MAX_REQUEST_PIXELS = env.int("INFERENCE_MAX_REQUEST_PIXELS", default=4
 # The web process's event loop only parses, authenticates and waits (inference.offload). Work
 # within these budgets runs on it (cheaper than a thread hand-off): a body of up to
 # INFERENCE_INLINE_BYTES parsed and converted to tensors, outputs of up to INFERENCE_INLINE_ELEMENTS
-# post-processed. Larger ones, and every input a step decodes (images), go to INFERENCE_COMPUTE_THREADS
+# post-processed (a v1 request without parameters: by its batcher, with its batch). Larger ones, and every input a step decodes (images), go to INFERENCE_COMPUTE_THREADS
 # threads, with at most INFERENCE_COMPUTE_QUEUE calls waiting (then 503); forward passes run on each
 # batcher's thread; database and cache reads that miss the process's memos, and model loads, on
 # INFERENCE_IO_THREADS threads.

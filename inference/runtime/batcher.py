@@ -33,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,22 @@ class BatcherStopped(Exception):
     """The batcher was stopped (its version was unloaded) before the request ran."""
 
 
+@dataclass(frozen=True, eq=False)
+class Finish:
+    """What a request's outputs become on the batcher's thread, right after its forward pass.
+
+    ``fn(outputs, n)`` returns one result per instance of `n`. One call finishes the outputs of a
+    batch's requests with the same `key` together (a postprocess vectorised over the batch, not run
+    once per request on the event loop). Not finished here, and left to their callers as without
+    this: requests of a key whose outputs hold more than `max_elements` in one request, and those
+    whose call failed or did not give one result per instance (each caller then reports its own
+    error)."""
+
+    key: Any
+    fn: Callable[[Arrays, int], list]
+    max_elements: int
+
+
 @dataclass(eq=False)
 class Pending:
     """One submitted request: its arrays, its future, and when it arrived."""
@@ -70,6 +87,9 @@ class Pending:
     started: float = 0.0  # when its batch began computing
     finished: float = 0.0
     batch_size: int = 0
+    finish: Finish | None = None
+    results: list | None = None  # what `finish` made of its outputs, when it ran on the batcher's thread
+    finish_seconds: float = 0.0
 
     def result(self, timeout: float | None) -> Arrays:
         """Return this request's outputs; on timeout, drop it from the queue and raise TimeoutError."""
@@ -138,8 +158,8 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, arrays: Arrays, *, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
-               ) -> Pending:
+    def submit(self, arrays: Arrays, *, waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None,
+               finish: Finish | None = None) -> Pending:
         """Queue a request (arrays with the instances on axis 0) and return its Pending at once;
         Overloaded when the queue is full, BatcherStopped once stopped."""
         n = len(next(iter(arrays.values()))) if arrays else 0
@@ -155,7 +175,7 @@ class Batcher:
                 )
             idle = not self._busy and not self._queue
             pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle,
-                              waiter=waiter)
+                              waiter=waiter, finish=finish)
             self._queue.append(pending)
             self._queued_n += n
             # A batcher gathering a partial batch is woken when the batch can be full (else at its
@@ -165,14 +185,14 @@ class Batcher:
                 self._cond.notify()
         return pending
 
-    async def run(self, arrays: Arrays, *, timeout: float | None) -> Pending:
+    async def run(self, arrays: Arrays, *, timeout: float | None, finish: Finish | None = None) -> Pending:
         """Queue a request and wait for its batch without blocking the event loop; return the
         finished Pending (its outputs: ``pending.future.result()``). The model's own error is raised
         as it is; TimeoutError after `timeout` seconds. A request given up (timeout, cancellation)
         while still queued is never computed."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        pending = self.submit(arrays, waiter=(loop, done))
+        pending = self.submit(arrays, waiter=(loop, done), finish=finish)
         # A timer that fails `done`, rather than asyncio.timeout() (which cancels the task and turns the
         # cancellation back into a TimeoutError): the same outcome at about half the cost per request.
         timer = loop.call_later(timeout, _expire, done) if timeout is not None else None
@@ -300,7 +320,42 @@ class Batcher:
             part = {k: v[offset : offset + p.n] for k, v in outputs.items()}
             offset += p.n
             p.future.set_result(part)
+        _finish(batch, outputs, total)
         _wake(batch)
+
+
+def _finish(batch: list[Pending], outputs: Arrays, total: int) -> None:
+    """Finish the batch's requests that asked for it (``Finish``): one call for the requests of each key,
+    on their outputs together; a call that fails leaves its requests to their callers."""
+    groups: dict[Any, list[Pending]] = {}
+    for p in batch:
+        if p.finish is not None:
+            groups.setdefault(p.finish.key, []).append(p)
+    if not groups or not total:
+        return
+    per_instance = sum(v.size for v in outputs.values()) / total
+    for group in groups.values():
+        finish = group[0].finish
+        assert finish is not None
+        if per_instance * max(p.n for p in group) > finish.max_elements:
+            continue
+        t0 = time.perf_counter()
+        n = sum(p.n for p in group)
+        try:
+            if len(group) == len(batch):
+                results = finish.fn(outputs, n)
+            else:
+                parts = [p.future.result(0) for p in group]
+                results = finish.fn({k: np.concatenate([part[k] for part in parts]) for k in outputs}, n)
+        except Exception:  # noqa: BLE001 - each request is finished again by its caller, which reports it
+            continue
+        if len(results) != n:  # not one result per instance: its callers finish each request
+            continue
+        seconds = time.perf_counter() - t0
+        offset = 0
+        for p in group:
+            p.results, p.finish_seconds = results[offset : offset + p.n], seconds
+            offset += p.n
 
 
 def _wake(batch: list[Pending]) -> None:
@@ -327,4 +382,4 @@ def _set_done(waiters: list[asyncio.Future]) -> None:
             waiter.set_result(None)
 
 
-__all__ = ["Batcher", "BatcherStopped", "CancelledError", "Overloaded", "Pending", "signature_of"]
+__all__ = ["Batcher", "BatcherStopped", "CancelledError", "Finish", "Overloaded", "Pending", "signature_of"]

@@ -39,6 +39,9 @@ class FakeHeaders:
     def get(self, key: str, default: Any = None) -> Any:
         return next((v for k, v in self.pairs if k == key), default)
 
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self.pairs)
+
 
 class FakeScope:
     def __init__(self, method: str, path: str, headers: list[tuple[str, str]], query_string: str = ""):
@@ -46,6 +49,7 @@ class FakeScope:
         self.method, self.path, self.query_string = method, path, query_string
         self.server, self.client = "127.0.0.1:8000", "127.0.0.1:50000"
         self.headers = FakeHeaders(headers)
+        self.authority = None  # HTTP/2's :authority; None before HTTP/2
 
 
 class FakeTransport:
@@ -201,6 +205,17 @@ def test_rsgi_bodies_follow_the_limit_and_a_client_that_left_is_not_answered(fro
     for extra in ({"Content-Length": str(len(BODY))}, {}):
         gone = rsgi_call(front, "POST", PREDICT, _auth(key, **extra), [BODY], closed=True)
         assert gone.response is None
+
+
+def test_an_http2_requests_authority_is_its_host(front, iris, key):
+    """HTTP/2 has no Host header: its :authority is checked against ALLOWED_HOSTS instead."""
+    headers = [(k, v) for k, v in _auth(key) if k != "Host"]
+    for authority, status in (("testserver", 200), ("evil.example", 400)):
+        scope = FakeScope("POST", PREDICT, headers)
+        scope.http_version, scope.authority = "2", authority
+        protocol = FakeRsgi([BODY])
+        asyncio.run(front.__rsgi__(scope, protocol))
+        assert protocol.response[0] == status, (authority, protocol.response)
 
 
 def test_django_routes_over_rsgi(front, iris, key):

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from inference.runtime.batcher import Batcher, BatcherStopped, Overloaded
+from inference.runtime.batcher import Batcher, BatcherStopped, Finish, Overloaded
 
 WAIT = 10.0  # seconds any single result may take before a test gives up
 
@@ -290,6 +290,89 @@ def test_awaiting_coroutines_share_batches_and_the_event_loop_never_computes(bat
     assert set(fake.threads) == {"batcher:shared"} and loop_thread not in fake.threads
     assert max(fake.batch_sizes) > 1  # batches did form
     assert b.stats.request_count == 200
+
+
+class Finisher:
+    """A postprocess the batcher runs for its requests: labels each row "row <first value>"; records
+    each call's batch size and thread; fails on a row whose first value is `fail_on`."""
+
+    def __init__(self, fail_on: float | None = None, short: bool = False):
+        self.calls: list[tuple[int, str]] = []
+        self.fail_on = fail_on
+        self.short = short  # returns one result too few
+
+    def __call__(self, outputs: dict[str, np.ndarray], n: int) -> list:
+        self.calls.append((n, threading.current_thread().name))
+        y = outputs["y"]
+        assert len(y) == n
+        if self.fail_on is not None and np.any(y[:, -1] == self.fail_on):
+            raise ValueError("postprocess failed")
+        return [f"row {row[-1]:g}" for row in y][: n - 1 if self.short else n]
+
+
+def _first_then_together(b: Batcher, fake: FakeModel, gate: threading.Event, first: tuple, rest: list[tuple]) -> list:
+    """Run `first` alone (its forward held by `gate`), then `rest`, which queue meanwhile and share the
+    next batch; each item is (x, finish). Return every Pending, first first."""
+    gate.clear()
+    fake.started.clear()
+
+    async def clients():
+        head = asyncio.ensure_future(b.run({"x": first[0]}, timeout=WAIT, finish=first[1]))
+        assert await asyncio.to_thread(fake.started.wait, WAIT)
+        asyncio.get_running_loop().call_later(0.05, gate.set)
+        others = await asyncio.gather(*[b.run({"x": x}, timeout=WAIT, finish=f) for x, f in rest])
+        return [await head, *others]
+
+    return asyncio.run(clients())
+
+
+def test_requests_of_one_kind_are_finished_on_the_batchers_thread_by_one_call_per_batch(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=32, max_batch_delay_ms=50, name="fin")
+    finisher = Finisher()
+    finish = Finish(key="k", fn=finisher, max_elements=100)
+    xs = [np.full((1 + i % 3, 2), float(i), np.float32) for i in range(12)]
+    pendings = _first_then_together(b, fake, gate, (xs[0], finish), [(x, finish) for x in xs[1:]])
+    for x, p in zip(xs, pendings):
+        assert p.results == [f"row {x[0, 0]:g}"] * len(x)  # its own rows, in order
+        np.testing.assert_array_equal(p.future.result(0)["y"], expected(x))  # the raw outputs stay
+    assert fake.batch_sizes == [1, sum(len(x) for x in xs[1:])]
+    assert finisher.calls == [(1, "batcher:fin"), (sum(len(x) for x in xs[1:]), "batcher:fin")]
+
+
+def test_finishing_falls_back_to_the_caller_where_it_cannot_be_done_for_the_batch(batchers):
+    gate = threading.Event()
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=32, max_batch_delay_ms=50, name="fin2")
+
+    def batch(finishes: list[Finish | None], values: list[float]) -> list:
+        first = (np.full((1, 2), -9.0, np.float32), None)  # holds the thread while the others queue
+        rest = [(np.full((1, 2), v, np.float32), f) for v, f in zip(values, finishes)]
+        got = _first_then_together(b, fake, gate, first, rest)[1:]
+        assert len(fake.seen[-1]) == len(values)  # they did share one forward
+        return got
+
+    # Different keys: one call per request, each finished.
+    a, c = Finisher(), Finisher()
+    got = batch([Finish("a", a, 100), Finish("c", c, 100)], [1.0, 2.0])
+    assert [p.results for p in got] == [["row 1"], ["row 2"]] and len(a.calls) == len(c.calls) == 1
+    # One key, the batch's call fails: each request is left to its caller (results None, outputs there).
+    failing = Finisher(fail_on=4.0)
+    got = batch([Finish("f", failing, 100)] * 2, [3.0, 4.0])
+    assert [p.results for p in got] == [None, None] and len(failing.calls) == 1
+    np.testing.assert_array_equal(got[1].future.result(0)["y"], expected(np.full((1, 2), 4.0, np.float32)))
+    # Not one result per instance: left to the callers.
+    short = Finisher(short=True)
+    assert [p.results for p in batch([Finish("s", short, 100)] * 2, [5.0, 6.0])] == [None, None]
+    # Outputs over the budget (3 elements per row here): not finished on the batcher's thread at all.
+    small = Finisher()
+    assert [p.results for p in batch([Finish("b", small, 2)] * 2, [7.0, 8.0])] == [None, None]
+    assert small.calls == []
+    # A request without a Finish in the batch: the other is still finished, by its own call.
+    mixed = Finisher()
+    got = batch([None, Finish("m", mixed, 100)], [9.0, 10.0])
+    assert got[0].results is None and got[1].results == ["row 10"] and mixed.calls == [(1, "batcher:fin2")]
 
 
 def test_run_raises_the_models_error_and_times_out_without_computing_later(batchers):

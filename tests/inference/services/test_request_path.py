@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from inference import offload
-from inference.errors import ServiceUnavailable
+from inference.errors import ModelFailed, ServiceUnavailable
 from inference.monitoring.logs import request_id_var
 from inference.offload import WouldBlock
+from inference.pipeline.base import Step
 from inference.pool import get_pool
 from inference.selectors import memo
 from inference.services import predict as predict_service
@@ -307,3 +308,84 @@ def test_with_the_fronts_pools_the_event_loop_never_computes(pools, digits_demo,
     assert [t[:7] for t in threads["decode"]] == ["compute"]
     assert threads["forward"][-1].startswith("batcher:digits")  # the ones before: the load's warm-up, in io
     assert loop_thread not in threads["load"] + threads["decode"] + threads["forward"]
+
+
+class Explode(Step):
+    """An operator's postprocess step that fails on a row summing to 99 or more (EchoRuntime's first value)."""
+
+    name = "explode"
+
+    def __call__(self, data, ctx):
+        key = self.pick(data, None, kind="output")
+        if np.any(data[key][:, 0] >= 99):
+            raise ValueError("cannot postprocess 99")
+        return data
+
+
+@pytest.mark.django_db
+def test_postprocess_runs_once_per_batch_on_the_batchers_thread_and_a_failure_stays_with_its_request(
+        settings, fake_runtime, monkeypatch):
+    """v1 requests without parameters that share a forward are postprocessed by one call, on the batcher's
+    thread, each answer as if alone; a request with parameters is postprocessed by itself; a batch whose
+    postprocess fails is postprocessed again request by request, so only the bad one fails."""
+    from inference.pipeline.base import Pipeline
+    from tests.conftest import small_mlp
+    from tests.inference.support import config, ready
+
+    settings.INFERENCE_PIPELINE_STEPS = {"explode": f"{__name__}.Explode"}
+    labels = ["a", "b", "c"]
+    ready(small_mlp(0), config(postprocess=[{"step": "explode"}, {"step": "softmax"},
+                                            {"step": "topk", "k": 2}, {"step": "labels", "labels": labels}]),
+          model_name="post", aliases=["production"])
+    gated = fake_runtime("gated")
+    loaded = get_pool().loaded(memo.version(memo.model("post"), None))
+    calls: list[tuple[int, str]] = []
+    real = Pipeline.__call__
+
+    def spy(self, data, ctx):
+        if self is loaded.served.post:
+            calls.append((len(next(iter(data.values()))), threading.current_thread().name))
+        return real(self, data, ctx)
+
+    monkeypatch.setattr(Pipeline, "__call__", spy)
+    rows = [[[float(i), 0.0, 0.0, 0.0]] * (1 + i % 2) for i in range(6)]
+
+    def body(i: int) -> dict:
+        return {"instances": rows[i], **({"parameters": {"top_k": 1}} if i == 5 else {})}
+
+    async def main(bodies):
+        first = asyncio.ensure_future(predict_service.predict(model_name="post", ref=None, key=None, body=bodies[0]))
+        assert await asyncio.to_thread(gated.entered.wait, 10)  # the first holds the batcher's thread
+        rest = [asyncio.ensure_future(predict_service.predict(model_name="post", ref=None, key=None, body=b))
+                for b in bodies[1:]]
+        deadline = time.monotonic() + 10
+        while loaded.batcher.queue_depth < len(rest):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        gated.gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True), threading.current_thread().name
+
+    answers, loop_thread = asyncio.run(main([body(i) for i in range(6)]))
+    for i, answer in enumerate(answers):
+        alone = loaded.served.predict_direct(body(i)["instances"], body(i).get("parameters"))
+        assert answer["predictions"] == alone, i
+    assert len(answers[5]["predictions"][0]) == 1  # its own top_k
+    batcher_thread = f"batcher:{loaded.batcher.name}"
+    # The first alone (on the batcher's thread), the four without parameters in one call there, the
+    # one with parameters by itself, on the loop; then the direct calls above.
+    assert calls[:3] == [(1, batcher_thread), (sum(len(r) for r in rows[1:5]), batcher_thread),
+                         (len(rows[5]), loop_thread)]
+
+    # One request that cannot be postprocessed among others: it alone fails, with the step's error.
+    calls.clear()
+    gated.gate.clear()
+    gated.entered.clear()
+    bad = {"instances": [[99.0, 0.0, 0.0, 0.0]]}
+    answers, loop_thread = asyncio.run(main([body(0), body(1), bad, body(3)]))
+    assert isinstance(answers[2], ModelFailed) and "cannot postprocess 99" in answers[2].message
+    for i, answer in zip((0, 1, 3), (answers[0], answers[1], answers[3])):
+        assert answer["predictions"] == loaded.served.predict_direct(body(i)["instances"]), i
+    # The batch's call, which failed; then each of its requests again, by itself, on the loop.
+    queued = [len(rows[1]), 1, len(rows[3])]
+    assert calls[1] == (sum(queued), batcher_thread)
+    assert sorted(calls[2:5]) == sorted((n, loop_thread) for n in queued)
