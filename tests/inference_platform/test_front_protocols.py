@@ -19,7 +19,8 @@ from granian.rsgi import ProtocolClosed
 
 from inference.jobs.models import InferenceJob
 from inference.monitoring.observe import report, reports_after_response
-from inference_platform.front import AsgiChannels, get_application
+from inference_platform.front import get_application
+from inference_platform.protocols import AsgiChannels
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
