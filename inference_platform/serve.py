@@ -123,26 +123,16 @@ def metrics_dir(workers: int) -> Path | None:
     return path
 
 
-LOOPS = ("uvloop", "asyncio")
+LOOPS = ("uvloop", "asyncio")  # each web process's event loop (WEB_LOOP), the default first
+INTERFACES = ("rsgi", "asgi")  # how granian calls the front (WEB_INTERFACE): RSGI is its own interface
 
 
-def web_loop() -> str:
-    """The event loop each web process runs (WEB_LOOP): uvloop unless asyncio is asked for."""
-    loop = os.environ.get("WEB_LOOP", "uvloop").strip().lower()
-    if loop not in LOOPS:
-        raise SystemExit(f"WEB_LOOP={loop!r} is not one of {', '.join(LOOPS)}.")
-    return loop
-
-
-INTERFACES = ("rsgi", "asgi")
-
-
-def web_interface() -> str:
-    """How granian calls the front (WEB_INTERFACE): RSGI, its own interface, unless ASGI is asked for."""
-    interface = os.environ.get("WEB_INTERFACE", "rsgi").strip().lower()
-    if interface not in INTERFACES:
-        raise SystemExit(f"WEB_INTERFACE={interface!r} is not one of {', '.join(INTERFACES)}.")
-    return interface
+def choice(name: str, choices: tuple[str, ...]) -> str:
+    """The environment variable `name`, one of `choices` (the first unless set); else exit saying which."""
+    value = os.environ.get(name, choices[0]).strip().lower()
+    if value not in choices:
+        raise SystemExit(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
 
 
 def server(**overrides):
@@ -158,10 +148,10 @@ def server(**overrides):
         port=int(os.environ.get("PORT", "8000")),
         # RSGI: a request's body in one await and its response in one call, where ASGI passes a
         # message per event (docs/benchmarks.md, 2026-12-05); ASGI serves the same front.
-        interface=Interfaces.RSGI if web_interface() == "rsgi" else Interfaces.ASGI,
+        interface=Interfaces.RSGI if choice("WEB_INTERFACE", INTERFACES) == "rsgi" else Interfaces.ASGI,
         # uvloop: less CPU per request than asyncio's own loop on the request path's many small
         # awaits and cross-thread wake-ups (docs/benchmarks.md, 2026-12-04 evening).
-        loop=web_loop(),
+        loop=choice("WEB_LOOP", LOOPS),
         workers=workers,
         websockets=False,
         backlog=int(os.environ.get("WEB_BACKLOG", "1024")),

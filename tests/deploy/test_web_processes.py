@@ -188,34 +188,29 @@ def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path)
     assert statuses[429] == sum(statuses.values()) - limit, statuses
 
 
-@pytest.mark.parametrize(("configured", "expected"), [(None, "uvloop"), ("asyncio", "asyncio"), (" UVLOOP ", "uvloop")])
-def test_web_processes_run_uvloop_unless_asyncio_is_asked_for(monkeypatch, tmp_path, configured, expected):
+@pytest.mark.parametrize(("variable", "attribute", "configured", "expected"), [
+    ("WEB_LOOP", "loop", None, "uvloop"), ("WEB_LOOP", "loop", "asyncio", "asyncio"),
+    ("WEB_LOOP", "loop", " UVLOOP ", "uvloop"),
+    ("WEB_INTERFACE", "interface", None, "rsgi"), ("WEB_INTERFACE", "interface", "asgi", "asgi"),
+    ("WEB_INTERFACE", "interface", " RSGI ", "rsgi"),
+])
+def test_web_processes_run_uvloop_and_rsgi_unless_asked_otherwise(monkeypatch, tmp_path, variable, attribute,
+                                                                  configured, expected):
     from inference_platform import serve
 
     environ = {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
     if configured is not None:
-        environ["WEB_LOOP"] = configured
+        environ[variable] = configured
     monkeypatch.setattr(os, "environ", environ)
-    assert str(getattr(serve.server().loop, "value", serve.server().loop)) == expected
+    value = getattr(serve.server(), attribute)
+    assert str(getattr(value, "value", value)) == expected
 
 
-def test_an_unknown_event_loop_is_refused_with_the_choices(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("variable", "value", "choices"), [("WEB_LOOP", "tokio", "uvloop, asyncio"),
+                                                           ("WEB_INTERFACE", "wsgi", "rsgi, asgi")])
+def test_an_unknown_loop_or_interface_is_refused_with_the_choices(monkeypatch, tmp_path, variable, value, choices):
     from inference_platform import serve
 
-    monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_LOOP": "tokio"})
-    with pytest.raises(SystemExit, match="not one of uvloop, asyncio"):
-        serve.server()
-
-
-@pytest.mark.parametrize(("configured", "expected"), [(None, "rsgi"), ("asgi", "asgi"), (" RSGI ", "rsgi")])
-def test_granian_calls_the_front_over_rsgi_unless_asgi_is_asked_for(monkeypatch, tmp_path, configured, expected):
-    from inference_platform import serve
-
-    environ = {"INFERENCE_DATA_DIR": str(tmp_path), "WEB_CONCURRENCY": "1"}
-    if configured is not None:
-        environ["WEB_INTERFACE"] = configured
-    monkeypatch.setattr(os, "environ", environ)
-    assert str(getattr(serve.server().interface, "value", serve.server().interface)) == expected
-    monkeypatch.setattr(os, "environ", {**environ, "WEB_INTERFACE": "wsgi"})
-    with pytest.raises(SystemExit, match="not one of rsgi, asgi"):
+    monkeypatch.setattr(os, "environ", {"INFERENCE_DATA_DIR": str(tmp_path), variable: value})
+    with pytest.raises(SystemExit, match=f"{variable}='{value}' is not one of {choices}"):
         serve.server()
