@@ -1,5 +1,5 @@
 #!/bin/sh
-# The container's entrypoint: `web` (the default: the web server, granian + the ASGI front), `worker` (a django-q2
+# The container's entrypoint: `web` (the default: the web server, granian + the front), `worker` (a django-q2
 # cluster), `migrate` (the release step); anything else runs as given.
 set -eu
 case "${1:-web}" in

@@ -77,8 +77,8 @@ def worker_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Prepare the worker once its app is loaded (after the fork), as the ASGI front does in its
-    lifespan: the serving modules imported, the models preloaded (INFERENCE_PRELOAD_MODELS), then
+    """Prepare the worker once its app is loaded (after the fork), as the web server's front does as
+    it starts: the serving modules imported, the models preloaded (INFERENCE_PRELOAD_MODELS), then
     everything alive moved out of the cyclic garbage collector's sight (gc.freeze)."""
     from inference_platform.front import prepare_process
 

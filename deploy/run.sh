@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the web server (granian + the ASGI front: inference_platform.serve) and a django-q2
+# Start the web server (granian + the front: inference_platform.serve) and a django-q2
 # cluster; Ctrl-C stops both.
 #
 # Stopping: SIGINT or SIGTERM to this script, or to its whole process group (Ctrl-C, `kill --
