@@ -1,9 +1,10 @@
 """The web process's front: an RSGI and ASGI application (served by granian, `inference_platform.serve`).
 
-granian calls it through RSGI, its native interface (``Front.__rsgi__``): the body is one await
-and the response one call, where ASGI passes a message dict per event and awaits each; a lone
-client's request spends about a tenth of a millisecond less in the server (docs/benchmarks.md).
-``Front.__call__`` is the same application for any ASGI server (``WEB_INTERFACE=asgi``, uvicorn).
+granian calls it through ASGI (``Front.__call__``, as any ASGI server would), or through RSGI, its
+native interface (``Front.__rsgi__``, ``WEB_INTERFACE=rsgi``): there the body is one await and the
+response one call, where ASGI passes a message dict per event and awaits each, for less CPU per
+prediction (docs/benchmarks.md); but granian streams an RSGI response without waiting for the
+client (``serve.INTERFACES``).
 
 Requests for the async API views (v1 predict, v2 infer: ``inference.middleware.api_route``) are
 served on the process's event loop: a request waiting for its batch is a suspended coroutine, not

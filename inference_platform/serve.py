@@ -1,4 +1,4 @@
-"""Start the web server: granian serving the front (`inference_platform.asgi:application`, over RSGI).
+"""Start the web server: granian serving the front (`inference_platform.asgi:application`).
 
     python -m inference_platform.serve        # what `make run`, the Procfile and the container run
 
@@ -11,7 +11,7 @@ Environment:
   WEB_BACKLOG             connections waiting to be accepted (1024)
   WEB_LOG_LEVEL           the server's own log level (warning; the platform logs through Django)
   WEB_LOOP                each process's event loop: uvloop (the default) or asyncio
-  WEB_INTERFACE           how granian calls the front: rsgi (the default, granian's own) or asgi
+  WEB_INTERFACE           how granian calls the front: asgi (the default) or rsgi (granian's own)
 
 Each process loads the models it serves lazily (after start: CUDA cannot be initialised
 before a fork). This module imports neither Django nor torch.
@@ -124,7 +124,12 @@ def metrics_dir(workers: int) -> Path | None:
 
 
 LOOPS = ("uvloop", "asyncio")  # each web process's event loop (WEB_LOOP), the default first
-INTERFACES = ("rsgi", "asgi")  # how granian calls the front (WEB_INTERFACE): RSGI is its own interface
+# How granian calls the front (WEB_INTERFACE). ASGI by default: granian 2.8 streams an RSGI response
+# (Django's FileResponse of a job's result, through AsgiChannels) over an unbounded channel, so a
+# client that reads slowly makes the process hold the whole body; its ASGI streams wait for the
+# client. RSGI answers predict and infer with less CPU (docs/benchmarks.md) where no large
+# response is downloaded through the web server.
+INTERFACES = ("asgi", "rsgi")
 
 
 def choice(name: str, choices: tuple[str, ...]) -> str:
@@ -146,8 +151,6 @@ def server(**overrides):
         target="inference_platform.asgi:application",
         address=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8000")),
-        # RSGI: a request's body in one await and its response in one call, where ASGI passes a
-        # message per event (docs/benchmarks.md, 2026-12-05); ASGI serves the same front.
         interface=Interfaces.RSGI if choice("WEB_INTERFACE", INTERFACES) == "rsgi" else Interfaces.ASGI,
         # uvloop: less CPU per request than asyncio's own loop on the request path's many small
         # awaits and cross-thread wake-ups (docs/benchmarks.md, 2026-12-04 evening).

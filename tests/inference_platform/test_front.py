@@ -51,7 +51,7 @@ def in_process(path: str, *, data: bytes | None = None, headers: dict | None = N
     return response.status_code, response.headers, response.content
 
 
-@pytest.fixture(params=["rsgi", "asgi"])  # granian's own interface (the default), and ASGI (WEB_INTERFACE=asgi)
+@pytest.fixture(params=["asgi", "rsgi"])  # ASGI (the default) and granian's own interface (WEB_INTERFACE=rsgi)
 def served(settings, tmp_path, request):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INFERENCE_MAX_BODY_BYTES = LIMIT
