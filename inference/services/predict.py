@@ -193,7 +193,7 @@ def _batch_finish(served: Any, finish: Callable[[Any, Prepared], Any], prepared:
     for requests without parameters, whose postprocess is then the same function of each row. One
     vectorised call per batch costs far less than one per request (docs/benchmarks.md), and takes
     the work off the event loop."""
-    if prepared.ctx.parameters or getattr(finish, "__func__", None) is not type(served).finish:
+    if prepared.ctx.parameters or finish != served.finish:  # v2's postprocess_tensors, or parameters
         return None
     ctx = prepared.ctx
     return Finish(key=(id(served), "finish"), fn=lambda outputs, n: served.finish(outputs, Prepared({}, ctx, n)),
@@ -234,21 +234,19 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     timings["queue"] = max(0.0, pending.started - pending.enqueued)
     timings["compute"] = pending.finished - pending.started
     if pending.results is not None:  # postprocessed on the batcher's thread, with its batch
+        result = pending.results
         timings["postprocess"] = pending.finish_seconds
-        if outcome is not None:
-            outcome.instances = prepared.n
-            outcome.batch_size = pending.batch_size
-        return pending.results
-    heavy = _output_elements(outputs) > hot.INFERENCE_INLINE_ELEMENTS
-    try:
-        result = await offload.compute(finish, outputs, prepared, heavy=heavy)
-    except InputError as exc:
-        raise input_error(exc) from exc
-    except APIError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a postprocess step or schema mismatch
-        raise ModelFailed(f"Postprocessing failed: {type(exc).__name__}: {exc}") from exc
-    timings["postprocess"] = time.perf_counter() - t2
+    else:
+        heavy = _output_elements(outputs) > hot.INFERENCE_INLINE_ELEMENTS
+        try:
+            result = await offload.compute(finish, outputs, prepared, heavy=heavy)
+        except InputError as exc:
+            raise input_error(exc) from exc
+        except APIError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a postprocess step or schema mismatch
+            raise ModelFailed(f"Postprocessing failed: {type(exc).__name__}: {exc}") from exc
+        timings["postprocess"] = time.perf_counter() - t2
     if outcome is not None:
         outcome.instances = prepared.n
         outcome.batch_size = pending.batch_size
