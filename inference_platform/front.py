@@ -1,10 +1,9 @@
 """The web process's front: an RSGI and ASGI application (served by granian, `inference_platform.serve`).
 
-granian calls it through ASGI (``Front.__call__``, as any ASGI server would), or through RSGI, its
-native interface (``Front.__rsgi__``, ``WEB_INTERFACE=rsgi``): there the body is one await and the
-response one call, where ASGI passes a message dict per event and awaits each, for less CPU per
-prediction (docs/benchmarks.md); but granian streams an RSGI response without waiting for the
-client (``serve.INTERFACES``).
+granian calls it through RSGI, its native interface (``Front.__rsgi__``, the default): the body is one
+await and the response one call, where ASGI passes a message dict per event and awaits each, for
+less CPU per prediction (docs/benchmarks.md); or through ASGI (``Front.__call__``, as any ASGI
+server would; ``WEB_INTERFACE=asgi``).
 
 Requests for the async API views (v1 predict, v2 infer: ``inference.middleware.api_route``) are
 served on the process's event loop: a request waiting for its batch is a suspended coroutine, not
@@ -19,7 +18,8 @@ batchers' threads. Its thread never touches the database.
 
 Every other request (admin, registry and job APIs, health, metrics, static files) is Django's
 WSGI application, unchanged, run on a pool of WEB_THREADS threads (a2wsgi; under RSGI through
-``protocols.AsgiChannels``).
+``protocols.AsgiChannels``, which waits for a slow client as ASGI servers do: a local file, such as a
+job's result, is sent by granian from its path, any other streamed body goes through a pipe).
 """
 
 from __future__ import annotations
@@ -46,7 +46,15 @@ from inference import offload
 from inference.errors import ClientGone
 from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
 from inference.monitoring.observe import reports_after_response
-from inference_platform.protocols import AsgiChannels, AsgiExchange, RsgiExchange, Scope, asgi_scope
+from inference_platform.protocols import (
+    CHANNELS,
+    AsgiChannels,
+    AsgiExchange,
+    FileSending,
+    RsgiExchange,
+    Scope,
+    asgi_scope,
+)
 
 logger = logging.getLogger("inference_platform.front")
 
@@ -146,7 +154,7 @@ class Front:
     def __init__(self, wsgi_app: Any, *, threads: int = 8):
         from a2wsgi import WSGIMiddleware
 
-        self.wsgi = WSGIMiddleware(wsgi_app, workers=threads)
+        self.wsgi = WSGIMiddleware(FileSending(wsgi_app), workers=threads)
         self.edge = EdgeMiddleware.from_settings()
 
     # ---- RSGI (granian) ---------------------------------------------------------------------------
@@ -171,7 +179,7 @@ class Front:
             return
         channels = AsgiChannels(protocol)
         try:
-            await self.wsgi(asgi_scope(scope), channels.receive, channels.send)
+            await self.wsgi({**asgi_scope(scope), CHANNELS: channels}, channels.receive, channels.send)
         finally:
             channels.close()
 

@@ -11,7 +11,7 @@ Environment:
   WEB_BACKLOG             connections waiting to be accepted (1024)
   WEB_LOG_LEVEL           the server's own log level (warning; the platform logs through Django)
   WEB_LOOP                each process's event loop: uvloop (the default) or asyncio
-  WEB_INTERFACE           how granian calls the front: asgi (the default) or rsgi (granian's own)
+  WEB_INTERFACE           how granian calls the front: rsgi (granian's own, the default) or asgi
 
 Each process loads the models it serves lazily (after start: CUDA cannot be initialised
 before a fork). This module imports neither Django nor torch.
@@ -124,12 +124,12 @@ def metrics_dir(workers: int) -> Path | None:
 
 
 LOOPS = ("uvloop", "asyncio")  # each web process's event loop (WEB_LOOP), the default first
-# How granian calls the front (WEB_INTERFACE). ASGI by default: granian 2.8 streams an RSGI response
-# (Django's FileResponse of a job's result, through AsgiChannels) over an unbounded channel, so a
-# client that reads slowly makes the process hold the whole body; its ASGI streams wait for the
-# client. RSGI answers predict and infer with less CPU (docs/benchmarks.md) where no large
-# response is downloaded through the web server.
-INTERFACES = ("asgi", "rsgi")
+# How granian calls the front (WEB_INTERFACE). RSGI by default: a prediction's body in one await and
+# its response in one call, for less CPU per request than ASGI's message per event (docs/benchmarks.md).
+# granian's own RSGI stream does not wait for a slow client; the front does not use it (a local file
+# goes by its path, any other streamed body through a pipe: ``protocols.AsgiChannels``). ASGI is
+# there for running the same application under another ASGI server's rules.
+INTERFACES = ("rsgi", "asgi")
 
 
 def choice(name: str, choices: tuple[str, ...]) -> str:

@@ -191,10 +191,10 @@ def test_two_web_processes_count_one_rate_limit_between_them(settings, tmp_path)
 @pytest.mark.parametrize(("variable", "attribute", "configured", "expected"), [
     ("WEB_LOOP", "loop", None, "uvloop"), ("WEB_LOOP", "loop", "asyncio", "asyncio"),
     ("WEB_LOOP", "loop", " UVLOOP ", "uvloop"),
-    ("WEB_INTERFACE", "interface", None, "asgi"), ("WEB_INTERFACE", "interface", "asgi", "asgi"),
-    ("WEB_INTERFACE", "interface", " RSGI ", "rsgi"),
+    ("WEB_INTERFACE", "interface", None, "rsgi"), ("WEB_INTERFACE", "interface", "rsgi", "rsgi"),
+    ("WEB_INTERFACE", "interface", " ASGI ", "asgi"),
 ])
-def test_web_processes_run_uvloop_and_asgi_unless_asked_otherwise(monkeypatch, tmp_path, variable, attribute,
+def test_web_processes_run_uvloop_and_rsgi_unless_asked_otherwise(monkeypatch, tmp_path, variable, attribute,
                                                                   configured, expected):
     from inference_platform import serve
 
@@ -207,7 +207,7 @@ def test_web_processes_run_uvloop_and_asgi_unless_asked_otherwise(monkeypatch, t
 
 
 @pytest.mark.parametrize(("variable", "value", "choices"), [("WEB_LOOP", "tokio", "uvloop, asyncio"),
-                                                           ("WEB_INTERFACE", "wsgi", "asgi, rsgi")])
+                                                           ("WEB_INTERFACE", "wsgi", "rsgi, asgi")])
 def test_an_unknown_loop_or_interface_is_refused_with_the_choices(monkeypatch, tmp_path, variable, value, choices):
     from inference_platform import serve
 

@@ -10,7 +10,10 @@ without a thread each; and that a stopping server writes what it buffered.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -26,7 +29,7 @@ from django.test import Client
 from registry.architectures import MLP
 from tests.conftest import small_mlp
 from tests.inference.support import ROWS, config, forward, make_key, ready
-from tests.processes import Gunicorn, WebServer
+from tests.processes import Gunicorn, WebServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -51,7 +54,7 @@ def in_process(path: str, *, data: bytes | None = None, headers: dict | None = N
     return response.status_code, response.headers, response.content
 
 
-@pytest.fixture(params=["asgi", "rsgi"])  # ASGI (the default) and granian's own interface (WEB_INTERFACE=rsgi)
+@pytest.fixture(params=["rsgi", "asgi"])  # granian's own interface (the default) and ASGI (WEB_INTERFACE=asgi)
 def served(settings, tmp_path, request):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INFERENCE_MAX_BODY_BYTES = LIMIT
@@ -149,6 +152,117 @@ def test_predict_and_infer_answer_as_the_wsgi_path_does(served):
     status, _, _ = call(web.url, "/api/v1/models/mlp/predict", headers=auth)  # GET: not the loop's route
     assert status == 405
 
+
+def _rss(pids: list[int]) -> int:
+    """Resident memory of the processes, in bytes."""
+    total = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+    return total
+
+
+def _slow_get(port: int, path: str, headers: dict[str, str], stall: float, during) -> tuple[bytes, bytes, object]:
+    """GET with a small receive buffer: read a little, stall `stall` s, call `during()`, then read the
+    rest. Returns (head, body, what `during` returned)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode())
+        data = sock.recv(65536)
+        time.sleep(stall)
+        seen = during()
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        chunks = [body]
+        size = len(body)
+        while size < length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the server closed before the whole body"
+            chunks.append(chunk)
+            size += len(chunk)
+        return head, b"".join(chunks), seen
+
+
+def test_a_large_job_result_reaches_a_slow_client_whole_without_the_process_holding_it(served):
+    """A job's result file (48 MiB) downloaded by a client that stops reading for a while: the web
+    process does not read the file ahead of the client (granian sends it from its path under RSGI;
+    a2wsgi waits for the client under ASGI), and the client gets every byte."""
+    from django.core.files.base import ContentFile
+
+    from inference.jobs.models import InferenceJob
+    from inference.models import APIKey
+    from registry.models import ModelVersion
+
+    web, _, key = served
+    prefix = key.split(".")[0]
+    version = ModelVersion.objects.get(model__name="mlp")
+    job = InferenceJob.objects.create(model=version.model, version=version, api_key=APIKey.objects.get(prefix=prefix),
+                                      key_prefix=prefix, input_format="jsonl", status=InferenceJob.Status.SUCCEEDED)
+    job.input_file.save("in.jsonl", ContentFile(b"[1, 2, 3, 4]\n"), save=False)
+    line = b'{"prediction": [0.125, 0.25, 0.625]}\n'
+    payload = b"".join(b"%08d" % n + line for n in range(48 * 1024 * 1024 // (8 + len(line))))
+    job.result_file.save("result.jsonl", ContentFile(payload), save=True)
+    before = _rss(web.workers())
+    head, body, during = _slow_get(web.port, f"/api/v1/jobs/{job.pk}/result", {"Authorization": f"Api-Key {key}"},
+                                   stall=1.5, during=lambda: _rss(web.workers()))
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert body == payload
+    assert during - before < 16 * 1024 * 1024, (before, during)
+
+
+def test_a_piped_body_under_granian_waits_for_a_slow_client_and_ends_for_a_gone_one(tmp_path):
+    """``protocols.PipeBody`` (every streamed response of a Django route under RSGI that is not a
+    local file) under the real granian: the body arrives whole and in order; while the client
+    reads nothing the application is held (what it wrote is what the pipe and the sockets hold, not
+    the 32 MiB); for a client that leaves, the body ends (granian closes the pipe, or reads and
+    drops the rest) without the process holding it."""
+    from tests.inference_platform import pipe_app
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    server = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "rsgi", "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1", "tests.inference_platform.pipe_app:app"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def state() -> tuple[int, int]:
+        written, ended = urllib.request.urlopen(base + "/written", timeout=5).read().split()
+        return int(written), int(ended)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                state()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "granian did not start"
+                time.sleep(0.1)
+        worker = int(Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()[0])
+
+        _, body, (held, _) = _slow_get(port, "/body", {}, stall=1.5, during=state)
+        assert len(body) == pipe_app.SIZE
+        assert all(body[n * pipe_app.CHUNK] == n % 256 for n in range(pipe_app.SIZE // pipe_app.CHUNK))
+        assert held < 12 * 1024 * 1024, held  # kernel buffers (pipe, sockets) and granian's read-ahead
+
+        before = _rss([worker])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /body HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                sock.recv(100)
+        deadline = time.monotonic() + 20
+        while state()[1] < 4:
+            assert time.monotonic() < deadline, f"a body for a client gone did not end: {state()}"
+            time.sleep(0.1)
+        assert _rss([worker]) - before < 16 * 1024 * 1024
+    finally:
+        server.terminate()
+        server.wait(10)
 
 def _threads(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()

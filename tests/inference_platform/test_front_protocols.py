@@ -10,17 +10,23 @@ is not answered; Django's WSGI routes work through the RSGI-to-ASGI channels, st
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import os
+import stat
+import threading
 from typing import Any
 
 import pytest
+from django.core.files import File
 from granian.rsgi import ProtocolClosed
 
 from inference.jobs.models import InferenceJob
 from inference.monitoring.observe import report, reports_after_response
+from inference_platform import protocols
 from inference_platform.front import get_application
-from inference_platform.protocols import AsgiChannels
+from inference_platform.protocols import AsgiChannels, FileBody
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -62,14 +68,24 @@ class FakeTransport:
 
 
 class FakeRsgi:
-    """granian's RSGIHTTPProtocol: the body whole or in chunks; the response recorded."""
+    """granian's RSGIHTTPProtocol: the body whole or in chunks; the response recorded.
 
-    def __init__(self, chunks: list[bytes], *, closed: bool = False):
+    ``response_file`` of a named pipe reads it in a thread, as granian does (it opens the path and
+    reads it as its client takes the bytes): ``read_gate`` holds the reading back (a slow client),
+    ``read_limit`` closes the pipe after that many bytes (a client gone), ``opens=False`` never opens it.
+    """
+
+    def __init__(self, chunks: list[bytes], *, closed: bool = False, read_gate: threading.Event | None = None,
+                 read_limit: int | None = None, opens: bool = True):
         self.chunks = list(chunks)
         self.closed = closed  # the client leaves before its body is read
         self.reads = 0
         self.response: tuple[int, dict[str, str], bytes] | None = None
         self.stream: list[bytes] | None = None
+        self.file: str | None = None
+        self.read_gate, self.read_limit, self.opens = read_gate, read_limit, opens
+        self.piped = bytearray()
+        self.reader: threading.Thread | None = None
 
     async def __call__(self) -> bytes:
         if self.closed:
@@ -101,6 +117,29 @@ class FakeRsgi:
         self.response = (status, dict(headers), b"")
         return FakeTransport(self.stream)
 
+    def response_file(self, status: int, headers: list[tuple[str, str]], file: str) -> None:
+        assert self.response is None, "answered twice"
+        self.response, self.file = (status, dict(headers), b""), file
+        if stat.S_ISFIFO(os.stat(file).st_mode) and self.opens:
+            self.reader = threading.Thread(target=self._read_pipe, args=(file,), daemon=True)
+            self.reader.start()
+
+    def _read_pipe(self, path: str) -> None:
+        with open(path, "rb", buffering=0) as pipe:
+            if self.read_gate is not None:
+                self.read_gate.wait(30)
+            while block := pipe.read(65536):
+                self.piped += block
+                if self.read_limit is not None and len(self.piped) >= self.read_limit:
+                    return  # the client went away: granian drops its end of the pipe
+
+    def body(self) -> bytes:
+        """What the client got: the bytes answered, or what came through the pipe."""
+        if self.reader is not None:
+            self.reader.join(30)
+            return bytes(self.piped)
+        return self.response[2]
+
 
 def rsgi_call(front, method: str, path: str, headers: list[tuple[str, str]], chunks: list[bytes],
               **kwargs) -> FakeRsgi:
@@ -124,8 +163,9 @@ def asgi_call(front, method: str, path: str, headers: list[tuple[str, str]], bod
         sent.append(message)
 
     asyncio.run(front(scope, receive, send))
-    start, body_message = sent
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body_message["body"]
+    start, *bodies = sent
+    return (start["status"], {k.decode(): v.decode() for k, v in start["headers"]},
+            b"".join(m.get("body", b"") for m in bodies))
 
 
 @pytest.fixture
@@ -235,30 +275,140 @@ def test_django_routes_over_rsgi(front, iris, key):
     assert InferenceJob.objects.get(pk=answer["id"]).progress_total == 2
 
 
-def test_rsgi_to_asgi_channels_stream_and_end():
+def _respond(channels: AsgiChannels, status: int, chunks: list[bytes], *, close: bool = True) -> None:
+    """Send a response through the channels as a2wsgi does: each chunk with more_body, then b""."""
+
+    async def send():
+        await channels.send({"type": "http.response.start", "status": status, "headers": [(b"x-a", b"1")]})
+        for chunk in chunks:
+            await channels.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await channels.send({"type": "http.response.body", "body": b""})
+        if close:
+            channels.close()
+
+    asyncio.run(send())
+
+
+def test_rsgi_to_asgi_channels_receive_and_answer_in_one_call_or_through_a_pipe(tmp_path, monkeypatch):
     protocol = FakeRsgi([b"ab", b"cd"])
     channels = AsgiChannels(protocol)
 
-    async def exchange():
-        got = [await channels.receive(), await channels.receive(), await channels.receive()]
-        await channels.send({"type": "http.response.start", "status": 201, "headers": [(b"x-a", b"1")]})
-        await channels.send({"type": "http.response.body", "body": b"part1", "more_body": True})
-        await channels.send({"type": "http.response.body", "body": b"part2", "more_body": True})
-        await channels.send({"type": "http.response.body", "body": b""})
-        return got
+    async def receive():
+        return [await channels.receive(), await channels.receive(), await channels.receive()]
 
-    got = asyncio.run(exchange())
+    got = asyncio.run(receive())
     assert [(m["body"], m["more_body"]) for m in got] == [(b"ab", True), (b"cd", True), (b"", False)]
-    assert protocol.response[:2] == (201, {"x-a": "1"}) and protocol.stream == [b"part1", b"part2"]
-    channels.close()
-    assert channels.transport is None  # released: granian ends the streamed response
 
-    one = FakeRsgi([])
-    whole = AsgiChannels(one)
+    # One chunk (any HttpResponse), or none: one call, no stream.
+    for chunks in ([b"whole"], [], [b"", b"whole", b""]):
+        one = FakeRsgi([])
+        _respond(AsgiChannels(one), 201, chunks)
+        assert one.response == (201, {"x-a": "1"}, b"".join(chunks)) and one.file is None and one.stream is None
+    # More than one: through a named pipe granian sends as a file, whose name is gone once both ends opened.
+    monkeypatch.setattr(protocols.tempfile, "tempdir", str(tmp_path))
+    streamed = FakeRsgi([])
+    _respond(AsgiChannels(streamed), 200, [b"part1", b"", b"part2", b"part3"])
+    assert streamed.response[:2] == (200, {"x-a": "1"}) and streamed.stream is None
+    assert streamed.body() == b"part1part2part3"
+    assert list(tmp_path.iterdir()) == []
 
-    async def single():
-        await whole.send({"type": "http.response.start", "status": 204, "headers": []})
-        await whole.send({"type": "http.response.body", "body": b""})
 
-    asyncio.run(single())
-    assert one.response == (204, {}, b"") and one.stream is None
+def _stream(protocol: FakeRsgi, chunks: int, size: int = 65536, wait: float = 0.5):
+    """Stream `chunks` chunks through the channels in a task; return (task, count of chunks sent so far)."""
+    sent = [0]
+
+    async def run():
+        channels = AsgiChannels(protocol)
+        await channels.send({"type": "http.response.start", "status": 200, "headers": []})
+        for n in range(chunks):
+            await channels.send({"type": "http.response.body", "body": bytes([n % 256]) * size, "more_body": True})
+            sent[0] += 1
+        await channels.send({"type": "http.response.body", "body": b""})
+        channels.close()
+
+    return run, sent
+
+
+def test_a_slow_client_holds_the_sender_and_a_client_gone_costs_nothing_more(monkeypatch):
+    gate = threading.Event()
+    slow = FakeRsgi([], read_gate=gate)
+    run, sent = _stream(slow, chunks=64)  # 4 MiB
+
+    async def stalled():
+        task = asyncio.create_task(run())
+        await asyncio.sleep(0.5)
+        held = sent[0]
+        gate.set()
+        await asyncio.wait_for(task, 30)
+        return held
+
+    held = asyncio.run(stalled())
+    # While the client read nothing the sender waited: what it sent fits the buffer here and the pipe's.
+    assert held * 65536 <= protocols.PIPE_BUFFER + 2 * 65536 + 65536, held
+    body = slow.body()
+    assert len(body) == 64 * 65536 and all(body[n * 65536] == n % 256 for n in range(64))
+
+    # A client that leaves after 128 KiB: the rest is dropped, the sender ends without waiting.
+    gone = FakeRsgi([], read_limit=131072)
+    run, sent = _stream(gone, chunks=64)
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert sent[0] == 64 and 131072 <= len(gone.body()) < 64 * 65536
+
+    # granian never opens the pipe (its client went before the response started): given up on, not waited for.
+    monkeypatch.setattr(protocols, "PIPE_OPEN_WAIT", 0.05)
+    never = FakeRsgi([], opens=False)
+    run, sent = _stream(never, chunks=4)
+    asyncio.run(asyncio.wait_for(run(), 5))
+    assert sent[0] == 4 and not os.path.exists(never.file)
+
+
+def test_a_file_on_local_disk_is_sent_by_granian_from_its_path_and_any_other_read_here(tmp_path):
+    path = tmp_path / "result.jsonl"
+    path.write_bytes(b"x" * 100_000)
+    with open(path, "rb") as local:
+        assert FileBody(local).local_path() == str(path)
+    with open(path, "rb") as moved:
+        moved.read(10)
+        assert FileBody(moved).local_path() is None  # not from its start: Content-Length counts from here
+    with File(open(path, "rb"), name="result.jsonl") as wrapped:  # a storage's file: a relative name
+        assert FileBody(wrapped).local_path() == str(path)
+    assert FileBody(io.BytesIO(b"remote")).local_path() is None  # S3's file has no descriptor
+    assert b"".join(FileBody(io.BytesIO(b"remote"), 2)) == b"remote"
+
+
+def test_a_job_result_download_over_rsgi_is_granians_file_send(front, iris, key, settings, tmp_path):
+    from django.core.files.base import ContentFile
+    from django.core.signals import request_finished
+
+    from inference.models import APIKey
+    from registry.models import ModelVersion
+
+    settings.MEDIA_ROOT = tmp_path
+    prefix = key.split(".")[0]
+    job = InferenceJob.objects.create(
+        model=ModelVersion.objects.filter(model__name="iris").first().model,
+        version=ModelVersion.objects.filter(model__name="iris").first(),
+        api_key=APIKey.objects.get(prefix=prefix), key_prefix=prefix, input_format="jsonl",
+        status=InferenceJob.Status.SUCCEEDED)
+    job.input_file.save("in.jsonl", ContentFile(b"[1, 2, 3, 4]\n"), save=False)
+    payload = b'{"prediction": [0.1, 0.2, 0.7]}\n' * 20_000
+    job.result_file.save("result.jsonl", ContentFile(payload), save=True)
+    finished = []
+
+    def on_finished(sender, **kwargs):
+        finished.append(sender)
+
+    request_finished.connect(on_finished, weak=False, dispatch_uid="test-finished")
+    try:
+        got = rsgi_call(front, "GET", f"/api/v1/jobs/{job.pk}/result", _auth(key), [])
+    finally:
+        request_finished.disconnect(dispatch_uid="test-finished")
+    assert got.response[0] == 200, got.response
+    assert got.file == job.result_file.path and got.stream is None
+    headers = got.response[1]
+    assert int(headers["content-length"]) == len(payload) and headers["content-type"] == "application/jsonl"
+    assert f'filename="job-{job.pk}.jsonl"' in headers["content-disposition"]
+    assert finished, "the response was closed: Django's request_finished was sent"
+    # The same route under ASGI: the file's bytes, read by Django.
+    status, asgi_headers, body = asgi_call(front, "GET", f"/api/v1/jobs/{job.pk}/result", _auth(key), b"")
+    assert status == 200 and int(asgi_headers["content-length"]) == len(payload) and body == payload
