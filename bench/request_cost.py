@@ -199,6 +199,7 @@ PROJECT_STAGES: list[tuple[str, str, str]] = [
     ("inference/middleware.py", "*", "middleware"),
     ("inference_platform/front.py", "EdgeMiddleware.__call__", "middleware"),
     ("inference_platform/front.py", "*", "front (RSGI/ASGI: body, headers, response)"),
+    ("inference_platform/protocols.py", "*", "front (RSGI/ASGI: body, headers, response)"),
     ("inference/errors.py", "*", "errors"),
     ("inference/apis/", "*", "v1 view (JSON render, glue)"),
     ("inference/services/predict.py", "*", "predict service glue"),

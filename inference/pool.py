@@ -148,6 +148,7 @@ class ServingPool:
             max_queue_size=version.max_queue_size,
             name=f"{name}:v{number}@{version.hardware.device}",
             on_batch=metrics.on_batch if metrics is not None else None,
+            on_depth=metrics.set_queue_depth if metrics is not None else None,
         )
         return Loaded(served=served, batcher=batcher, nbytes=served.nbytes, load_seconds=seconds, metrics=metrics)
 

@@ -73,8 +73,8 @@ class VersionMetrics:
         self._status: dict[int, Counter] = {}
 
     def set_queue_depth(self, depth: int) -> None:
-        """Set the queue-depth gauge, unless it holds `depth` already: a multiprocess gauge's write takes a
-        lock and a write to its file, on every request, for a value that mostly stays the same."""
+        """Set the queue-depth gauge (the batcher's thread, as it takes each batch: ``Batcher.on_depth``),
+        unless it holds `depth` already: a multiprocess gauge's write takes a lock and a write to its file."""
         with self._depth_lock:
             if depth != self._depth:
                 self.queue_depth.set(depth)

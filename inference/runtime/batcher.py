@@ -130,6 +130,7 @@ class Batcher:
         max_queue_size: int = 256,
         name: str = "batcher",
         on_batch: Callable[[int, int, float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
         gather_after_forward: bool = True,
     ):
         self.predict = predict
@@ -138,6 +139,9 @@ class Batcher:
         self.max_queue_size = max(1, int(max_queue_size))
         self.name = name
         self.on_batch = on_batch  # called (requests, instances, seconds) after each forward
+        # Called with the requests left waiting as the thread takes each batch (the queue-depth gauge):
+        # once per batch, where a write per request cost the event loop a gauge write each.
+        self.on_depth = on_depth
         self.stats = BatcherStats()
         self._queue: deque[Pending] = deque()
         self._queued_n = 0  # instances in the queue (cancelled ones until they are removed)
@@ -276,6 +280,11 @@ class Batcher:
             if not batch:  # idle since its last forward: what the batches freed goes back to the OS
                 release_free_memory()
                 continue
+            if self.on_depth is not None:
+                try:
+                    self.on_depth(len(self._queue))
+                except Exception:  # noqa: BLE001 - observers never break serving
+                    logger.exception("%s: on_depth observer failed", self.name)
             self._compute(batch)
             with self._cond:
                 # Requests that arrive from now on, to an empty queue, run at once.

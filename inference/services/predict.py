@@ -208,11 +208,8 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     model's own outputs are also put in `raw_outputs` when given (a copy for the shadow)."""
     timings = outcome.timings if outcome is not None else {}
     timeout = timeout if timeout is not None else hot.INFERENCE_PREDICT_TIMEOUT
-    depth = loaded.batcher.queue_depth
     if outcome is not None:
-        outcome.queue_depth = depth
-    if loaded.metrics is not None:
-        loaded.metrics.set_queue_depth(depth)
+        outcome.queue_depth = loaded.batcher.queue_depth
     try:
         pending = await loaded.batcher.run(prepared.arrays, timeout=timeout,
                                            finish=_batch_finish(loaded.served, finish, prepared))

@@ -273,6 +273,25 @@ def test_on_batch_observer_sees_each_forward_and_cannot_break_serving(batchers):
     assert calls == [(1, 2), (1, 1)]
 
 
+def test_on_depth_sees_the_requests_left_waiting_at_each_batch_and_cannot_break_serving(batchers):
+    gate = threading.Event()
+    depths = []
+
+    def observer(depth: int) -> None:
+        depths.append((depth, threading.current_thread().name))
+        raise RuntimeError("observer bug")
+
+    fake = FakeModel(gate=gate)
+    b = batchers(fake, max_batch_size=2, max_batch_delay_ms=0, on_depth=observer, name="depth")
+    first = b.submit({"x": np.array([[1.0]], np.float32)})
+    assert fake.started.wait(WAIT)
+    rest = [b.submit({"x": np.array([[float(v)]], np.float32)}) for v in (2, 3, 4, 5, 6)]
+    gate.set()
+    assert [p.result(WAIT)["y"].tolist() for p in [first, *rest]] == [[[2.0 * v, v]] for v in range(1, 7)]
+    # Taken alone; then 2 of the 5 waiting (3 left), 2 more (1 left), the last (none left).
+    assert [d for d, _ in depths] == [0, 3, 1, 0]
+    assert {t for _, t in depths} == {"batcher:depth"}
+
 def test_awaiting_coroutines_share_batches_and_the_event_loop_never_computes(batchers):
     """Many requests awaiting `run` on one event loop: each gets its own rows back, batches form, and
     every forward runs on the batcher's thread, never on the loop's."""
