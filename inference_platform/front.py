@@ -107,6 +107,12 @@ def at_exit() -> None:
         handler.flush()
 
 
+def file_roots() -> list[str]:
+    """Where the files granian may send by their path are (``protocols.FileSending``): the storage's
+    and the static files', which stay after their response."""
+    return [str(settings.MEDIA_ROOT), str(settings.STATIC_ROOT)]
+
+
 class EdgeMiddleware:
     """The hook middleware of settings.MIDDLEWARE above APIBoundaryMiddleware, run around an async
     API view as Django runs hook middleware (MiddlewareMixin): ``process_request`` in order, until
@@ -154,7 +160,7 @@ class Front:
     def __init__(self, wsgi_app: Any, *, threads: int = 8):
         from a2wsgi import WSGIMiddleware
 
-        self.wsgi = WSGIMiddleware(FileSending(wsgi_app), workers=threads)
+        self.wsgi = WSGIMiddleware(FileSending(wsgi_app, file_roots), workers=threads)
         self.edge = EdgeMiddleware.from_settings()
 
     # ---- RSGI (granian) ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from granian.rsgi import ProtocolClosed
@@ -228,7 +229,11 @@ class PipeBody(asyncio.Protocol):
     async def open(cls, protocol: Any, status: int, headers: list[tuple[str, str]],
                    wait: float | None = None) -> PipeBody:
         body = cls()
-        directory = tempfile.mkdtemp(prefix="inference-body-")
+        try:
+            directory = tempfile.mkdtemp(prefix="inference-body-")
+        except OSError as exc:
+            raise OSError(f"cannot make the pipe of a streamed response in {tempfile.gettempdir()} ({exc}): "
+                          "set TMPDIR to a writable directory") from exc
         path = os.path.join(directory, "body")
         try:
             os.mkfifo(path, 0o600)
@@ -303,14 +308,17 @@ async def _writer_end(path: str, wait: float) -> int | None:
 class FileSending:
     """Django's WSGI application, with a ``wsgi.file_wrapper`` that lets granian send a local file.
 
-    Under RSGI (the scope carries its ``AsgiChannels``), a ``FileResponse`` of a regular file on
-    local disk, read from its start, is not read here: its path goes to the channels, which hand it
-    to granian (``response_file``), and the file object is closed (Django's ``request_finished``
-    with it). Any other response, and every response under ASGI, is the application's own iterable.
+    Under RSGI (the scope carries its ``AsgiChannels``), a ``FileResponse`` of a regular file under
+    one of `roots` (MEDIA_ROOT, STATIC_ROOT: files that stay after the response, unlike a temporary
+    file deleted as it is closed), read from its start, is not read here: its path goes to the
+    channels, which hand it to granian (``response_file``), and the file object is closed (Django's
+    ``request_finished`` with it). Any other response, and every response under ASGI, is the
+    application's own iterable.
     """
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, roots: Callable[[], list[str]]):
         self.app = app
+        self.roots = roots  # read per response: the settings may change (tests override them)
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         channels = environ.get("asgi.scope", {}).get(CHANNELS)
@@ -319,7 +327,7 @@ class FileSending:
         environ["wsgi.file_wrapper"] = FileBody
         result = self.app(environ, start_response)
         if isinstance(result, FileBody):
-            path = result.local_path()
+            path = result.local_path([os.path.realpath(root) for root in self.roots()])
             if path is not None:
                 channels.file = path
                 result.close()
@@ -340,8 +348,8 @@ class FileBody:
     def close(self) -> None:
         self.filelike.close()
 
-    def local_path(self) -> str | None:
-        """The file's absolute path, if it is a regular file on local disk read from its start."""
+    def local_path(self, roots: list[str]) -> str | None:
+        """The file's absolute path, if it is a regular file under one of `roots` (real paths) read from its start."""
         try:
             opened = os.fstat(self.filelike.fileno())
             if not stat.S_ISREG(opened.st_mode) or self.filelike.tell() != 0:
@@ -352,8 +360,11 @@ class FileBody:
             name = getattr(holder, "name", None)
             if isinstance(name, str) and os.path.isabs(name):
                 try:
-                    if os.path.samestat(opened, os.stat(name)):
-                        return name
+                    if not os.path.samestat(opened, os.stat(name)):
+                        continue
                 except OSError:
                     continue
+                real = os.path.realpath(name)
+                if any(os.path.commonpath([real, root]) == root for root in roots):
+                    return name
         return None

@@ -26,7 +26,7 @@ from inference.jobs.models import InferenceJob
 from inference.monitoring.observe import report, reports_after_response
 from inference_platform import protocols
 from inference_platform.front import get_application
-from inference_platform.protocols import AsgiChannels, FileBody
+from inference_platform.protocols import AsgiChannels, FileBody, FileSending
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -363,16 +363,25 @@ def test_a_slow_client_holds_the_sender_and_a_client_gone_costs_nothing_more(mon
 
 
 def test_a_file_on_local_disk_is_sent_by_granian_from_its_path_and_any_other_read_here(tmp_path):
-    path = tmp_path / "result.jsonl"
+    media, elsewhere = tmp_path / "media", tmp_path / "tmp"
+    media.mkdir(), elsewhere.mkdir()
+    path = media / "result.jsonl"
     path.write_bytes(b"x" * 100_000)
+    roots = [str(media)]
     with open(path, "rb") as local:
-        assert FileBody(local).local_path() == str(path)
+        assert FileBody(local).local_path(roots) == str(path)
+        assert FileBody(local).local_path([str(elsewhere)]) is None  # not under a root: read here
     with open(path, "rb") as moved:
         moved.read(10)
-        assert FileBody(moved).local_path() is None  # not from its start: Content-Length counts from here
+        assert FileBody(moved).local_path(roots) is None  # not from its start: Content-Length counts from here
     with File(open(path, "rb"), name="result.jsonl") as wrapped:  # a storage's file: a relative name
-        assert FileBody(wrapped).local_path() == str(path)
-    assert FileBody(io.BytesIO(b"remote")).local_path() is None  # S3's file has no descriptor
+        assert FileBody(wrapped).local_path(roots) == str(path)
+    link = media / "link.jsonl"
+    link.symlink_to(elsewhere / "secret")
+    (elsewhere / "secret").write_bytes(b"s")
+    with open(link, "rb") as linked:  # under a root by its name, elsewhere in fact
+        assert FileBody(linked).local_path(roots) is None
+    assert FileBody(io.BytesIO(b"remote")).local_path(roots) is None  # S3's file has no descriptor
     assert b"".join(FileBody(io.BytesIO(b"remote"), 2)) == b"remote"
 
 
@@ -412,3 +421,31 @@ def test_a_job_result_download_over_rsgi_is_granians_file_send(front, iris, key,
     # The same route under ASGI: the file's bytes, read by Django.
     status, asgi_headers, body = asgi_call(front, "GET", f"/api/v1/jobs/{job.pk}/result", _auth(key), b"")
     assert status == 200 and int(asgi_headers["content-length"]) == len(payload) and body == payload
+
+
+def test_only_a_file_under_a_root_is_handed_to_granian_by_its_path(tmp_path):
+    """A temporary file (deleted as it is closed) outside MEDIA_ROOT and STATIC_ROOT is read here,
+    block by block, not handed over by a path that may be gone when granian opens it."""
+    media, scratch = tmp_path / "media", tmp_path / "scratch"
+    media.mkdir(), scratch.mkdir()
+    (media / "kept.jsonl").write_bytes(b"kept\n" * 1000)
+    (scratch / "temp.jsonl").write_bytes(b"temp\n" * 1000)
+
+    def run(path):
+        channels = type("Channels", (), {"file": None})()
+        environ = {"asgi.scope": {protocols.CHANNELS: channels}}
+
+        def app(environ, start_response):
+            start_response("200 OK", [])
+            return environ["wsgi.file_wrapper"](open(path, "rb"), 1024)
+
+        result = FileSending(app, lambda: [str(media)])(environ, lambda *args: None)
+        body = b"".join(result)
+        getattr(result, "close", lambda: None)()
+        return channels.file, body
+
+    assert run(media / "kept.jsonl") == (str(media / "kept.jsonl"), b"")
+    assert run(scratch / "temp.jsonl") == (None, b"temp\n" * 1000)
+    # Under ASGI (no channels in the scope) the application's own iterable, whatever the file.
+    plain = FileSending(lambda environ, start_response: [b"x"], lambda: [str(media)])
+    assert plain({"asgi.scope": {}}, lambda *args: None) == [b"x"]
