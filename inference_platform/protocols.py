@@ -300,6 +300,9 @@ async def _writer_end(path: str, wait: float) -> int | None:
             if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
                 raise
         if loop.time() >= deadline:
+            # A reader that began to open it just now would wait for a writer for ever: open and close
+            # both ends here (never blocks), so that it reads an empty pipe instead.
+            os.close(os.open(path, os.O_RDWR | os.O_NONBLOCK))
             return None
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
