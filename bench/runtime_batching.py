@@ -67,7 +67,7 @@ def run(device: str, max_batch_size: int, clients: int, seconds: float, artifact
             t0 = time.perf_counter()
             prepared = served.prepare(instance)
             pending = await batcher.run(prepared.arrays, timeout=30)
-            served.finish(pending.future.result(0), prepared)
+            served.finish(pending.outputs(), prepared)
             latencies.append(time.perf_counter() - t0)
 
     async def loop_clients() -> None:

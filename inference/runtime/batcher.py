@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,19 +71,31 @@ class Finish:
     max_elements: int
 
 
+QUEUED, RUNNING, CANCELLED, DONE = "queued", "running", "cancelled", "done"
+
+
 @dataclass(eq=False)
 class Pending:
-    """One submitted request: its arrays, its future, and when it arrived."""
+    """One submitted request: its arrays, when it arrived, and what became of it.
+
+    An event-loop caller (``Batcher.run``) is woken through its `waiter` and reads ``outputs()``; a
+    thread's caller (``Batcher.submit``, then ``result``) waits on a ``concurrent.futures.Future``,
+    made for it alone: the loop's requests, most of them, need no lock and condition each.
+    """
 
     arrays: Arrays
     n: int
     signature: tuple
     enqueued: float
     wait_for_more: bool
-    future: Future = field(default_factory=Future)
+    lock: Any  # the batcher's: a caller's cancel and the batcher's start do not cross
     # An event-loop caller's wake-up: (its loop, the asyncio future it awaits). The batcher wakes each
     # loop once per batch for all of its requests (``_wake``), not once per request.
     waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future] | None = None
+    future: Future | None = None  # a thread's caller's (no waiter)
+    state: str = QUEUED
+    value: Arrays | None = None
+    error: BaseException | None = None
     started: float = 0.0  # when its batch began computing
     finished: float = 0.0
     batch_size: int = 0
@@ -92,15 +104,51 @@ class Pending:
     finish_seconds: float = 0.0
 
     def result(self, timeout: float | None) -> Arrays:
-        """Return this request's outputs; on timeout, drop it from the queue and raise TimeoutError."""
+        """A thread's caller: wait for this request's outputs; on timeout, drop it from the queue and
+        raise TimeoutError."""
+        assert self.future is not None, "an event-loop caller's request: await Batcher.run instead"
         try:
             return self.future.result(timeout)
         except FutureTimeout:
-            self.future.cancel()  # succeeds only while still queued: then it is never computed
+            self.cancel()  # succeeds only while still queued: then it is never computed
             raise TimeoutError(f"no result within {timeout:.1f} s") from None
 
+    def outputs(self) -> Arrays:
+        """The outputs of a request whose batch has run (the model's own error raised)."""
+        if self.error is not None:
+            raise self.error
+        assert self.state == DONE, "outputs() before the batch has run"
+        return self.value
+
     def cancel(self) -> bool:
-        return self.future.cancel()
+        """Drop the request if it is still queued (it is then never computed); False once it runs."""
+        with self.lock:
+            if self.state != QUEUED:
+                return False
+            self.state = CANCELLED
+        if self.future is not None:
+            self.future.cancel()
+        return True
+
+    def cancelled(self) -> bool:
+        return self.state == CANCELLED
+
+    def start(self) -> bool:
+        """The batcher takes it (its lock held): False if it was cancelled meanwhile."""
+        if self.state != QUEUED or (self.future is not None and not self.future.set_running_or_notify_cancel()):
+            self.state = CANCELLED if self.state == QUEUED else self.state
+            return False
+        self.state = RUNNING
+        return True
+
+    def resolve(self, value: Arrays | None = None, error: BaseException | None = None) -> None:
+        """The batcher's thread: its outputs, or the model's error."""
+        self.value, self.error, self.state = value, error, DONE
+        if self.future is not None:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(value)
 
 
 def signature_of(arrays: Arrays) -> tuple:
@@ -179,7 +227,8 @@ class Batcher:
                 )
             idle = not self._busy and not self._queue
             pending = Pending(arrays, n, signature_of(arrays), time.perf_counter(), wait_for_more=not idle,
-                              waiter=waiter, finish=finish)
+                              lock=self._cond, waiter=waiter, future=None if waiter is not None else Future(),
+                              finish=finish)
             self._queue.append(pending)
             self._queued_n += n
             # A batcher gathering a partial batch is woken when the batch can be full (else at its
@@ -191,7 +240,7 @@ class Batcher:
 
     async def run(self, arrays: Arrays, *, timeout: float | None, finish: Finish | None = None) -> Pending:
         """Queue a request and wait for its batch without blocking the event loop; return the
-        finished Pending (its outputs: ``pending.future.result()``). The model's own error is raised
+        finished Pending (its outputs: ``pending.outputs()``). The model's own error is raised
         as it is; TimeoutError after `timeout` seconds. A request given up (timeout, cancellation)
         while still queued is never computed."""
         loop = asyncio.get_running_loop()
@@ -211,7 +260,7 @@ class Batcher:
         finally:
             if timer is not None:
                 timer.cancel()
-        pending.future.result(0)  # the model's own error, raised here
+        pending.outputs()  # the model's own error, raised here
         return pending
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -255,7 +304,7 @@ class Batcher:
                 for p in batch:
                     self._queue.remove(p)
                     self._queued_n -= p.n
-                live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+                live = [p for p in batch if p.start()]
                 self.stats.dropped += len(batch) - len(live)
                 if live:
                     self._busy = True
@@ -305,7 +354,7 @@ class Batcher:
             finished = time.perf_counter()
             for p in batch:
                 p.started, p.finished, p.batch_size = started, finished, total
-                p.future.set_exception(exc)
+                p.resolve(error=exc)
             _wake(batch)
             return
         finished = time.perf_counter()
@@ -328,7 +377,7 @@ class Batcher:
             p.started, p.finished, p.batch_size = started, finished, total
             part = {k: v[offset : offset + p.n] for k, v in outputs.items()}
             offset += p.n
-            p.future.set_result(part)
+            p.resolve(part)
         _finish(batch, outputs, total)
         _wake(batch)
 
@@ -354,7 +403,7 @@ def _finish(batch: list[Pending], outputs: Arrays, total: int) -> None:
             if len(group) == len(batch):
                 results = finish.fn(outputs, n)
             else:
-                parts = [p.future.result(0) for p in group]
+                parts = [p.value for p in group]
                 results = finish.fn({k: np.concatenate([part[k] for part in parts]) for k in outputs}, n)
         except Exception:  # noqa: BLE001 - each request is finished again by its caller, which reports it
             continue

@@ -213,7 +213,7 @@ async def compute(loaded: Loaded, prepared: Prepared, finish: Callable[[Any, Pre
     try:
         pending = await loaded.batcher.run(prepared.arrays, timeout=timeout,
                                            finish=_batch_finish(loaded.served, finish, prepared))
-        outputs = pending.future.result(0)
+        outputs = pending.outputs()
     except Overloaded as exc:
         raise ServiceUnavailable(str(exc), retry_after=exc.retry_after, code=ErrorCode.OVERLOADED) from exc
     except BatcherStopped as exc:

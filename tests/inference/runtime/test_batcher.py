@@ -233,7 +233,7 @@ def test_a_request_cancelled_while_queued_is_never_computed(batchers):
     gate.set()
     assert slow.result(WAIT)["y"].tolist() == [[2.0, 1.0]]
     assert kept.result(WAIT)["y"].tolist() == [[86.0, 43.0]]
-    assert given_up.future.cancelled()
+    assert given_up.cancelled() and given_up.future.cancelled()
     assert 42.0 not in fake.seen_values()
     assert b.stats.dropped == 1
     assert b.stats.request_count == 2
@@ -301,7 +301,7 @@ def test_awaiting_coroutines_share_batches_and_the_event_loop_never_computes(bat
     async def clients() -> tuple[list[np.ndarray], list[np.ndarray], str]:
         xs = [np.full((1 + i % 2, 2), float(i), np.float32) for i in range(200)]
         pendings = await asyncio.gather(*[b.run({"x": x}, timeout=WAIT) for x in xs])
-        return xs, [p.future.result(0)["y"] for p in pendings], threading.current_thread().name
+        return xs, [p.outputs()["y"] for p in pendings], threading.current_thread().name
 
     xs, ys, loop_thread = asyncio.run(clients())
     for x, y in zip(xs, ys):
@@ -355,7 +355,7 @@ def test_requests_of_one_kind_are_finished_on_the_batchers_thread_by_one_call_pe
     pendings = _first_then_together(b, fake, gate, (xs[0], finish), [(x, finish) for x in xs[1:]])
     for x, p in zip(xs, pendings):
         assert p.results == [f"row {x[0, 0]:g}"] * len(x)  # its own rows, in order
-        np.testing.assert_array_equal(p.future.result(0)["y"], expected(x))  # the raw outputs stay
+        np.testing.assert_array_equal(p.outputs()["y"], expected(x))  # the raw outputs stay
     assert fake.batch_sizes == [1, sum(len(x) for x in xs[1:])]
     assert finisher.calls == [(1, "batcher:fin"), (sum(len(x) for x in xs[1:]), "batcher:fin")]
 
@@ -380,7 +380,7 @@ def test_finishing_falls_back_to_the_caller_where_it_cannot_be_done_for_the_batc
     failing = Finisher(fail_on=4.0)
     got = batch([Finish("f", failing, 100)] * 2, [3.0, 4.0])
     assert [p.results for p in got] == [None, None] and len(failing.calls) == 1
-    np.testing.assert_array_equal(got[1].future.result(0)["y"], expected(np.full((1, 2), 4.0, np.float32)))
+    np.testing.assert_array_equal(got[1].outputs()["y"], expected(np.full((1, 2), 4.0, np.float32)))
     # Not one result per instance: left to the callers.
     short = Finisher(short=True)
     assert [p.results for p in batch([Finish("s", short, 100)] * 2, [5.0, 6.0])] == [None, None]
@@ -522,3 +522,17 @@ def test_the_allocator_policy_caps_malloc_arenas_unless_the_operator_chose(monke
     assert memory.limit_arenas() is True and calls == [(memory.M_ARENA_MAX, memory.ARENA_MAX)]
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert memory.limit_arenas() is False and len(calls) == 1
+
+
+def test_an_event_loop_callers_request_has_no_thread_future_and_a_finished_one_cannot_be_cancelled(batchers):
+    b = batchers(FakeModel(), max_batch_size=8)
+
+    async def one():
+        return await b.run({"x": np.array([[1.0]], np.float32)}, timeout=WAIT)
+
+    awaited = asyncio.run(one())
+    assert awaited.future is None  # woken through its loop: no lock and condition of its own
+    assert awaited.outputs()["y"].tolist() == [[2.0, 1.0]] and not awaited.cancel()
+    threaded = b.submit({"x": np.array([[2.0]], np.float32)})
+    assert threaded.future is not None and threaded.result(WAIT)["y"].tolist() == [[4.0, 2.0]]
+    assert not threaded.cancel() and not threaded.cancelled()
