@@ -3,7 +3,7 @@
 Every server offers the same two models (the 512-4096-4096-10 MLP and the iris MLP, same
 safetensors weights, 1 torch thread) and is driven by wrk with its native request body:
 
-* ``platform``: the web server as `make run` starts it (granian + the front over ASGI, 2 processes),
+* ``platform``: the web server as `make run` starts it (granian + the front over RSGI, its default, 2 processes),
   API key auth, rate limit (a high rate), validation, metrics and request records all on;
   iris with its demo pipeline. ``platform-wsgi`` (not in the default list): the same platform
   under gunicorn's threads.

@@ -107,8 +107,10 @@ class Pending:
 
     def start(self) -> bool:
         """The batcher takes it (its lock held): False if it was cancelled meanwhile."""
-        if self.state != QUEUED or (self.future is not None and not self.future.set_running_or_notify_cancel()):
-            self.state = CANCELLED if self.state == QUEUED else self.state
+        if self.state != QUEUED:
+            return False
+        if self.future is not None and not self.future.set_running_or_notify_cancel():
+            self.state = CANCELLED  # its caller cancelled the thread future itself
             return False
         self.state = RUNNING
         return True

@@ -153,13 +153,15 @@ def test_predict_and_infer_answer_as_the_wsgi_path_does(served):
     assert status == 405
 
 
+def _status(pid: int, field: str) -> int:
+    """A number from /proc/<pid>/status (``Threads``, ``VmRSS`` in KiB)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
+
+
 def _rss(pids: list[int]) -> int:
     """Resident memory of the processes, in bytes."""
-    total = 0
-    for pid in pids:
-        status = Path(f"/proc/{pid}/status").read_text()
-        total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-    return total
+    return sum(_status(pid, "VmRSS") for pid in pids) * 1024
 
 
 def _slow_get(port: int, path: str, headers: dict[str, str], stall: float, during) -> tuple[bytes, bytes, object]:
@@ -264,10 +266,6 @@ def test_a_piped_body_under_granian_waits_for_a_slow_client_and_ends_for_a_gone_
         server.terminate()
         server.wait(10)
 
-def _threads(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-
 
 def test_waiting_requests_are_batched_without_a_thread_each(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -299,7 +297,7 @@ def test_waiting_requests_are_batched_without_a_thread_each(settings, tmp_path):
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            peak_threads = max(peak_threads, _threads(worker))
+            peak_threads = max(peak_threads, _status(worker, "Threads"))
             time.sleep(0.01)
         status, _, raw = call(web.url, "/metrics", headers={"Authorization": "Bearer metrics-token"})
         metrics = raw.decode()

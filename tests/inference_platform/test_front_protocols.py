@@ -275,18 +275,16 @@ def test_django_routes_over_rsgi(front, iris, key):
     assert InferenceJob.objects.get(pk=answer["id"]).progress_total == 2
 
 
-def _respond(channels: AsgiChannels, status: int, chunks: list[bytes], *, close: bool = True) -> None:
-    """Send a response through the channels as a2wsgi does: each chunk with more_body, then b""."""
-
-    async def send():
-        await channels.send({"type": "http.response.start", "status": status, "headers": [(b"x-a", b"1")]})
-        for chunk in chunks:
-            await channels.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await channels.send({"type": "http.response.body", "body": b""})
-        if close:
-            channels.close()
-
-    asyncio.run(send())
+async def _send(channels: AsgiChannels, status: int, chunks, sent: list[int] | None = None) -> None:
+    """Send a response through the channels as a2wsgi does: each chunk with more_body, then b"";
+    then close them, as the front does. `sent[0]` counts the chunks sent so far."""
+    await channels.send({"type": "http.response.start", "status": status, "headers": [(b"x-a", b"1")]})
+    for chunk in chunks:
+        await channels.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if sent is not None:
+            sent[0] += 1
+    await channels.send({"type": "http.response.body", "body": b""})
+    channels.close()
 
 
 def test_rsgi_to_asgi_channels_receive_and_answer_in_one_call_or_through_a_pipe(tmp_path, monkeypatch):
@@ -302,31 +300,22 @@ def test_rsgi_to_asgi_channels_receive_and_answer_in_one_call_or_through_a_pipe(
     # One chunk (any HttpResponse), or none: one call, no stream.
     for chunks in ([b"whole"], [], [b"", b"whole", b""]):
         one = FakeRsgi([])
-        _respond(AsgiChannels(one), 201, chunks)
+        asyncio.run(_send(AsgiChannels(one), 201, chunks))
         assert one.response == (201, {"x-a": "1"}, b"".join(chunks)) and one.file is None and one.stream is None
     # More than one: through a named pipe granian sends as a file, whose name is gone once both ends opened.
     monkeypatch.setattr(protocols.tempfile, "tempdir", str(tmp_path))
     streamed = FakeRsgi([])
-    _respond(AsgiChannels(streamed), 200, [b"part1", b"", b"part2", b"part3"])
+    asyncio.run(_send(AsgiChannels(streamed), 200, [b"part1", b"", b"part2", b"part3"]))
     assert streamed.response[:2] == (200, {"x-a": "1"}) and streamed.stream is None
     assert streamed.body() == b"part1part2part3"
     assert list(tmp_path.iterdir()) == []
 
 
-def _stream(protocol: FakeRsgi, chunks: int, size: int = 65536, wait: float = 0.5):
-    """Stream `chunks` chunks through the channels in a task; return (task, count of chunks sent so far)."""
+def _stream(protocol: FakeRsgi, chunks: int, size: int = 65536):
+    """(a coroutine function sending `chunks` chunks of `size` bytes through the channels, the count
+    of those sent so far)."""
     sent = [0]
-
-    async def run():
-        channels = AsgiChannels(protocol)
-        await channels.send({"type": "http.response.start", "status": 200, "headers": []})
-        for n in range(chunks):
-            await channels.send({"type": "http.response.body", "body": bytes([n % 256]) * size, "more_body": True})
-            sent[0] += 1
-        await channels.send({"type": "http.response.body", "body": b""})
-        channels.close()
-
-    return run, sent
+    return lambda: _send(AsgiChannels(protocol), 200, (bytes([n % 256]) * size for n in range(chunks)), sent), sent
 
 
 def test_a_slow_client_holds_the_sender_and_a_client_gone_costs_nothing_more(monkeypatch):
