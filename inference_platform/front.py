@@ -95,8 +95,10 @@ def at_exit() -> None:
     """As the process stops: write the request records still buffered, drop this process's live
     gauges, write the log lines still queued. (granian forks its processes, and a forked process
     ends without running `atexit` handlers: this is their only chance.)"""
+    from inference.monitoring.observe import run_held_reports
     from inference.monitoring.records import flush_at_exit
 
+    run_held_reports()  # the requests answered last: their records go with the rest
     flush_at_exit()
     close_old_connections()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -111,6 +111,16 @@ def _clear_cache() -> None:
     limiter.forget()
 
 
+@pytest.fixture(autouse=True)
+def _held_reports_run():
+    """A test that served requests through the front on its own loop leaves their reports held
+    (``observe.HeldReports``): they run as it ends, not in the next test."""
+    yield
+    from inference.monitoring.observe import run_held_reports
+
+    run_held_reports()
+
+
 IRIS_CONFIG = {
     "format": "safetensors",
     "architecture": "registry.architectures.MLP",

@@ -12,7 +12,9 @@ writes it later, in bulk).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +33,13 @@ _INFO = logging.INFO
 # The reports of the request being served, where its server holds them until the response is sent.
 _held: ContextVar[list[Callable[[], None]] | None] = ContextVar("inference_reports_held", default=None)
 
+# How long the front's loop keeps answered requests' reports before it runs them together, and how many
+# it keeps at most. Run one by one, each report ran cold between two requests, on the loop a lone
+# client's next request waits for; run together they are one warm loop (docs/benchmarks.md). The
+# metrics, access lines and records of a process are so up to this late.
+REPORTS_EVERY = 0.05
+REPORTS_MAX = 1024
+
 
 def report(fn: Callable[[], None]) -> None:
     """Run `fn` (a request's observation: ``observe`` and the hooks) now, or once the response has
@@ -42,23 +51,73 @@ def report(fn: Callable[[], None]) -> None:
         held.append(fn)
 
 
+def _run(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - a report never touches a response
+        logger.exception("reporting a request failed")
+
+
+class HeldReports:
+    """The reports of requests the front has answered, run together on its event loop: every
+    REPORTS_EVERY seconds, as soon as REPORTS_MAX wait, and as the process stops (``run_held_reports``)."""
+
+    def __init__(self) -> None:
+        self.pending: list[Callable[[], None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.taking = threading.Lock()  # the loop's timer and a stopping process's thread may both run them
+
+    def add(self, fns: list[Callable[[], None]], loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self.loop:  # another loop than the one the timer is on (tests: one per asyncio.run)
+            self.run()
+            self.loop, self.timer = loop, None
+        self.pending.extend(fns)  # one call under the GIL: a run() from another thread takes them or not
+        if len(self.pending) >= REPORTS_MAX:
+            self.run()
+        elif self.timer is None:
+            self.timer = loop.call_later(REPORTS_EVERY, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.run()
+
+    def run(self) -> None:
+        """Run every report held (on the loop, or from another thread once the loop serves no more)."""
+        with self.taking:
+            pending, self.pending = self.pending, []
+        for fn in pending:
+            _run(fn)
+
+
+_front_reports = HeldReports()
+
+
+def run_held_reports() -> None:
+    """Run the reports the front holds now: as its process stops, and in tests."""
+    _front_reports.run()
+
+
 @contextmanager
 def reports_after_response() -> Iterator[None]:
-    """Hold the reports of the request served inside until the block ends; the web server's front
-    sends the response inside it. A lone client's request then does not wait for its own metrics,
-    access line, record and hooks: they run while the response travels to it and the client sends
-    its next request. A report that fails is logged; it never touches the response."""
+    """Hold the reports of the request served inside: the web server's front sends the response inside
+    the block. A lone client's request then does not wait for its own metrics, access line, record and
+    hooks; on an event loop they are held further, and run with other requests' (``HeldReports``).
+    A report that fails is logged; it never touches the response."""
     held: list[Callable[[], None]] = []
     token = _held.set(held)
     try:
         yield
     finally:
         _held.reset(token)
-        for fn in held:
+        if held:
             try:
-                fn()
-            except Exception:  # noqa: BLE001
-                logger.exception("reporting a request failed")
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on a loop: now
+                for fn in held:
+                    _run(fn)
+            else:
+                _front_reports.add(held, loop)
 
 
 class AccessRecord(logging.LogRecord):
@@ -113,7 +172,7 @@ def observe(outcome: Any, *, count: bool = True, record: bool = True) -> None:
     request_id = outcome.request_id or request_id_var.get()
     key_prefix = outcome.key_prefix or key_prefix_var.get()
     latency = timings.get("total", 0.0)
-    now = time.time()
+    now = outcome.finished_at or time.time()  # when the request ended: its report may run later
     if access_logger.isEnabledFor(_INFO):
         fields = {
             "request_id": request_id, "key_prefix": key_prefix, "model": outcome.model, "version": outcome.version,

@@ -77,6 +77,7 @@ class PredictOutcome:
     key_prefix: str = ""  # else the current request's key's
     queue_depth: int = 0  # requests queued ahead of this one in its batcher
     payload: tuple[Any, Any] | None = None  # (request, response) kept when the model captures payloads
+    finished_at: float = 0.0  # time.time() as the request ended (its report may run later)
 
 
 # ---- observation --------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ def observed(model_name: str, request_id: str = "") -> Iterator[PredictOutcome]:
         raise
     finally:
         outcome.timings["total"] = time.perf_counter() - t0
+        outcome.finished_at = time.time()
         # Named now: the report may run after the response, when the request's context has ended.
         outcome.request_id = outcome.request_id or request_id_var.get()
         outcome.key_prefix = outcome.key_prefix or key_prefix_var.get()

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference.jobs.models import InferenceJob
 from inference.keys import api_key_create
+from inference.monitoring import observe
 from inference.services.jobs import jobs_reconcile
 from registry.services import alias_set
 from tests.conftest import small_mlp
@@ -145,6 +146,15 @@ def _sample(metrics: dict, name: str, **labels: str) -> float:
     return sum(v for (n, lab), v in metrics.items() if n == name and labels.items() <= dict(lab).items())
 
 
+def _counted(base: str, name: str, expected: float, **labels: str) -> float:
+    """The sample once it reaches `expected`, or as it stands after 5 s: a web process counts the requests it
+    answered up to ``observe.REPORTS_EVERY`` later (their reports are held and run together)."""
+    deadline = time.monotonic() + 5
+    while (value := _sample(_metrics(base), name, **labels)) != expected and time.monotonic() < deadline:
+        time.sleep(observe.REPORTS_EVERY)
+    return value
+
+
 def _model(name: str, seed: int = 0) -> torch.nn.Module:
     module = small_mlp(seed)
     ready(module, model_name=name, aliases=["production"])
@@ -172,7 +182,7 @@ def test_the_balancer_spreads_predictions_over_both_web_servers_and_each_answers
     for web in (stack.web_a, stack.web_b):
         assert stack.proxy.connections[("127.0.0.1", web.port)] - before.get(("127.0.0.1", web.port), 0) == 20
         # Each server counted the requests it answered itself.
-        assert _sample(_metrics(web.url), "inference_request_total", model=model, status="200") == 20
+        assert _counted(web.url, "inference_request_total", 20, model=model, status="200") == 20
 
 
 def test_metrics_of_one_server_add_up_its_processes(stack):
@@ -192,6 +202,7 @@ def test_metrics_of_one_server_add_up_its_processes(stack):
             if loads >= 2:
                 break
     assert loads == 2, f"after {sent} requests only {loads} process(es) of web server A served:\n{stack.logs()}"
+    assert _counted(stack.web_a.url, "inference_request_total", sent, model=model, status="200") == sent
     for _ in range(4):  # whichever process answers /metrics, it reports the sum
         assert _sample(_metrics(stack.web_a.url), "inference_request_total", model=model, status="200") == sent
 

@@ -23,6 +23,7 @@ from django.core.files import File
 from granian.rsgi import ProtocolClosed
 
 from inference.jobs.models import InferenceJob
+from inference.monitoring import observe
 from inference.monitoring.observe import report, reports_after_response
 from inference_platform import protocols
 from inference_platform.front import get_application
@@ -197,19 +198,54 @@ def test_rsgi_and_asgi_answer_alike(front, iris, key):
         assert rsgi.response[1]["X-Request-ID"] == "same-id"
 
 
-def test_a_requests_report_is_made_after_its_response_is_handed_over(front, iris, key, settings):
+def test_a_requests_report_is_made_after_its_response_with_the_others_held_on_the_loop(front, iris, key, settings):
     seen: list[Any] = []
-    protocol_box: list[FakeRsgi] = []
+    protocols: list[FakeRsgi] = []
 
     def hook(*, model, version, timings, outcome):
-        seen.append((outcome.status, outcome.request_id, protocol_box[0].response is not None))
+        seen.append((outcome.status, outcome.request_id, all(p.response is not None for p in protocols)))
 
     settings.INFERENCE_HOOKS = [hook]
-    protocol = FakeRsgi([BODY])
-    protocol_box.append(protocol)
-    asyncio.run(front.__rsgi__(FakeScope("POST", PREDICT, _auth(key, **{"X-Request-ID": "r-1"})), protocol))
-    assert protocol.response is not None and protocol.response[0] == 200
-    assert seen == [(200, "r-1", True)]  # the hook ran, named the request, and the response was out already
+
+    async def serve() -> list[Any]:
+        for request_id in ("r-1", "r-2"):
+            protocols.append(FakeRsgi([BODY]))
+            await front.__rsgi__(FakeScope("POST", PREDICT, _auth(key, **{"X-Request-ID": request_id})), protocols[-1])
+        answered = list(seen)  # both answered: their reports are held
+        await asyncio.sleep(observe.REPORTS_EVERY * 4)
+        return answered
+
+    assert asyncio.run(serve()) == []
+    assert [p.response[0] for p in protocols] == [200, 200]
+    # Both reports ran together on the loop, after both responses, and named their requests.
+    assert seen == [(200, "r-1", True), (200, "r-2", True)]
+
+
+def test_held_reports_run_when_too_many_wait_and_when_the_process_stops(monkeypatch):
+    monkeypatch.setattr(observe, "REPORTS_MAX", 3)
+    ran: list[int] = []
+
+    async def answer(i: int) -> None:
+        with reports_after_response():
+            report(lambda: ran.append(i))
+
+    async def serve(n: int) -> list[int]:
+        for i in range(n):
+            await answer(i)
+        return list(ran)
+
+    assert asyncio.run(serve(3)) == [0, 1, 2]  # the third made REPORTS_MAX: run without waiting
+    assert asyncio.run(serve(2)) == [0, 1, 2]  # held; that loop is closed now, its timer gone
+    observe.run_held_reports()  # what the front's at_exit does
+    assert ran == [0, 1, 2, 0, 1]
+    observe.run_held_reports()
+    assert ran == [0, 1, 2, 0, 1]  # each once
+    # Reports held for a loop that closed before its timer fired run as the next loop's first arrive.
+    asyncio.run(serve(1))
+    asyncio.run(serve(1))
+    assert ran == [0, 1, 2, 0, 1, 0]
+    observe.run_held_reports()
+    assert ran == [0, 1, 2, 0, 1, 0, 0]
 
 
 def test_reports_outside_a_server_run_at_once_and_a_failing_one_is_logged(caplog):
