@@ -116,6 +116,42 @@ def test_decode_instances_returns_tensors_or_an_input_error(instances, inputs, l
             assert np.isfinite(arr).all()
 
 
+def _decoded(instances, inputs, limits, maybe_bools):
+    try:
+        return decode_instances(instances, inputs, limits=limits, maybe_bools=maybe_bools)
+    except InputError as exc:
+        return (str(exc), exc.path, exc.code, exc.status)
+
+
+@PROPERTIES
+@given(instances=NUMERIC_ROWS.map(lambda rows: rows if isinstance(rows, list) and rows else [rows]),
+       datatype=st.sampled_from(["FP16", "FP32", "FP64"]), width=st.one_of(st.integers(0, 4), st.just(-1)),
+       limits=LIMITS, maybe_bools=st.booleans())
+@example(instances=[[5.1, 3.5, 1.4, 0.2]], datatype="FP32", width=4, limits=Limits(8, 64), maybe_bools=True)
+@example(instances=[[True, 1.0]], datatype="FP32", width=2, limits=Limits(8, 64), maybe_bools=False)
+@example(instances=[[3.5e38, 1.0]], datatype="FP32", width=2, limits=Limits(8, 64, allow_nonfinite=True),
+         maybe_bools=True)
+@example(instances=[[2**70, 1]], datatype="FP64", width=-1, limits=Limits(8, 64), maybe_bools=True)
+def test_a_few_numbers_decode_as_the_general_path_decodes_them(instances, datatype, width, limits, maybe_bools):
+    """Checked by Python (tensors._few_numbers) or by numpy on whole arrays (FEW_NUMBERS = 0): the same array,
+    or the same refusal with the same path and code."""
+    from inference import tensors
+
+    inputs = [TensorSpec("input", datatype, (width,))]
+    fast = _decoded(instances, inputs, limits, maybe_bools)
+    saved, tensors.FEW_NUMBERS = tensors.FEW_NUMBERS, 0
+    try:
+        general = _decoded(instances, inputs, limits, maybe_bools)
+    finally:
+        tensors.FEW_NUMBERS = saved
+    if isinstance(general, tuple):
+        assert fast == general
+    else:
+        assert not isinstance(fast, tuple), fast
+        assert fast["input"].dtype == general["input"].dtype and fast["input"].shape == general["input"].shape
+        np.testing.assert_array_equal(fast["input"], general["input"])
+
+
 ARRAYS = st.one_of(
     st.builds(lambda shape, dtype: np.zeros(shape, dtype=dtype),
               st.lists(st.integers(0, 4), max_size=3).map(tuple),
