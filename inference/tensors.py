@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.core.signals import setting_changed
 
 from registry.schemas import DATATYPES, TensorSpec
 
@@ -40,12 +41,26 @@ class Limits:
 
     @classmethod
     def from_settings(cls, *, allow_nonfinite: bool = False) -> Limits:
-        return cls(
-            max_instances=hot.INFERENCE_MAX_INSTANCES,
-            max_elements=hot.INFERENCE_MAX_TENSOR_ELEMENTS,
-            max_request_elements=hot.INFERENCE_MAX_REQUEST_ELEMENTS,
-            allow_nonfinite=allow_nonfinite,
-        )
+        """The limits the settings give (remembered until a setting changes: asked for on every request)."""
+        limits = _limits.get(allow_nonfinite)
+        if limits is None:
+            limits = _limits[allow_nonfinite] = cls(
+                max_instances=hot.INFERENCE_MAX_INSTANCES,
+                max_elements=hot.INFERENCE_MAX_TENSOR_ELEMENTS,
+                max_request_elements=hot.INFERENCE_MAX_REQUEST_ELEMENTS,
+                allow_nonfinite=allow_nonfinite,
+            )
+        return limits
+
+
+_limits: dict[bool, Limits] = {}
+
+
+def _forget_limits(**_: Any) -> None:
+    _limits.clear()
+
+
+setting_changed.connect(_forget_limits, dispatch_uid="inference.tensors.forget_limits")
 
 
 def check_request_elements(arrays: Mapping[str, np.ndarray], limits: Limits) -> None:

@@ -248,3 +248,12 @@ def test_check_model_inputs_after_preprocessing():
     assert info.value.code == "invalid_shape"
     with pytest.raises(InputError, match="no 'input' tensor"):
         check_model_inputs({}, FP32_4)
+
+
+def test_the_limits_of_the_settings_follow_a_change_of_them(settings):
+    settings.INFERENCE_MAX_INSTANCES = 3
+    first = Limits.from_settings()
+    assert first.max_instances == 3 and Limits.from_settings() is first  # remembered
+    assert Limits.from_settings(allow_nonfinite=True).allow_nonfinite
+    settings.INFERENCE_MAX_INSTANCES = 5
+    assert Limits.from_settings().max_instances == 5 and not Limits.from_settings().allow_nonfinite
