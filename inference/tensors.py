@@ -1,8 +1,9 @@
 """Between JSON and tensors: decode request instances into numpy arrays, validated.
 
 Conversion is done by numpy on whole lists (no per-element Python loop on the hot
-path), except for a few plain numbers (``_few_numbers``). Every refusal is an ``InputError`` carrying the path of the offending field,
-e.g. ``instances[3].pixels``, and a stable code.
+path), except for a few plain numbers (``_few_numbers``). Every refusal is an
+``InputError`` carrying the path of the offending field, e.g. ``instances[3].pixels``,
+and a stable code.
 """
 
 from __future__ import annotations

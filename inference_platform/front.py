@@ -10,7 +10,8 @@ served on the process's event loop: a request waiting for its batch is a suspend
 a blocked thread. Around the view the front runs the hook middleware that settings.MIDDLEWARE
 lists above ``APIBoundaryMiddleware`` (request ids, security headers, X-Frame-Options), the same
 list and order a WSGI server runs them in; an exception is Django's own 400/500 response. The
-request's report (metrics, access line, record, hooks) is made once its response is handed over.
+request's report (metrics, access line, record, hooks) is made after its response is handed over,
+with the other requests' of the last 50 ms (``inference.monitoring.observe.HeldReports``).
 
 The loop itself only parses, authenticates and waits: each process gets its pools for blocking
 and heavy work as it starts (``inference.offload.configure``), and forward passes run on the
