@@ -2,8 +2,8 @@
 
 granian's protocol object is replaced by a recording fake with its methods (``FakeRsgi``); the
 front under test is the real one, with the real views, model and key. What must hold: both
-interfaces answer alike; a request's report (metrics, access line, record, hooks) is made once its
-response has been handed to the server; bodies are read as the limit says, and a client that left
+interfaces answer alike; a request's report (metrics, access line, record, hooks) is made after its
+response has been handed to the server, with others held on the loop; bodies are read as the limit says, and a client that left
 is not answered; Django's WSGI routes work through the RSGI-to-ASGI channels, streamed or not.
 """
 
@@ -16,6 +16,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -219,6 +220,23 @@ def test_a_requests_report_is_made_after_its_response_with_the_others_held_on_th
     assert [p.response[0] for p in protocols] == [200, 200]
     # Both reports ran together on the loop, after both responses, and named their requests.
     assert seen == [(200, "r-1", True), (200, "r-2", True)]
+
+
+def test_a_held_report_keeps_the_time_its_request_ended(front, iris, key):
+    from inference.monitoring import records
+    from inference.monitoring.models import RequestRecord
+
+    async def serve() -> float:
+        protocol = FakeRsgi([BODY])
+        await front.__rsgi__(FakeScope("POST", PREDICT, _auth(key, **{"X-Request-ID": "timed"})), protocol)
+        answered = time.time()
+        await asyncio.sleep(observe.REPORTS_EVERY * 4)  # its report runs meanwhile, later than that
+        return answered
+
+    answered = asyncio.run(serve())
+    records.flush()
+    at = RequestRecord.objects.get(request_id="timed").at.timestamp()
+    assert answered - 1 < at <= answered
 
 
 def test_held_reports_run_when_too_many_wait_and_when_the_process_stops(monkeypatch):
