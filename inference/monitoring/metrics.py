@@ -10,33 +10,9 @@ passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several web processes:
 
 from __future__ import annotations
 
-import os
 import threading
 
-from prometheus_client import Counter, Gauge, Histogram, values
-
-# In multiprocess mode every write of a value (a counter's inc, a histogram's observe: two) first
-# asks the process's id, to notice a fork; os.getpid() is a system call each time (glibc does not
-# keep it), seven per prediction. The id is kept here instead and renewed in a forked child, which is
-# what the check is for. Set before any metric is made: a value takes its class as it is created.
-_pid = os.getpid()
-
-
-def _renew_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_renew_pid)
-
-
-def this_process() -> int:
-    """This process's id, kept (``_renew_pid`` after a fork)."""
-    return _pid
-
-
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the test prometheus_client.values makes as it is imported
-    values.ValueClass = values.MultiProcessValue(process_identifier=this_process)
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
