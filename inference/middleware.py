@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable
 from inspect import iscoroutinefunction
 
@@ -32,11 +33,21 @@ from .monitoring.logs import key_prefix_var, request_id_var
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def new_request_id() -> str:
+    """A request id: 32 hex digits, the milliseconds since the epoch (48 bits) then 80 random bits, as
+    UUIDv7 orders them.
+
+    Ordered by time, so that each request record's id lands at the end of the records' request_id
+    index: random ids touch a page of that index each, which every write of a few thousand records
+    then copies to SQLite's journal (docs/benchmarks.md: twice the CPU per record once the table
+    holds a few hundred thousand). Ids need to be unique, not secret: the module's generator avoids a
+    urandom system call per request."""
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
+
+
 def request_id_of(request: HttpRequest) -> str:
     given = request.META.get("HTTP_X_REQUEST_ID", "")
-    # 128 random bits as 32 hex digits. Ids need to be unique, not secret: the module's
-    # generator avoids a urandom system call per request.
-    return given if _SAFE_ID.match(given) else f"{random.getrandbits(128):032x}"
+    return given if _SAFE_ID.match(given) else new_request_id()
 
 
 class RequestIdMiddleware(MiddlewareMixin):

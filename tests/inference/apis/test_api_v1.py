@@ -558,3 +558,15 @@ def test_a_bug_is_a_json_500(api, iris, key, monkeypatch):
     r = api.post(PREDICT, {"instances": ROWS}, key)
     assert r.status_code == 500
     assert error_of(r)["code"] == "server_error"
+
+
+def test_generated_request_ids_are_ordered_by_time(api, iris, key):
+    """A generated id starts with the milliseconds of its request (UUIDv7's order), so that request
+    records land at the end of their request_id index, and ids of later requests sort after."""
+    before = time.time_ns() // 1_000_000
+    first = api.post(PREDICT, {"instances": ROWS}, key)["X-Request-ID"]
+    time.sleep(0.002)
+    second = api.post(PREDICT, {"instances": ROWS}, key)["X-Request-ID"]
+    after = time.time_ns() // 1_000_000
+    assert before <= int(first[:12], 16) <= int(second[:12], 16) <= after
+    assert first < second
