@@ -12,7 +12,9 @@ time another process takes from the platform is not counted in its CPU time.
 
 --baseline DIR runs another checkout's platform (the commit before a change, from the same venv)
 beside this one; rounds alternate between them. --single-lock adds the single-lock Flask server
-(bench.servers.single_lock, from this venv) for the c=1 latency. Every row also splits the CPU by
+(bench.servers.single_lock, from this venv) for the c=1 latency; --lean the lean reference server
+(bench.servers.lean: granian, orjson, numpy and a batcher thread, nothing else), the least a batching
+Python server costs per request on the machine. Every row also splits the CPU by
 thread (the event loop's, the batcher's, granian's Rust threads ...), from /proc/PID/task.
 
 --profile DIR: after the rounds, each platform's web processes are sampled with py-spy (in
@@ -104,6 +106,35 @@ class SingleLock:
                                      start_new_session=True)
         wait_http(f"http://127.0.0.1:{self.port}/healthz", 120)
         self.url, self.headers = f"http://127.0.0.1:{self.port}/predict", {}
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+class Lean:
+    """The lean reference server (bench.servers.lean) under granian, as many processes as the platform's."""
+
+    name = "lean"
+
+    def __init__(self, artifact: Path, config: dict, workers: int) -> None:
+        self.port = free_port()
+        normalize = next(s for s in config["preprocess"] if s["step"] == "normalize")
+        labels = next((s.get("labels") for s in config.get("postprocess", []) if s.get("labels")), None)
+        env = dict(os.environ, ARTIFACT=str(artifact), ARCH_ARGS=json.dumps(config["architecture_args"]),
+                   MEAN=json.dumps(normalize["mean"]), STD=json.dumps(normalize["std"]), PYTHONPATH=str(ROOT),
+                   OMP_NUM_THREADS="1", **({"LABELS": json.dumps(labels)} if labels else {}))
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([str(Path(PY).parent / "granian"), "--interface", "rsgi", "--loop", "uvloop",
+                                      "--workers", str(workers), "--port", str(self.port), "--log-level", "warning",
+                                      "bench.servers.lean:app"],
+                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_http(f"http://127.0.0.1:{self.port}/healthz", 120)
+        self.url, self.headers = f"http://127.0.0.1:{self.port}/predict", {"Authorization": "Api-Key lean.secret"}
 
     def pid(self) -> int:
         return self.proc.pid
@@ -393,6 +424,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", default="", metavar="DIR", help="another checkout, run beside this one")
     ap.add_argument("--single-lock", action="store_true", help="add the single-lock Flask server")
+    ap.add_argument("--lean", action="store_true",
+                    help="add the lean reference server (bench.servers.lean): the least a batching Python server does")
     ap.add_argument("--python", default=PY, help="the platform's interpreter (default: this one)")
     ap.add_argument("--profile", default="", metavar="DIR", help="py-spy every platform into DIR after the rounds")
     ap.add_argument("--profile-seconds", type=int, default=20)
@@ -411,6 +444,8 @@ def main() -> None:
             servers.append(PlatformUnderTest("baseline", Path(args.baseline).resolve(), artifacts, args.python))
         if args.single_lock:
             servers.append(SingleLock(*artifacts["iris"]))
+        if args.lean:
+            servers.append(Lean(*artifacts["iris"], workers=len(servers[0].workers())))
         for s in servers:
             warm(s)
         rows: dict[tuple[str, int], list[Row]] = defaultdict(list)
