@@ -15,7 +15,8 @@ beside this one; rounds alternate between them. --single-lock adds the single-lo
 (bench.servers.single_lock, from this venv) for the c=1 latency; --lean the lean reference server
 (bench.servers.lean: granian, orjson, numpy and a batcher thread, nothing else), the least a batching
 Python server costs per request on the machine. Every row also splits the CPU by
-thread (the event loop's, the batcher's, granian's Rust threads ...), from /proc/PID/task.
+thread, from /proc/PID/task: a Python thread by its Python name (``py-spy dump``; a granian process runs
+its event loop on its MainThread), any other as native (granian's Rust runtime, torch's threads).
 
 --profile DIR: after the rounds, each platform's web processes are sampled with py-spy (in
 requirements-dev.txt; ``--gil``: the thread holding the GIL, so samples are Python CPU time) under
@@ -69,9 +70,9 @@ def _stat(path: str) -> tuple[str, float] | None:
     return name, (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14 and 15)
 
 
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds of every thread of `pid`'s tree, added up by thread name (digits dropped)."""
-    out: dict[str, float] = defaultdict(float)
+def cpu_by_tid(pid: int) -> dict[int, tuple[str, float]]:
+    """Every thread of `pid`'s tree: its id -> (command name, CPU seconds)."""
+    out: dict[int, tuple[str, float]] = {}
     for p in tree(pid):
         try:
             tids = os.listdir(f"/proc/{p}/task")
@@ -80,7 +81,42 @@ def cpu_by_thread(pid: int) -> dict[str, float]:
         for tid in tids:
             st = _stat(f"/proc/{p}/task/{tid}/stat")
             if st is not None:
-                out[re.sub(r"\d+", "N", st[0])] += st[1]
+                out[int(tid)] = st
+    return out
+
+
+_DUMP_THREAD = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Thread id -> Python thread name of every Python thread in `pid`'s tree (``py-spy dump``; {} where
+    it cannot run). Python does not give its threads' names to the OS: /proc calls them all "python"."""
+    names: dict[int, str] = {}
+    for p in tree(pid):
+        try:
+            dump = subprocess.run([str(Path(PY).parent / "py-spy"), "dump", "--pid", str(p)],
+                                  capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        names.update(parse_thread_names(dump))
+    return names
+
+
+def parse_thread_names(dump: str) -> dict[int, str]:
+    """The thread ids and names of one ``py-spy dump``."""
+    return {int(m.group(1)): m.group(2) for m in _DUMP_THREAD.finditer(dump)}
+
+
+def cpu_by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  names: dict[int, str]) -> dict[str, float]:
+    """CPU seconds each thread used between two ``cpu_by_tid`` readings, added up by name (digits as N):
+    a Python thread by its Python name (the event loop of a granian process runs on its MainThread), any
+    other by its command name, marked native (granian's Rust runtime, torch's and OpenMP's threads)."""
+    out: dict[str, float] = defaultdict(float)
+    for tid, (comm, seconds) in after.items():
+        name = names.get(tid)
+        label = re.sub(r"\d+", "N", name) if name is not None else f"{re.sub(r'[0-9]+', 'N', comm)} (native)"
+        out[label] += seconds - before.get(tid, (comm, 0.0))[1]
     return dict(out)
 
 
@@ -178,12 +214,12 @@ class Row:
 
 
 def measure(server, connections: int, seconds: int) -> Row:
-    before_total, before = cpu_total(server.pid()), cpu_by_thread(server.pid())
+    before_total, before = cpu_total(server.pid()), cpu_by_tid(server.pid())
     r = run_wrk(server.url, IRIS_BODY, server.headers, connections=connections, seconds=seconds,
                 threads=2 if connections > 1 else 1)
-    after_total, after = cpu_total(server.pid()), cpu_by_thread(server.pid())
+    after_total, after = cpu_total(server.pid()), cpu_by_tid(server.pid())
     n = max(1, r.requests)
-    threads = {k: (after[k] - before.get(k, 0.0)) * 1e6 / n for k in after}
+    threads = {k: v * 1e6 / n for k, v in cpu_by_thread(before, after, python_thread_names(server.pid())).items()}
     return Row(r.rps, r.p50_ms, r.p99_ms, (after_total - before_total) * 1e6 / n,
                {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.5},
                r.non_2xx + (1 if r.errors else 0))
@@ -332,6 +368,7 @@ def profile(server: PlatformUnderTest, out_dir: Path, connections: int, seconds:
     spy = str(Path(PY).parent / "py-spy")
     raw = []
     procs = []
+    names = python_thread_names(server.pid())  # before py-spy record attaches
     for i, pid in enumerate(server.workers()):
         path = out_dir / f"{server.name}.{i}.txt"
         raw.append(path)
@@ -339,11 +376,11 @@ def profile(server: PlatformUnderTest, out_dir: Path, connections: int, seconds:
                                        str(rate), "--threads", "--gil", "--format", "raw", "-o", str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1)  # py-spy attached
-    cpu0 = cpu_by_thread(server.pid())
+    cpu0 = cpu_by_tid(server.pid())
     r = run_wrk(server.url, IRIS_BODY, server.headers, connections=connections, seconds=seconds - 2, threads=2)
-    cpu1 = cpu_by_thread(server.pid())
-    # The Python threads' CPU (granian's Rust threads are named tokio-*), while py-spy sampled them.
-    python = sum(v - cpu0.get(k, 0.0) for k, v in cpu1.items() if not k.startswith("tokio"))
+    cpu1 = cpu_by_tid(server.pid())
+    # The Python threads' CPU while py-spy sampled them (not granian's Rust threads, which it does not see).
+    python = sum(v for k, v in cpu_by_thread(cpu0, cpu1, names).items() if not k.endswith("(native)"))
     cpu_us = python * 1e6 / max(1, r.requests)
     for p in procs:
         p.wait(60)

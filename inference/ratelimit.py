@@ -28,7 +28,7 @@ from django_ratelimit.core import EXPIRATION_FUDGE, _get_window, _make_cache_key
 
 from .offload import WouldBlock
 
-MAX_LEASE = 64
+MAX_LEASE = 512
 MAX_LEASES = 4096  # leases held before those of ended windows are dropped (one per key, per client address)
 
 
