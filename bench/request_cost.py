@@ -115,7 +115,7 @@ def cpu_by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[s
     out: dict[str, float] = defaultdict(float)
     for tid, (comm, seconds) in after.items():
         name = names.get(tid)
-        label = re.sub(r"\d+", "N", name) if name is not None else f"{re.sub(r'[0-9]+', 'N', comm)} (native)"
+        label = re.sub(r"\d+", "N", comm if name is None else name) + (" (native)" if name is None else "")
         out[label] += seconds - before.get(tid, (comm, 0.0))[1]
     return dict(out)
 
@@ -126,7 +126,20 @@ def cpu_total(pid: int) -> float:
 
 # ---- servers --------------------------------------------------------------------------------------
 
-class SingleLock:
+class ReferenceProcess:
+    """A reference server started by this module as one process group (its ``proc``)."""
+
+    proc: subprocess.Popen
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+class SingleLock(ReferenceProcess):
     """The single-lock Flask server of `make bench` (bench.servers.single_lock), from this venv."""
 
     name = "single-lock"
@@ -143,15 +156,8 @@ class SingleLock:
         wait_http(f"http://127.0.0.1:{self.port}/healthz", 120)
         self.url, self.headers = f"http://127.0.0.1:{self.port}/predict", {}
 
-    def pid(self) -> int:
-        return self.proc.pid
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
-
-
-class Lean:
+class Lean(ReferenceProcess):
     """The lean reference server (bench.servers.lean) under granian, as many processes as the platform's."""
 
     name = "lean"
@@ -171,13 +177,6 @@ class Lean:
                                      start_new_session=True)
         wait_http(f"http://127.0.0.1:{self.port}/healthz", 120)
         self.url, self.headers = f"http://127.0.0.1:{self.port}/predict", {"Authorization": "Api-Key lean.secret"}
-
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(20)
 
 
 class PlatformUnderTest:
