@@ -263,7 +263,7 @@ PROJECT_STAGES: list[tuple[str, str, str]] = [
     ("inference/middleware.py", "api_route", "URL resolve"),
     ("inference/middleware.py", "receive_body", "front (body)"),
     ("inference/middleware.py", "*", "middleware"),
-    ("inference_platform/front.py", "EdgeMiddleware.__call__", "middleware"),
+    ("inference_platform/edge.py", "*", "front request and edge (ids, Host, headers)"),
     ("inference_platform/front.py", "*", "front (RSGI/ASGI: body, headers, response)"),
     ("inference_platform/protocols.py", "*", "front (RSGI/ASGI: body, headers, response)"),
     ("inference/errors.py", "*", "errors"),

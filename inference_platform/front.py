@@ -7,10 +7,10 @@ server would; ``WEB_INTERFACE=asgi``).
 
 Requests for the async API views (v1 predict, v2 infer: ``inference.middleware.api_route``) are
 served on the process's event loop: a request waiting for its batch is a suspended coroutine, not
-a blocked thread. Around the view the front runs the hook middleware that settings.MIDDLEWARE
-lists above ``APIBoundaryMiddleware`` (request ids, security headers, X-Frame-Options), the same
-list and order a WSGI server runs them in; an exception is Django's own 400/500 response. The
-request's report (metrics, access line, record, hooks) is made after its response is handed over,
+a blocked thread. Such a request is not a Django ``HttpRequest`` and its response passes no
+middleware chain: ``inference_platform.edge`` gives it what the middleware above
+``APIBoundaryMiddleware`` would (its id, the Host check, the security headers), and hands one whose
+host Django refuses, or would redirect to HTTPS, to the WSGI application below. The request's report (metrics, access line, record, hooks) is made after its response is handed over,
 with the other requests' of the last 50 ms (``inference.monitoring.observe.HeldReports``).
 
 The loop itself only parses, authenticates and waits: each process gets its pools for blocking
@@ -28,38 +28,32 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import io
 import logging
 import os
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.core.handlers.asgi import ASGIRequest
-from django.core.handlers.exception import response_for_exception
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponse
-from django.urls import ResolverMatch
+from django.http import HttpResponse
+from django.urls import ResolverMatch, get_resolver
 from django.utils.log import log_response
-from django.utils.module_loading import import_string
 
 from inference import offload
-from inference.errors import ClientGone
-from inference.middleware import APIBoundaryMiddleware, api_route, serve_api_view
+from inference.middleware import api_route, request_id_of
+from inference.monitoring.logs import key_prefix_var, request_id_var
 from inference.monitoring.observe import reports_after_response
+from inference_platform.edge import Edge, Facts, FrontRequest
 from inference_platform.protocols import (
     CHANNELS,
     AsgiChannels,
-    AsgiExchange,
     FileSending,
-    RsgiExchange,
     Scope,
+    asgi_request,
     asgi_scope,
+    rsgi_request,
 )
 
 logger = logging.getLogger("inference_platform.front")
-
-BOUNDARY = f"{APIBoundaryMiddleware.__module__}.{APIBoundaryMiddleware.__qualname__}"
 
 
 def prepare_process() -> None:
@@ -116,47 +110,6 @@ def file_roots() -> list[str]:
     return [str(settings.MEDIA_ROOT), str(settings.STATIC_ROOT)]
 
 
-class EdgeMiddleware:
-    """The hook middleware of settings.MIDDLEWARE above APIBoundaryMiddleware, run around an async
-    API view as Django runs hook middleware (MiddlewareMixin): ``process_request`` in order, until
-    one answers; then ``process_response`` in reverse, for those whose ``process_request`` ran."""
-
-    def __init__(self, paths: list[str]):
-        self.middleware = []
-        for path in paths:
-            cls = import_string(path)
-            if not (hasattr(cls, "process_request") or hasattr(cls, "process_response")):
-                raise ImproperlyConfigured(
-                    f"{path} is above {BOUNDARY} in MIDDLEWARE, so it applies to the async API views the web "
-                    "server's front runs itself; it must be a hook middleware (process_request / process_response), "
-                    "or go below the boundary.")
-            self.middleware.append(cls(lambda request: None))
-
-    @classmethod
-    def from_settings(cls) -> EdgeMiddleware:
-        if BOUNDARY not in settings.MIDDLEWARE:
-            raise ImproperlyConfigured(f"MIDDLEWARE must include {BOUNDARY}.")
-        return cls(settings.MIDDLEWARE[: settings.MIDDLEWARE.index(BOUNDARY)])
-
-    async def __call__(self, request: HttpRequest, match: ResolverMatch) -> HttpResponse:
-        ran, response = [], None
-        try:
-            for middleware in self.middleware:
-                ran.append(middleware)
-                if hasattr(middleware, "process_request"):
-                    response = middleware.process_request(request)
-                    if response is not None:
-                        break
-            else:
-                response = await serve_api_view(request, match)
-        except Exception as exc:  # noqa: BLE001 - what Django's handler does with a view's exception
-            response = response_for_exception(request, exc)
-        for middleware in reversed(ran):
-            if hasattr(middleware, "process_response"):
-                response = middleware.process_response(request, response)
-        return response
-
-
 class Front:
     """The RSGI and ASGI application: async API views on the loop, everything else through `wsgi`."""
 
@@ -164,7 +117,7 @@ class Front:
         from a2wsgi import WSGIMiddleware
 
         self.wsgi = WSGIMiddleware(FileSending(wsgi_app, file_roots), workers=threads)
-        self.edge = EdgeMiddleware.from_settings()
+        self.edge = Edge.from_settings()
 
     # ---- RSGI (granian) ---------------------------------------------------------------------------
 
@@ -184,8 +137,10 @@ class Front:
             return
         match = api_route(scope.path)
         if match is not None:
-            await self.api(asgi_scope(scope), match, RsgiExchange(scope, protocol))
-            return
+            request = rsgi_request(scope, protocol)
+            if (facts := self.edge.facts(request)) is not None:
+                await self.api(request, match, facts)
+                return
         channels = AsgiChannels(protocol)
         try:
             await self.wsgi({**asgi_scope(scope), CHANNELS: channels}, channels.receive, channels.send)
@@ -201,8 +156,10 @@ class Front:
         if scope["type"] == "http":
             match = api_route(scope["path"])
             if match is not None:
-                await self.api(scope, match, AsgiExchange(scope, receive, send))
-                return
+                request = asgi_request(scope, receive, send)
+                if (facts := self.edge.facts(request)) is not None:
+                    await self.api(request, match, facts)
+                    return
 
         async def receive_coroutine() -> dict:  # a2wsgi's threads need a coroutine; granian's receive is not one
             return await receive()
@@ -234,31 +191,51 @@ class Front:
                           compute_queue=settings.INFERENCE_COMPUTE_QUEUE)
         await asyncio.to_thread(prepare_process)  # it reads the database: never on the loop
 
-    async def api(self, scope: Scope, match: ResolverMatch, exchange: AsgiExchange | RsgiExchange) -> None:
-        # The body is read when the view asks for it (``inference.middleware.receive_body``), after it
-        # has authenticated the request from its headers: an unauthenticated client cannot make the
-        # process read, and hold, up to INFERENCE_MAX_BODY_BYTES.
-        body_file = io.BytesIO()
-        request = ASGIRequest(scope, body_file)
+    async def api(self, request: FrontRequest, match: ResolverMatch, facts: Facts) -> None:
+        """Serve an async API view (``inference_platform.edge``: what the middleware above the boundary does).
 
-        async def fill_body() -> None:
-            body = await exchange.body()
-            if body is None:
-                request.client_gone = True
-                raise ClientGone()
-            body_file.write(body)
-            body_file.seek(0)
+        The body is read when the view asks for it (``inference.middleware.receive_body``), after it has
+        authenticated the request from its headers: an unauthenticated client cannot make the process read,
+        and hold, up to INFERENCE_MAX_BODY_BYTES."""
+        request.scheme = facts.scheme
+        request.request_id = request_id_of(request)
+        tokens = request_id_var.set(request.request_id), key_prefix_var.set("")
+        try:
+            with reports_after_response():  # metrics, access line, record, hooks: once the response is sent
+                response = await self.view(request, match)
+                if request.client_gone:
+                    return  # nobody to answer
+                headers = list(response.items())
+                if facts.headers:  # those the view's response does not set itself, as the hooks add them
+                    present = {name.lower() for name, _ in headers}
+                    headers += [header for header in facts.headers if header[0].lower() not in present]
+                if self.edge.request_ids:
+                    headers.append(("X-Request-ID", request.request_id))
+                content = response.content
+                if not response.has_header("Content-Length"):
+                    headers.append(("Content-Length", str(len(content))))
+                await request.exchange.respond(response.status_code, headers, content)
+        finally:
+            request_id_var.reset(tokens[0])
+            key_prefix_var.reset(tokens[1])
 
-        request.fill_body = fill_body
-        with reports_after_response():  # metrics, access line, record, hooks: once the response is sent
-            response = await self.edge(request, match)
-            if getattr(request, "client_gone", False):
-                return  # nobody to answer
-            if response.status_code >= 400:
-                log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
-            headers = list(response.items())
-            headers += [("set-cookie", c.output(header="").strip()) for c in response.cookies.values()]
-            await exchange.respond(response.status_code, headers, response.content)
+    @staticmethod
+    async def view(request: FrontRequest, match: ResolverMatch) -> HttpResponse:
+        """The view's response, logged as Django's handler logs it (4xx a warning, 5xx an error).
+
+        The views answer their own refusals; an exception that leaves one is a bug, answered by the
+        URLconf's handler500 (JSON on API paths)."""
+        request.resolver_match = match
+        try:
+            response = await match.func(request, *match.args, **match.kwargs)
+        except Exception as exc:  # noqa: BLE001 - what Django's handler does with a view's exception
+            response = get_resolver().resolve_error_handler(500)(request)
+            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request,
+                         exception=exc)
+            return response
+        if response.status_code >= 400:
+            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        return response
 
 
 def get_application() -> Front:

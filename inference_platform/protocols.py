@@ -1,8 +1,8 @@
 """The two interfaces granian can call the front by, RSGI and ASGI, as the front needs them.
 
-``AsgiExchange`` / ``RsgiExchange``: an API request's body (read as INFERENCE_MAX_BODY_BYTES says)
-and its response, over each interface. ``asgi_scope``: the ASGI scope of an RSGI request, which
-Django's ``ASGIRequest`` and a2wsgi read. ``AsgiChannels``: ASGI's receive and send over RSGI, for
+``rsgi_request`` / ``asgi_request``: an API request (``edge.FrontRequest``) with its ``AsgiExchange`` /
+``RsgiExchange``: its body (read as INFERENCE_MAX_BODY_BYTES says) and its response, over each
+interface. ``asgi_scope``: the ASGI scope of an RSGI request, which a2wsgi reads. ``AsgiChannels``: ASGI's receive and send over RSGI, for
 a2wsgi's bridge to Django's WSGI application, with ``FileSending`` (a local file sent by granian from
 its path) and ``PipeBody`` (any other streamed body, at the pace of its client).
 """
@@ -21,6 +21,7 @@ from typing import Any
 from granian.rsgi import ProtocolClosed
 
 from inference.conf import hot
+from inference_platform.edge import FrontRequest, joined
 
 Scope = dict[str, Any]
 
@@ -118,8 +119,30 @@ def _address(value: str) -> tuple[str, int] | None:
         return None
 
 
+def rsgi_request(scope: Any, protocol: Any) -> FrontRequest:
+    """An API request over RSGI. granian's RSGI headers are text, by lowercase name; a header whose value
+    is not visible ASCII is not among them. An HTTP/2 request names its host in ``:authority``."""
+    headers = joined(scope.headers.items())
+    if scope.authority and "host" not in headers:
+        headers["host"] = scope.authority
+    client = _address(scope.client)
+    server = _address(scope.server)
+    return FrontRequest(scope.method, scope.path, scope.scheme, headers, client[0] if client else "",
+                        (server[0], str(server[1])) if server else ("unknown", "0"), scope.query_string,
+                        RsgiExchange(scope, protocol))
+
+
+def asgi_request(scope: Scope, receive: Any, send: Any) -> FrontRequest:
+    """An API request over ASGI."""
+    headers = joined((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"])
+    client, server = scope.get("client"), scope.get("server")
+    return FrontRequest(scope["method"], scope["path"], scope.get("scheme", "http"), headers,
+                        client[0] if client else "", (server[0], str(server[1])) if server else ("unknown", "0"),
+                        scope.get("query_string", b"").decode("latin-1"), AsgiExchange(scope, receive, send))
+
+
 def asgi_scope(scope: Any) -> Scope:
-    """The ASGI HTTP scope of an RSGI one: what Django's ``ASGIRequest`` and a2wsgi read.
+    """The ASGI HTTP scope of an RSGI one, for a2wsgi (Django's WSGI application).
 
     granian's RSGI headers are text; a header whose value is not visible ASCII is not among them. An
     HTTP/2 request names its host in ``:authority``, which Django reads as the Host header."""
