@@ -18,7 +18,6 @@ import random
 import re
 import time
 from collections.abc import Callable
-from inspect import iscoroutinefunction
 
 from asgiref.sync import async_to_sync
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
@@ -84,7 +83,8 @@ _routes: dict[str, ResolverMatch | None] = {}
 
 
 def api_route(path: str) -> ResolverMatch | None:
-    """The async API view a path resolves to (v1 predict, v2 infer), or None for every other request.
+    """The async API view a path resolves to (v1 predict, v2 infer and model metadata: the views made by
+    ``apis.replies.api_view``), or None for every other request.
 
     Remembered per path (the URLconf changes only with ROOT_URLCONF): Django's resolver tries the URL
     patterns' regexes in turn on every call, a large part of a small model's request (docs/benchmarks.md)."""
@@ -99,7 +99,7 @@ def api_route(path: str) -> ResolverMatch | None:
     except Resolver404:
         match = None
     else:
-        match = match if iscoroutinefunction(match.func) else None
+        match = match if getattr(match.func, "replies", None) is not None else None
     if len(_routes) >= ROUTES_MAX:
         _routes.clear()
     _routes[path] = match

@@ -34,11 +34,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.http import HttpResponse
 from django.urls import ResolverMatch, get_resolver
 from django.utils.log import log_response
 
 from inference import offload
+from inference.apis.replies import Reply
 from inference.middleware import api_route, request_id_of
 from inference.monitoring.logs import key_prefix_var, request_id_var
 from inference.monitoring.observe import reports_after_response
@@ -202,34 +202,34 @@ class Front:
         tokens = request_id_var.set(request.request_id), key_prefix_var.set("")
         try:
             with reports_after_response():  # metrics, access line, record, hooks: once the response is sent
-                response = await self.view(request, match)
+                reply = await self.view(request, match)
                 if request.client_gone:
                     return  # nobody to answer
-                headers = list(response.items())
-                if facts.headers:  # those the view's response does not set itself, as the hooks add them
-                    present = {name.lower() for name, _ in headers}
-                    headers += [header for header in facts.headers if header[0].lower() not in present]
+                headers = list(reply.headers)
+                present = {name.lower() for name, _ in headers}
+                # The hooks' headers the view did not set itself (as the hooks add them), then the id.
+                headers += [header for header in facts.headers if header[0].lower() not in present]
                 if self.edge.request_ids:
                     headers.append(("X-Request-ID", request.request_id))
-                content = response.content
-                if not response.has_header("Content-Length"):
-                    headers.append(("Content-Length", str(len(content))))
-                await request.exchange.respond(response.status_code, headers, content)
+                if "content-length" not in present:
+                    headers.append(("Content-Length", str(len(reply.content))))
+                await request.exchange.respond(reply.status_code, headers, reply.content)
         finally:
             request_id_var.reset(tokens[0])
             key_prefix_var.reset(tokens[1])
 
     @staticmethod
-    async def view(request: FrontRequest, match: ResolverMatch) -> HttpResponse:
-        """The view's response, logged as Django's handler logs it (4xx a warning, 5xx an error).
+    async def view(request: FrontRequest, match: ResolverMatch) -> Reply:
+        """The view's reply (``apis.replies``: the view's own function, not its Django wrapper), logged as
+        Django's handler logs a response (4xx a warning, 5xx an error).
 
         The views answer their own refusals; an exception that leaves one is a bug, answered by the
         URLconf's handler500 (JSON on API paths)."""
         request.resolver_match = match
         try:
-            response = await match.func(request, *match.args, **match.kwargs)
+            response = await match.func.replies(request, *match.args, **match.kwargs)
         except Exception as exc:  # noqa: BLE001 - what Django's handler does with a view's exception
-            response = get_resolver().resolve_error_handler(500)(request)
+            response = Reply.of(get_resolver().resolve_error_handler(500)(request))
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request,
                          exception=exc)
             return response

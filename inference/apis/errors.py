@@ -3,7 +3,10 @@
 * ``v1_error(exc)``: the native API's ``{"error": {"code", "message", "details"}}``, used by the
   async predict views, by DRF's exception handler (every other /api/v1/ view) and by Django's
   400/403/404/500 handlers on API paths. Django's HTML error pages never answer an API path.
-* ``v2_error(exc)``: the Open Inference Protocol's ``{"error": "..."}``, same statuses and headers.
+* ``v2_reply(exc)``: the Open Inference Protocol's ``{"error": "..."}``, same statuses and headers.
+
+The async API views answer ``apis.replies.Reply`` objects (``v1_reply``, ``v2_reply``); ``v1_error`` is
+``v1_reply`` as a Django response, for Django's handlers.
 
 Both first turn whatever was raised into an ``inference.errors.APIError`` (``api_error``): DRF's
 own exceptions, Django's Http404, a lost database (503, not a bug), a malformed tensor request.
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from django.http import Http404, HttpRequest, HttpResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -33,6 +35,7 @@ from ..errors import (
     is_api_path,
 )
 from ..oip import ProtocolError
+from .replies import Reply, json_reply
 
 logger = logging.getLogger("inference.errors")
 
@@ -82,10 +85,7 @@ def api_error(exc: BaseException) -> APIError | None:
 
 
 def _json(data: Any, status: int, headers: dict[str, str]) -> HttpResponse:
-    response = HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
-    for name, value in headers.items():
-        response[name] = value
-    return response
+    return json_reply(data, status, headers).http_response()
 
 
 def _bug(exc: BaseException, request: HttpRequest | None) -> None:
@@ -93,28 +93,33 @@ def _bug(exc: BaseException, request: HttpRequest | None) -> None:
     logger.error("Internal Server Error: %s", path, exc_info=(type(exc), exc, exc.__traceback__))
 
 
-def v1_error(exc: BaseException, request: HttpRequest | None = None) -> HttpResponse:
+def v1_reply(exc: BaseException, request: HttpRequest | None = None) -> Reply:
     """Render any exception as the v1 error object with its status and headers (a bug: 500, logged)."""
     error = api_error(exc)
     if error is None:
         _bug(exc, request)
-        return _json(error_body(ErrorCode.SERVER_ERROR, SERVER_ERROR), 500, {})
-    return _json(error_body(error.error_code, error.message, error.details), error.status_code, error.headers)
+        return json_reply(error_body(ErrorCode.SERVER_ERROR, SERVER_ERROR), 500)
+    return json_reply(error_body(error.error_code, error.message, error.details), error.status_code, error.headers)
 
 
-def v2_error(exc: BaseException, request: HttpRequest | None = None) -> HttpResponse:
+def v1_error(exc: BaseException, request: HttpRequest | None = None) -> HttpResponse:
+    """``v1_reply`` as a Django response."""
+    return v1_reply(exc, request).http_response()
+
+
+def v2_reply(exc: BaseException, request: HttpRequest | None = None) -> Reply:
     """Render any exception as the Open Inference Protocol's {"error": message} (a bug: 500, logged)."""
     error = api_error(exc)
     if error is None:
         _bug(exc, request)
-        return _json({"error": SERVER_ERROR}, 500, {})
+        return json_reply({"error": SERVER_ERROR}, 500)
     if isinstance(error, RateLimited):
         message = f"rate limit exceeded for this API key; retry in {error.wait} s"
     elif error.details.get("path"):
         message = f"{error.message} (at {error.details['path']})"
     else:
         message = error.message
-    return _json({"error": message}, error.status_code, error.headers)
+    return json_reply({"error": message}, error.status_code, error.headers)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -1,16 +1,16 @@
 """The native REST API, /api/v1/ (DESIGN.md, "External contract"): model listings and predict.
 
-Predict is an async Django view, served on the web process's event loop (``inference_platform.front``)
-or, under WSGI, by ``async_to_sync``: authenticate, parse, call ``services.predict``, render. The
-listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_error``).
+Predict is an async view (``replies.api_view``), served on the web process's event loop
+(``inference_platform.front``) or, under WSGI, by ``async_to_sync``: authenticate, parse, call
+``services.predict``, reply. The
+listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_reply``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -29,8 +29,9 @@ from ..routing import routing_key_of
 from ..services import predict as predict_service
 from . import serializers as s
 from .authentication import APIKeyAuthentication, HasScope
-from .errors import v1_error
+from .errors import v1_reply
 from .parsing import OrjsonParser, OrjsonRenderer, loads, read_body
+from .replies import Reply, api_view, json_reply
 from .schema import described_by
 
 JSON_TYPES = ("application/json",)
@@ -180,7 +181,7 @@ class may_hold_bools:  # noqa: N801 - a function that remembers its answer
         return self.answer
 
 
-async def predict(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Reply:
     """POST a predict request: ``{"instances": [...]}`` -> ``{"id", "model", "version", "predictions"}``."""
     try:
         key = await access.authorize(request, model=name)
@@ -196,11 +197,11 @@ async def predict(request: HttpRequest, name: str, ref: str | None = None) -> Ht
             maybe_bools=may_hold_bools(raw), routing_key=routing_key_of(request),
         )
     except Exception as exc:  # noqa: BLE001 - every refusal in the v1 shape; a bug is a logged 500
-        return v1_error(exc, request)
-    return HttpResponse(orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY), content_type="application/json")
+        return v1_reply(exc, request)
+    return json_reply(result)
 
 
 # CSRF-exempt like every API-key view (a deployment that drops the boundary middleware runs them
 # through CsrfViewMiddleware too).
-predict_latest = csrf_exempt(described_by(PredictOperation)(predict))
-predict_at_version = csrf_exempt(described_by(PredictVersionOperation)(predict))
+predict_latest = csrf_exempt(described_by(PredictOperation)(api_view(predict)))
+predict_at_version = csrf_exempt(described_by(PredictVersionOperation)(api_view(predict)))

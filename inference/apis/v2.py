@@ -3,7 +3,7 @@
 Same API keys (`Authorization: Api-Key ...` / `X-API-Key`, which tritonclient sends as headers),
 same rate limits, same resolution of versions and aliases (``selectors.serving_version``), same
 pipeline, batcher and runtime as /api/v1 (``services.predict.infer``). Errors are the protocol's
-``{"error": "..."}`` (``apis.errors.v2_error``) with Triton's statuses: 400 bad request, 401
+``{"error": "..."}`` (``apis.errors.v2_reply``) with Triton's statuses: 400 bad request, 401
 no/invalid key, 403 scope, 404 unknown model or version, 413 too large, 429 rate limited, 503
 not ready or overloaded. Server metadata and health need no key.
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -28,61 +27,60 @@ from ..oip import ProtocolError, tensor_metadata
 from ..oip_outputs import output_metadata
 from ..routing import ROUTING_HEADER
 from ..services import predict as predict_service
-from .errors import v2_error
+from .errors import v2_reply
 from .parsing import read_body
+from .replies import Reply, api_view, json_reply
 
 SERVER_NAME = "inference-platform"
 SERVER_VERSION = "1.0.0"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
-    response = HttpResponse(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status=status,
-                            content_type="application/json")
-    for k, v in (headers or {}).items():
-        response[k] = v
-    return response
-
-
-def _method_refused(request: HttpRequest, allowed: str) -> HttpResponse | None:
+def _method_refused(request: HttpRequest, allowed: str) -> Reply | None:
     if request.method != allowed:
-        return _json({"error": f"method {request.method} is not allowed here; use {allowed}"}, 405, {"Allow": allowed})
+        return json_reply({"error": f"method {request.method} is not allowed here; use {allowed}"}, 405,
+                          {"Allow": allowed})
     return None
+
+
+def _answer(request: HttpRequest, allowed: str, data: Any, status: int = 200) -> HttpResponse:
+    """A plain view's JSON answer, unless the method is refused."""
+    return (_method_refused(request, allowed) or json_reply(data, status)).http_response()
 
 
 @csrf_exempt
 def server_metadata(request: HttpRequest) -> HttpResponse:
-    return _method_refused(request, "GET") or _json({"name": SERVER_NAME, "version": SERVER_VERSION,
-                                                     "extensions": EXTENSIONS})
+    return _answer(request, "GET", {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
 
 
 @csrf_exempt
 def server_live(request: HttpRequest) -> HttpResponse:
-    return _method_refused(request, "GET") or _json({"live": True})
+    return _answer(request, "GET", {"live": True})
 
 
 @csrf_exempt
 def server_ready(request: HttpRequest) -> HttpResponse:
-    if (refused := _method_refused(request, "GET")) is not None:
-        return refused
+    if request.method != "GET":
+        return _answer(request, "GET", None)
     from django.db import connection
 
     try:
         connection.ensure_connection()
     except Exception:  # noqa: BLE001
-        return _json({"ready": False, "error": "the database is unreachable"}, 503)
-    return _json({"ready": True})
+        return _answer(request, "GET", {"ready": False, "error": "the database is unreachable"}, 503)
+    return _answer(request, "GET", {"ready": True})
 
 
 @csrf_exempt
-async def model_metadata(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+@api_view
+async def model_metadata(request: HttpRequest, name: str, ref: str | None = None) -> Reply:
     if (refused := _method_refused(request, "GET")) is not None:
         return refused
     try:
         await access.authorize(request, model=name)
         version = await offload.without_blocking(selectors.serving_version, model_name=name, ref=ref, key=request.auth)
         versions = await offload.blocking(selectors.ready_version_numbers, version.model)
-        return _json({
+        return json_reply({
             "name": version.model.name,
             "versions": [str(v) for v in versions],
             "platform": "pytorch",
@@ -90,11 +88,12 @@ async def model_metadata(request: HttpRequest, name: str, ref: str | None = None
             "outputs": output_metadata(version.output_schema, version.postprocess),
         })
     except Exception as exc:  # noqa: BLE001 - rendered as the protocol's error
-        return v2_error(exc, request)
+        return v2_reply(exc, request)
 
 
 @csrf_exempt
-async def model_ready(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+@api_view
+async def model_ready(request: HttpRequest, name: str, ref: str | None = None) -> Reply:
     if (refused := _method_refused(request, "GET")) is not None:
         return refused
     try:
@@ -103,10 +102,10 @@ async def model_ready(request: HttpRequest, name: str, ref: str | None = None) -
         try:
             await predict_service.loaded_version(version, key=request.auth)
         except Exception as exc:  # noqa: BLE001 - not ready, with the reason
-            return _json({"name": name, "ready": False, "error": str(exc)}, 400)
-        return _json({"name": name, "ready": True})
+            return json_reply({"name": name, "ready": False, "error": str(exc)}, 400)
+        return json_reply({"name": name, "ready": True})
     except Exception as exc:  # noqa: BLE001
-        return v2_error(exc, request)
+        return v2_reply(exc, request)
 
 
 def decoded_body(request: HttpRequest) -> bytes:
@@ -141,7 +140,8 @@ def size_hint(request: HttpRequest) -> int:
 
 
 @csrf_exempt
-async def infer(request: HttpRequest, name: str, ref: str | None = None) -> HttpResponse:
+@api_view
+async def infer(request: HttpRequest, name: str, ref: str | None = None) -> Reply:
     """POST an inference request (JSON tensors, or Triton's binary tensor data extension)."""
     if (refused := _method_refused(request, "POST")) is not None:
         return refused
@@ -159,9 +159,8 @@ async def infer(request: HttpRequest, name: str, ref: str | None = None) -> Http
             request_id=request.request_id, routing_key=request.headers.get(ROUTING_HEADER),
         )
     except Exception as exc:  # noqa: BLE001
-        return v2_error(exc, request)
+        return v2_reply(exc, request)
     if header_length is None:
-        return HttpResponse(body, content_type="application/json")
-    response = HttpResponse(body, content_type="application/octet-stream")
-    response["Inference-Header-Content-Length"] = str(header_length)
-    return response
+        return Reply(body)
+    return Reply(body, content_type="application/octet-stream",
+                 headers={"Inference-Header-Content-Length": str(header_length)})

@@ -20,6 +20,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
 from django.urls import ResolverMatch
 
+from inference.apis.replies import api_view
 from inference_platform.edge import Edge, FrontRequest
 from inference_platform.front import Front
 
@@ -178,7 +179,7 @@ def test_an_exception_a_view_lets_out_is_a_logged_json_500(front, caplog):
 
     request = FrontRequest("POST", "/api/v1/models/iris/predict", "http", {"host": "testserver"}, "10.0.0.7",
                            ("testserver", "80"), "", exchange=None)
-    match = ResolverMatch(broken_view, (), {"name": "iris"})
+    match = ResolverMatch(api_view(broken_view), (), {"name": "iris"})
     with caplog.at_level(logging.ERROR, logger="django.request"):
         response = asyncio.run(front.view(request, match))
     assert response.status_code == 500 and json.loads(response.content)["error"]["code"] == "server_error"
