@@ -73,6 +73,12 @@ class ServingPool:
             raise WouldBlock(("load", key))
         return self.cache.get(key, lambda: self._load(version))
 
+    def loaded_now(self, version: ModelVersion) -> Loaded | None:
+        """The loaded form of `version` if this process holds it (one lookup, nothing to wait for), else None."""
+        if version.status != ModelVersion.Status.READY:
+            return None
+        return self.cache.hit((version.pk, version.hardware.device))
+
     def is_loaded(self, version: ModelVersion) -> bool:
         return self.cache.peek((version.pk, version.hardware.device)) is not None
 

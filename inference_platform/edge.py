@@ -52,7 +52,7 @@ HEADER_HOOKS = (
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 )
-FACTS_MAX = 256  # distinct header sets remembered per process (bounded against random Host headers)
+FACTS_MAX = 1024  # distinct header sets remembered per process (bounded against random Host headers)
 
 
 _HEADER_NAMES: dict[str, str | None] = {}  # META name -> header name, for the names the code reads (a few dozen)
@@ -227,7 +227,7 @@ class Edge:
         self.hooks: list[Any] = []
         self.known: dict[tuple, Facts | None] = {}
         self.forget()
-        setting_changed.connect(self.forget, weak=False)
+        setting_changed.connect(self.forget)
 
     @classmethod
     def from_settings(cls) -> Edge:
@@ -245,8 +245,11 @@ class Edge:
         WSGI application is to serve it."""
         get = request.META.get
         proxy = settings.SECURE_PROXY_SSL_HEADER
-        key = (request.path, request.scheme, get("HTTP_HOST"), get("HTTP_X_FORWARDED_HOST"),
-               get("HTTP_X_FORWARDED_PORT"), get("SERVER_NAME"), get("SERVER_PORT"), get(proxy[0]) if proxy else None)
+        # The path matters only to the redirect (SECURE_REDIRECT_EXEMPT): without one, a host's answer is
+        # the same for every model's path.
+        key = (request.path if settings.SECURE_SSL_REDIRECT else "", request.scheme, get("HTTP_HOST"),
+               get("HTTP_X_FORWARDED_HOST"), get("HTTP_X_FORWARDED_PORT"), get("SERVER_NAME"), get("SERVER_PORT"),
+               get(proxy[0]) if proxy else None)
         try:
             return self.known[key]
         except KeyError:

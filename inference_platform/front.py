@@ -233,7 +233,7 @@ class Front:
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request,
                          exception=exc)
             return response
-        if response.status_code >= 400:
+        if response.status_code >= 400 and not request.client_gone:  # a client that left is not answered
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
         return response
 

@@ -11,6 +11,10 @@ passes). With ``PROMETHEUS_MULTIPROC_DIR`` set (several web processes:
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -56,6 +60,26 @@ RECORDS_DROPPED = Counter(
 RECORDS_WRITE_FAILURES = Counter("inference_request_records_write_failures", "Bulk writes of request records that failed.")
 
 
+# Requests counted by the reports being run together (``counted_together``), added to their counters at the end.
+_counts: ContextVar[dict[Any, int] | None] = ContextVar("inference_request_counts", default=None)
+
+
+@contextmanager
+def counted_together() -> Iterator[None]:
+    """Count the requests reported inside with one ``inc(n)`` per counter, at the end: with several web
+    processes each ``inc`` is a write to a shared file under a lock (prometheus_client's multiprocess
+    mode), and the front runs the reports of many requests at once (``observe.HeldReports``).
+    Histograms have no such call: each request's durations are observed one by one."""
+    counts: dict[Any, int] = {}
+    token = _counts.set(counts)
+    try:
+        yield
+    finally:
+        _counts.reset(token)
+        for child, n in counts.items():
+            child.inc(n)
+
+
 class VersionMetrics:
     """The label children of one served version, resolved once at load (not per request)."""
 
@@ -88,7 +112,11 @@ class VersionMetrics:
         child = self._status.get(status)
         if child is None:
             child = self._status[status] = REQUESTS.labels(self.model, self.version, str(status))
-        child.inc()
+        counts = _counts.get()
+        if counts is None:
+            child.inc()
+        else:
+            counts[child] = counts.get(child, 0) + 1
         if "total" in timings:
             self.request_seconds.observe(timings["total"])
         if "queue" in timings:

@@ -24,7 +24,7 @@ from typing import Any
 from ..conf import hot
 from . import records
 from .logs import BackgroundStreamHandler, JsonFormatter, key_prefix_var, request_id_var
-from .metrics import observe_request
+from .metrics import counted_together, observe_request
 
 access_logger = logging.getLogger("inference.access")
 logger = logging.getLogger("inference.monitoring")
@@ -86,8 +86,9 @@ class HeldReports:
         """Run every report held (on the loop, or from another thread once the loop serves no more)."""
         with self.taking:
             pending, self.pending = self.pending, []
-        for fn in pending:
-            _run(fn)
+        with counted_together():
+            for fn in pending:
+                _run(fn)
 
 
 _front_reports = HeldReports()

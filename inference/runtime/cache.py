@@ -60,13 +60,19 @@ class ModelCache:
     def peek(self, key: Hashable) -> Entry | None:
         return self._entries.get(key)
 
-    def get(self, key: Hashable, factory: Callable[[], Entry]) -> Entry:
-        """Return the loaded entry for `key`, loading it with `factory()` once if absent."""
+    def hit(self, key: Hashable) -> Entry | None:
+        """The loaded entry for `key`, counted as just used (least recently used goes first), or None."""
         entry = self._entries.get(key)
         if entry is not None:
             with self._lock:
                 if key in self._entries:
                     self._entries.move_to_end(key)
+        return entry
+
+    def get(self, key: Hashable, factory: Callable[[], Entry]) -> Entry:
+        """Return the loaded entry for `key`, loading it with `factory()` once if absent."""
+        entry = self.hit(key)
+        if entry is not None:
             return entry
         with self._lock:
             entry = self._entries.get(key)

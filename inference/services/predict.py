@@ -148,6 +148,9 @@ async def serving(*, model_name: str, ref: str | int | None, key: Any,
     this process and the route it was picked from (with the alias's shadow); 404, 503 with the reason."""
     route = await offload.without_blocking(selectors.serving_route, model_name=model_name, ref=ref, key=key)
     version = route.pick(routing_key)
+    loaded = get_pool().loaded_now(version)  # the common case: loaded, one lookup
+    if loaded is not None:
+        return version, loaded, route
     try:
         loaded = await loaded_version(version, key=key)
     except ModelNotReady as exc:

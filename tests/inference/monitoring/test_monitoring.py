@@ -520,3 +520,28 @@ def test_rollups_of_real_traffic(api, iris, key):
     assert sum(r.count for r in rows) == 7
     assert sum(r.client_errors for r in rows) == 1
     assert sum(r.batch_size_sum for r in rows) / sum(r.batched for r in rows) == 3.0
+
+
+def test_reports_run_together_count_their_requests_once_per_counter():
+    """observe.HeldReports runs many requests' reports at once: their request counters get one inc(n)
+    each at the end (metrics.counted_together), the same totals as one inc per request."""
+    from prometheus_client import REGISTRY
+
+    from inference.monitoring.metrics import VersionMetrics
+    from inference.monitoring.observe import HeldReports
+
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value("inference_request_total",
+                                         {"model": "together", "version": "3", "status": status}) or 0.0
+
+    metrics = VersionMetrics("together", 3)
+    before_ok, before_refused = count("200"), count("429")
+    seen_meanwhile: list[float] = []
+    held = HeldReports()
+    held.pending = [lambda: metrics.request(200, {"total": 0.01}) for _ in range(5)]
+    held.pending += [lambda: metrics.request(429, {}), lambda: seen_meanwhile.append(count("200"))]
+    held.run()
+    assert seen_meanwhile == [before_ok]  # counted at the end, not one by one
+    assert count("200") == before_ok + 5 and count("429") == before_refused + 1
+    metrics.request(200, {})  # a report run on its own: counted at once
+    assert count("200") == before_ok + 6

@@ -93,6 +93,18 @@ def test_lru_eviction_by_bytes_and_get_refreshes_recency(made):
     assert closed(a)
 
 
+def test_a_hit_is_a_loaded_entry_counted_as_used_and_never_a_load(made):
+    """``hit`` (the request path's lookup, ``ServingPool.loaded_now``) refreshes recency as ``get`` does."""
+    c = ModelCache(capacity_bytes=250)
+    made.append(c)
+    a = c.get("a", Factory("a", 100))
+    c.get("b", Factory("b", 100))
+    assert c.hit("nope") is None and c.keys() == ["a", "b"]  # nothing loaded for a miss
+    assert c.hit("a") is a and c.keys() == ["b", "a"]
+    c.get("c", Factory("c", 100))
+    assert sorted(c.keys()) == ["a", "c"]  # "b", used least recently, went
+
+
 def test_an_entry_larger_than_the_capacity_still_serves_alone(made):
     c = ModelCache(capacity_bytes=50)
     made.append(c)
