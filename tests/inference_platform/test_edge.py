@@ -35,6 +35,8 @@ CALLS = [
     ("/api/v1/models/nope/predict", BODY),  # 404 from the view
     ("/api/v1/models/iris/predict", b"{not json"),  # 400 from the view
     ("/api/v1/models/iris/predict", b""),  # no body
+    ("/healthz", b""),  # the liveness probe, answered by the loop
+    ("/v2/models/iris/ready", b""),  # an async view that refuses the method (405, with Allow)
 ]
 
 
@@ -140,6 +142,12 @@ def test_a_request_to_redirect_to_https_is_redirected_by_django(settings, iris, 
     assert status == 301 and answer["location"] == "https://api.example.com/api/v1/models/iris/predict", raw
     status, answer, raw = front_call(front, "/api/v1/models/iris/predict", BODY, headers, scheme="https")
     assert status == 200 and "strict-transport-security" in answer, raw
+    # A path SECURE_REDIRECT_EXEMPT names is served over plain HTTP; the others still are redirected.
+    settings.SECURE_REDIRECT_EXEMPT = [r"^v2/"]
+    front = Front(WSGIHandler(), threads=2)
+    status, answer, raw = front_call(front, "/v2/models/iris/infer", V2_BODY, headers)
+    assert status == 200 and "strict-transport-security" not in answer, raw
+    assert front_call(front, "/api/v1/models/iris/predict", BODY, headers)[0] == 301
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -99,5 +99,7 @@ def test_routes_are_remembered_per_path_and_only_async_views_are_routed():
     assert api_route("/api/v1/models/iris/predict") is first  # remembered: no second resolve
     assert api_route("/api/v1/models/other/predict").kwargs == {"name": "other"}
     assert api_route("/api/v1/models/iris") is None  # a DRF view: Django's handler serves it
+    assert api_route("/healthz") is not None  # the liveness probe: answered by the loop itself
+    assert api_route("/v2/models/iris/ready") is not None and api_route("/readyz") is None
     assert api_route("/api/v1/nothing/here") is None
     assert api_route("/admin/") is None
