@@ -55,6 +55,11 @@ def cache_key(version: ModelVersion) -> tuple[int, str]:
         if version.status == ModelVersion.Status.FAILED:
             raise ModelNotReady(f"{version} failed validation: {version.status_error}")
         raise ModelNotReady(f"{version} is still being validated")
+    return held_key(version)
+
+
+def held_key(version: ModelVersion) -> tuple[int, str]:
+    """The key a version's loaded form is held under in this process's cache (whatever its status)."""
     return (version.pk, version.hardware.device)
 
 
@@ -77,10 +82,10 @@ class ServingPool:
         """The loaded form of `version` if this process holds it (one lookup, nothing to wait for), else None."""
         if version.status != ModelVersion.Status.READY:
             return None
-        return self.cache.hit((version.pk, version.hardware.device))
+        return self.cache.hit(held_key(version))
 
     def is_loaded(self, version: ModelVersion) -> bool:
-        return self.cache.peek((version.pk, version.hardware.device)) is not None
+        return self.cache.peek(held_key(version)) is not None
 
     def preload(self) -> list[ModelVersion]:
         """Load the versions each registered model serves by default (its production alias, every

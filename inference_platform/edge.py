@@ -1,6 +1,6 @@
 """What the front does for an API request before and after its view, in place of Django's request and middleware.
 
-The async API views (v1 predict, v2 infer and model metadata) are written against a small request
+The async API views (v1 predict, v2 infer, model metadata and readiness, /healthz) are written against a small request
 interface that Django's ``HttpRequest`` also has, so that a WSGI server runs them too
 (``inference.middleware.APIBoundaryMiddleware``): ``method``, ``path``, ``META`` (read with ``get``),
 ``headers.get``, ``content_type``, ``read()``, ``request_id``; the view sets ``auth`` on it. On the
@@ -226,6 +226,8 @@ class Edge:
         self.paths = [path for path in paths if path in HEADER_HOOKS]
         self.hooks: list[Any] = []
         self.known: dict[tuple, Facts | None] = {}
+        self.proxy: tuple[str, str] | None = None
+        self.redirects = False
         self.forget()
         setting_changed.connect(self.forget)
 
@@ -236,34 +238,37 @@ class Edge:
         return cls(settings.MIDDLEWARE[: settings.MIDDLEWARE.index(BOUNDARY)])
 
     def forget(self, **_: Any) -> None:
-        """Forget every answer, and make the hooks anew (a middleware reads its settings when it is made)."""
+        """Forget every answer, and make the hooks anew (a middleware reads its settings when it is made, and
+        so does this: not per request)."""
         self.hooks = [import_string(path)(lambda request: None) for path in self.paths]
+        self.proxy = settings.SECURE_PROXY_SSL_HEADER
+        self.redirects = settings.SECURE_SSL_REDIRECT
         self.known.clear()
 
     def facts(self, request: FrontRequest) -> Facts | None:
         """The request's facts, or None when Django would refuse its host or redirect it: then Django's
         WSGI application is to serve it."""
-        get = request.META.get
-        proxy = settings.SECURE_PROXY_SSL_HEADER
         # The path matters only to the redirect (SECURE_REDIRECT_EXEMPT): without one, a host's answer is
         # the same for every model's path.
-        key = (request.path if settings.SECURE_SSL_REDIRECT else "", request.scheme, get("HTTP_HOST"),
-               get("HTTP_X_FORWARDED_HOST"), get("HTTP_X_FORWARDED_PORT"), get("SERVER_NAME"), get("SERVER_PORT"),
-               get(proxy[0]) if proxy else None)
+        key = (request.path if self.redirects else "", request.scheme, *map(request.META.get, self.fact_names()))
         try:
             return self.known[key]
         except KeyError:
             pass
-        facts = self.ask_django(request, proxy)
+        facts = self.ask_django(request)
         if len(self.known) >= FACTS_MAX:
             self.known.clear()
         self.known[key] = facts
         return facts
 
-    def ask_django(self, request: FrontRequest, proxy: tuple[str, str] | None) -> Facts | None:
+    def fact_names(self) -> tuple[str, ...]:
+        """The META names the answers read: the host's, and the TLS proxy's header when there is one."""
+        return (*_FACT_NAMES, self.proxy[0]) if self.proxy else _FACT_NAMES
+
+    def ask_django(self, request: FrontRequest) -> Facts | None:
         environ: dict[str, Any] = {"REQUEST_METHOD": request.method, "PATH_INFO": request.path, "SCRIPT_NAME": "",
                                    "wsgi.input": io.BytesIO(), "wsgi.url_scheme": request.scheme}
-        for name in (*_FACT_NAMES, *(proxy[:1] if proxy else ())):
+        for name in self.fact_names():
             value = request.META.get(name)
             if value is not None:
                 environ[name] = value

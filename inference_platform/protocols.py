@@ -2,8 +2,8 @@
 
 ``rsgi_request`` / ``asgi_request``: an API request (``edge.FrontRequest``) with its ``AsgiExchange`` /
 ``RsgiExchange``: its body (read as INFERENCE_MAX_BODY_BYTES says) and its response, over each
-interface. ``asgi_scope``: the ASGI scope of an RSGI request, which a2wsgi reads. ``AsgiChannels``: ASGI's receive and send over RSGI, for
-a2wsgi's bridge to Django's WSGI application, with ``FileSending`` (a local file sent by granian from
+interface. ``asgi_scope``: the ASGI scope of an RSGI request, which a2wsgi reads. ``AsgiChannels``:
+ASGI's receive and send over RSGI, for a2wsgi's bridge to Django's WSGI application, with ``FileSending`` (a local file sent by granian from
 its path) and ``PipeBody`` (any other streamed body, at the pace of its client).
 """
 

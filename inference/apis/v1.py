@@ -2,8 +2,8 @@
 
 Predict is an async view (``replies.api_view``), served on the web process's event loop
 (``inference_platform.front``) or, under WSGI, by ``async_to_sync``: authenticate, parse, call
-``services.predict``, reply. The
-listings are DRF views. Errors leave in the v1 shape (``apis.errors.v1_reply``).
+``services.predict``, reply. The listings are DRF views. Errors leave in the v1 shape
+(``apis.errors.v1_reply``).
 """
 
 from __future__ import annotations

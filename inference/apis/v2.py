@@ -60,15 +60,15 @@ def server_live(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt
 def server_ready(request: HttpRequest) -> HttpResponse:
-    if request.method != "GET":
-        return _answer(request, "GET", None)
+    if (refused := _method_refused(request, "GET")) is not None:
+        return refused.http_response()
     from django.db import connection
 
     try:
         connection.ensure_connection()
     except Exception:  # noqa: BLE001
-        return _answer(request, "GET", {"ready": False, "error": "the database is unreachable"}, 503)
-    return _answer(request, "GET", {"ready": True})
+        return json_reply({"ready": False, "error": "the database is unreachable"}, 503).http_response()
+    return json_reply({"ready": True}).http_response()
 
 
 @csrf_exempt
